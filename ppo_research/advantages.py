@@ -1,0 +1,114 @@
+"""Advantage estimators. Each class is one `advantage=` option.
+
+All work on [T, N] arrays (time, env) laid out as gymnasium's NEXT_STEP autoreset produces them:
+
+- ``next_values[t]`` is V of the observation returned by step t. For an episode cut by its time
+  limit that observation is the final one, so a truncated episode is bootstrapped with
+  V(final obs); a terminated one is not (``terminated[t]`` zeroes the bootstrap).
+- ``episode_end[t]`` (terminated or truncated) stops the backward recursion, so no estimate
+  reaches across an episode boundary.
+- ``valid[t]`` is False on the reset step that follows an episode end: its action was ignored
+  and its reward is 0. Its advantage is 0 and the trainer drops it from every loss.
+- The last step of the rollout is bootstrapped from V(obs_T), like a truncation.
+
+Value targets are ``returns = advantages + values`` for every estimator.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .config import ConfigError
+
+
+class AdvantageEstimator(Protocol):
+    gamma: float
+
+    def __call__(self, rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray,
+                 terminated: np.ndarray, episode_end: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Advantages, [T, N]."""
+        ...
+
+
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 < gamma <= 1.0:
+        raise ConfigError("advantage.gamma", gamma, "a value in (0, 1]")
+
+
+class GAE:
+    """Generalised advantage estimation: A_t = sum_k (gamma lambda)^k delta_{t+k}."""
+
+    def __init__(self, gamma: float = 0.99, lam: float = 0.95):
+        _check_gamma(gamma)
+        if not 0.0 <= lam <= 1.0:
+            raise ConfigError("advantage.lam", lam, "a value in [0, 1]")
+        self.gamma, self.lam = gamma, lam
+
+    def __call__(self, rewards, values, next_values, terminated, episode_end, valid):
+        deltas = rewards + self.gamma * (1.0 - terminated) * next_values - values
+        decay = self.gamma * self.lam * (1.0 - episode_end)
+        advantages = np.zeros_like(deltas)
+        running = np.zeros_like(deltas[0])
+        for t in reversed(range(len(deltas))):
+            running = deltas[t] + decay[t] * running
+            advantages[t] = running
+        return np.where(valid, advantages, 0.0).astype(np.float32)
+
+
+class MonteCarlo:
+    """Rewards-to-go minus the value baseline: A_t = R_t - V(s_t).
+
+    R_t sums discounted rewards to the end of the episode with no bootstrap inside it. Where
+    the segment is cut before the episode terminates (time-limit truncation, or the end of
+    the rollout horizon), R_t is bootstrapped from V at the cut. Equals GAE with lambda = 1.
+    """
+
+    def __init__(self, gamma: float = 0.99):
+        _check_gamma(gamma)
+        self.gamma = gamma
+
+    def __call__(self, rewards, values, next_values, terminated, episode_end, valid):
+        returns = np.zeros_like(rewards)
+        # Past the end of the segment, or at a truncation, the tail is V(next obs).
+        tail = next_values[-1]
+        for t in reversed(range(len(rewards))):
+            cut = episode_end[t] > 0
+            bootstrap = np.where(terminated[t] > 0, 0.0, next_values[t])
+            tail = np.where(cut, bootstrap, tail)
+            returns[t] = rewards[t] + self.gamma * tail
+            tail = returns[t]
+        return np.where(valid, returns - values, 0.0).astype(np.float32)
+
+
+class NStepTD:
+    """n-step TD advantage: sum_{k<m} gamma^k r_{t+k} + gamma^m V(s_{t+m}) - V(s_t).
+
+    m = n, or fewer where the episode or the rollout ends first (then the bootstrap is the
+    value at that cut, zero after a termination). n = 1 is the TD(0) residual, GAE lambda = 0.
+    """
+
+    def __init__(self, gamma: float = 0.99, n: int = 1):
+        _check_gamma(gamma)
+        if n < 1:
+            raise ConfigError("advantage.n", n, "an integer >= 1")
+        self.gamma, self.n = gamma, n
+
+    def __call__(self, rewards, values, next_values, terminated, episode_end, valid):
+        T = len(rewards)
+        targets = np.zeros_like(rewards)
+        for t in range(T):
+            total = np.zeros_like(rewards[0])
+            discount = np.ones_like(rewards[0])
+            open_ = np.ones_like(rewards[0], dtype=bool)  # episode still running from t
+            bootstrap = np.zeros_like(rewards[0])
+            for k in range(min(self.n, T - t)):
+                s = t + k
+                total += np.where(open_, discount * rewards[s], 0.0)
+                discount = np.where(open_, discount * self.gamma, discount)
+                last = (k == self.n - 1) or (s == T - 1)
+                stop = open_ & ((episode_end[s] > 0) | last)
+                bootstrap = np.where(stop, np.where(terminated[s] > 0, 0.0, next_values[s]), bootstrap)
+                open_ &= ~stop
+            targets[t] = total + discount * bootstrap
+        return np.where(valid, targets - values, 0.0).astype(np.float32)

@@ -1,0 +1,93 @@
+"""Action distributions with closed-form log-prob, entropy and KL.
+
+Small hand-written classes instead of ``torch.distributions``: no argument validation and no
+object graph per call on the hot path, and the parameters can be stored in the rollout so the
+analytic KL(pi_old || pi_new) is available to the losses.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Distribution(Protocol):
+    """What the trainer and the losses need from a policy's action distribution."""
+
+    def sample(self) -> torch.Tensor: ...
+    def mode(self) -> torch.Tensor: ...
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor: ...
+    def entropy(self) -> torch.Tensor: ...
+    def kl(self, other: "Distribution") -> torch.Tensor:
+        """Per-sample KL(self || other)."""
+        ...
+    def params(self) -> torch.Tensor:
+        """Parameters as one [batch, k] tensor, to rebuild the distribution later."""
+        ...
+
+
+class DiagGaussian:
+    """Independent Gaussian per action dimension; log-prob and entropy sum over dimensions."""
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+
+    @classmethod
+    def from_params(cls, params: torch.Tensor) -> "DiagGaussian":
+        mean, log_std = params.chunk(2, dim=-1)
+        return cls(mean, log_std)
+
+    def params(self) -> torch.Tensor:
+        return torch.cat([self.mean, self.log_std], dim=-1)
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.pow(2) - self.log_std - _HALF_LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        # H = sum_i (log sigma_i + 0.5 * log(2 pi e)); the seed's -p*log p is not an entropy.
+        return (self.log_std + 0.5 + _HALF_LOG_2PI).sum(-1)
+
+    def kl(self, other: "DiagGaussian") -> torch.Tensor:
+        var_ratio = torch.exp(2.0 * (self.log_std - other.log_std))
+        mean_term = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
+        return 0.5 * (var_ratio + mean_term - 1.0).sum(-1) - (self.log_std - other.log_std).sum(-1)
+
+
+class Categorical:
+    """Categorical over discrete actions, parameterised by (unnormalised) logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+    @classmethod
+    def from_params(cls, params: torch.Tensor) -> "Categorical":
+        return cls(params)
+
+    def params(self) -> torch.Tensor:
+        return self.logits
+
+    def sample(self) -> torch.Tensor:
+        return torch.multinomial(self.logits.exp(), 1).squeeze(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logits.exp() * self.logits).sum(-1)
+
+    def kl(self, other: "Categorical") -> torch.Tensor:
+        return (self.logits.exp() * (self.logits - other.logits)).sum(-1)

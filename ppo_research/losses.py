@@ -1,0 +1,181 @@
+"""Policy surrogate objectives. Each class is one `loss=` option.
+
+A loss supplies only its policy term (to be minimised) and its own state (beta). The trainer
+owns what all losses share: value loss, entropy bonus, gradient clipping, summing the terms.
+
+Notation as in the seed notebook: r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t the advantage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .config import ConfigError
+from .distributions import Distribution
+
+GRANULARITIES = ("iteration", "epoch", "minibatch")
+
+
+@dataclass
+class PolicyBatch:
+    """What a policy term may depend on, for one minibatch."""
+
+    log_prob: torch.Tensor  # log pi_theta(a|s), with gradient
+    old_log_prob: torch.Tensor  # log pi_old(a|s), from the rollout
+    advantages: torch.Tensor
+    dist: Distribution  # pi_theta(.|s)
+    old_dist: Distribution  # pi_old(.|s)
+
+    def __post_init__(self):
+        self.log_ratio = self.log_prob - self.old_log_prob
+        self.ratio = self.log_ratio.exp()
+
+
+class PolicyLoss:
+    """Interface of a policy objective; the base class is a loss with no state."""
+
+    #: clip range, for losses that clip; the trainer reports clip_fraction against it
+    epsilon: Optional[float] = None
+    #: when the loss's state adapts to the measured KL: one of GRANULARITIES, or None
+    adapt_every: Optional[str] = None
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        """The policy term to minimise (a scalar)."""
+        raise NotImplementedError
+
+    def divergence(self, batch: PolicyBatch) -> torch.Tensor:
+        """Per-sample divergence the loss measures; default the analytic KL(pi_old || pi_theta)."""
+        return batch.old_dist.kl(batch.dist)
+
+    def observe_kl(self, kl: float, granularity: str) -> None:
+        """Called with the mean divergence after each minibatch, epoch and iteration."""
+
+    def log_values(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _check_epsilon(epsilon, key="loss.epsilon"):
+    if epsilon is not None and not 0.0 < epsilon < 1.0:
+        raise ConfigError(key, epsilon, "a value in (0, 1)")
+
+
+class ClipLoss(PolicyLoss):
+    """L^CLIP = E[min(r A, clip(r, 1-eps, 1+eps) A)]."""
+
+    def __init__(self, epsilon: float = 0.2):
+        _check_epsilon(epsilon)
+        self.epsilon = epsilon
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        return -clipped_surrogate(batch.ratio, batch.advantages, self.epsilon).mean()
+
+
+class CPILoss(PolicyLoss):
+    """L^CPI = E[r A]: no clipping and no penalty (the paper's first row)."""
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        return -(batch.ratio * batch.advantages).mean()
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return torch.min(ratio * advantages, ratio.clamp(1.0 - epsilon, 1.0 + epsilon) * advantages)
+
+
+class KLPenaltyLoss(PolicyLoss):
+    """L^KLPEN = E[r A] - beta * KL, with beta adapted by the 1.5 / 2 rule or held fixed.
+
+    Defaults are the paper's: KL(pi_old || pi_theta) computed analytically, beta adapted once
+    per policy update from d = the batch mean KL: d < d_targ / 1.5 halves beta, d > d_targ * 1.5
+    doubles it. ``epsilon`` adds the clipped surrogate in place of r A (clip + penalty).
+    """
+
+    def __init__(
+        self,
+        beta: float = 1.0,
+        kl_target: float = 0.01,
+        adaptive: bool = True,
+        adapt_every: str = "iteration",
+        direction: str = "forward",
+        estimator: str = "analytic",
+        low_threshold: float = 1.5,
+        high_threshold: float = 1.5,
+        factor: float = 2.0,
+        beta_min: Optional[float] = None,
+        beta_max: Optional[float] = None,
+        epsilon: Optional[float] = None,
+    ):
+        if beta < 0:
+            raise ConfigError("loss.beta", beta, "a value >= 0")
+        if kl_target <= 0:
+            raise ConfigError("loss.kl_target", kl_target, "a value > 0")
+        if adapt_every not in GRANULARITIES:
+            raise ConfigError("loss.adapt_every", adapt_every, f"one of {', '.join(GRANULARITIES)}")
+        if direction not in ("forward", "reverse"):
+            raise ConfigError("loss.direction", direction, "forward (KL(old||new)) or reverse (KL(new||old))")
+        if estimator not in ("analytic", "k1", "k3"):
+            raise ConfigError("loss.estimator", estimator, "one of analytic, k1, k3")
+        for key, value in (("loss.low_threshold", low_threshold), ("loss.high_threshold", high_threshold),
+                           ("loss.factor", factor)):
+            if value < 1.0:
+                raise ConfigError(key, value, "a value >= 1")
+        if beta_min is not None and beta_max is not None and beta_min > beta_max:
+            raise ConfigError("loss.beta_min", beta_min, f"at most loss.beta_max={beta_max}")
+        _check_epsilon(epsilon)
+        self.beta = float(beta)
+        self.kl_target = kl_target
+        self.adapt_every = adapt_every if adaptive else None
+        self.direction, self.estimator = direction, estimator
+        self.low_threshold, self.high_threshold, self.factor = low_threshold, high_threshold, factor
+        self.beta_min, self.beta_max = beta_min, beta_max
+        self.epsilon = epsilon
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        if self.epsilon is None:
+            surrogate = batch.ratio * batch.advantages
+        else:
+            surrogate = clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)
+        return -(surrogate.mean() - self.beta * self.divergence(batch).mean())
+
+    def divergence(self, batch: PolicyBatch) -> torch.Tensor:
+        if self.estimator == "analytic":
+            if self.direction == "forward":
+                return batch.old_dist.kl(batch.dist)
+            return batch.dist.kl(batch.old_dist)
+        # Sample estimators with a ~ pi_old; reverse KL is importance-weighted by r.
+        r, log_r = batch.ratio, batch.log_ratio
+        if self.direction == "forward":
+            return -log_r if self.estimator == "k1" else (r - 1.0) - log_r
+        return r * log_r if self.estimator == "k1" else r * log_r - (r - 1.0)
+
+    def observe_kl(self, kl: float, granularity: str) -> None:
+        if granularity == self.adapt_every:
+            self.beta = self.next_beta(self.beta, kl)
+
+    def next_beta(self, beta: float, d: float) -> float:
+        """The adaptive rule: one step of beta given the measured divergence d."""
+        if d < self.kl_target / self.low_threshold:
+            beta = beta / self.factor
+        elif d > self.kl_target * self.high_threshold:
+            beta = beta * self.factor
+        if self.beta_min is not None:
+            beta = max(beta, self.beta_min)
+        if self.beta_max is not None:
+            beta = min(beta, self.beta_max)
+        return beta
+
+    def log_values(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    def state_dict(self) -> dict:
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta = float(state["beta"])

@@ -1,0 +1,188 @@
+"""Actor-critic networks. Each class is one `network=` option.
+
+The observation and action spaces are passed at build time by the trainer
+(``instantiate(cfg.network, obs_space=..., action_space=...)``), never written into the config.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ConfigError
+from .distributions import Categorical, DiagGaussian, Distribution
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class ActorCritic(nn.Module):
+    """The interface the trainer talks to: an action distribution and a state value per observation."""
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        return self.distribution(obs), self.value(obs)
+
+    def distribution_from_params(self, params: torch.Tensor) -> Distribution:
+        """Rebuild a distribution from ``Distribution.params()`` stored in the rollout."""
+        return self._dist_cls.from_params(params)
+
+
+def _mlp(sizes: Sequence[int], activation: str, gain: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [_linear(n_in, n_out, gain), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+def _linear(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    if gain is not None:  # orthogonal init, zero bias; None keeps torch's default init
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class _Heads(ActorCritic):
+    """Shared construction of the policy head (Gaussian or Categorical) and the value head."""
+
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        ortho_init: bool,
+        hidden_gain: float,
+        policy_gain: float,
+        value_gain: float,
+        log_std_init: float,
+        state_dependent_std: bool,
+        log_std_min: float,
+        log_std_max: float,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError("network.activation", activation, f"one of {sorted(ACTIVATIONS)}")
+        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
+            raise ConfigError("network.hidden_sizes", list(hidden_sizes), "a non-empty list of positive ints")
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+            raise ConfigError("env.id", obs_space, "a flat Box observation space")
+        self.obs_dim = int(obs_space.shape[0])
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.activation = activation
+        self.hidden_gain = hidden_gain if ortho_init else None
+        self._policy_gain = policy_gain if ortho_init else None
+        self._value_gain = value_gain if ortho_init else None
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.state_dependent_std = state_dependent_std
+
+        if isinstance(action_space, gym.spaces.Box):
+            self._dist_cls = DiagGaussian
+            self.action_dim = int(np.prod(action_space.shape))
+            head_out = 2 * self.action_dim if state_dependent_std else self.action_dim
+            self.log_std = None if state_dependent_std else nn.Parameter(
+                torch.full((self.action_dim,), float(log_std_init)))
+            self._log_std_init = log_std_init
+        elif isinstance(action_space, gym.spaces.Discrete):
+            self._dist_cls = Categorical
+            if state_dependent_std:
+                raise ConfigError("network.state_dependent_std", True, "false for a discrete action space")
+            head_out = int(action_space.n)
+            self.log_std = None
+        else:
+            raise ConfigError("env.id", type(action_space).__name__, "Box or Discrete action spaces")
+        self._head_out = head_out
+
+    def _policy_head(self, n_in: int) -> nn.Linear:
+        head = _linear(n_in, self._head_out, self._policy_gain)
+        if self.state_dependent_std and self._dist_cls is DiagGaussian:
+            with torch.no_grad():  # start the log-std half at log_std_init
+                head.bias[self.action_dim:] = float(self._log_std_init)
+        return head
+
+    def _make_distribution(self, head_out: torch.Tensor) -> Distribution:
+        if self._dist_cls is Categorical:
+            return Categorical(head_out)
+        if self.state_dependent_std:
+            mean, log_std = head_out.chunk(2, dim=-1)
+        else:
+            mean, log_std = head_out, self.log_std
+        # Clamp (as the seed does) but differentiably: the gradient is zero outside the range.
+        return DiagGaussian(mean, log_std.clamp(self.log_std_min, self.log_std_max))
+
+
+class MLPActorCritic(_Heads):
+    """Separate actor and critic MLPs (the PPO paper's network: 64x64 tanh)."""
+
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        ortho_init: bool = True,
+        hidden_gain: float = math.sqrt(2),
+        policy_gain: float = 0.01,
+        value_gain: float = 1.0,
+        log_std_init: float = 0.0,
+        state_dependent_std: bool = False,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+    ):
+        super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
+                         policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
+        sizes = [self.obs_dim, *self.hidden_sizes]
+        self.actor = nn.Sequential(_mlp(sizes, activation, self.hidden_gain), self._policy_head(sizes[-1]))
+        self.critic = nn.Sequential(_mlp(sizes, activation, self.hidden_gain),
+                                    _linear(sizes[-1], 1, self._value_gain))
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        return self._make_distribution(self.actor(obs))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+
+class SharedMLPActorCritic(_Heads):
+    """One MLP trunk feeding a policy head and a value head."""
+
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        ortho_init: bool = True,
+        hidden_gain: float = math.sqrt(2),
+        policy_gain: float = 0.01,
+        value_gain: float = 1.0,
+        log_std_init: float = 0.0,
+        state_dependent_std: bool = False,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+    ):
+        super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
+                         policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
+        sizes = [self.obs_dim, *self.hidden_sizes]
+        self.trunk = _mlp(sizes, activation, self.hidden_gain)
+        self.policy_head = self._policy_head(sizes[-1])
+        self.value_head = _linear(sizes[-1], 1, self._value_gain)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        return self._make_distribution(self.policy_head(self.trunk(obs)))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_head(self.trunk(obs)).squeeze(-1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        features = self.trunk(obs)  # one trunk pass for both heads
+        return self._make_distribution(self.policy_head(features)), self.value_head(features).squeeze(-1)

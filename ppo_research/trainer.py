@@ -1,0 +1,308 @@
+"""The PPO training loop.
+
+Per iteration, as in the paper's algorithm box:
+  1. collect T steps from N envs with pi_old;
+  2. estimate advantages A_t and value targets R_t = A_t + V(s_t);
+  3. K epochs of minibatch Adam on  policy term + c_v * value loss - c_e * entropy;
+  4. let the loss adapt its state (beta) to the measured KL; log, evaluate, checkpoint.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from . import checkpoint
+from .advantages import AdvantageEstimator
+from .config import Config
+from .envs import TrainingEnvs
+from .evaluation import Evaluator
+from .loggers import MetricsFile, RunLogger, write_json_atomic
+from .losses import PolicyBatch, PolicyLoss
+from .networks import ActorCritic
+from .rollout import Rollout, RolloutCollector
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term or a parameter became NaN/Inf; ``str()`` says where."""
+
+
+@dataclass
+class Batch:
+    """The valid (non-reset) transitions of a rollout, flattened to torch tensors."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    dist_params: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    @classmethod
+    def from_rollout(cls, rollout: Rollout, advantages: np.ndarray) -> "Batch":
+        keep = rollout.valid.reshape(-1)
+        flat = lambda a: torch.from_numpy(a.reshape(keep.shape[0], *a.shape[2:])[keep])  # noqa: E731
+        values = flat(rollout.values)
+        adv = flat(advantages)
+        return cls(flat(rollout.obs), flat(rollout.actions), flat(rollout.log_probs), flat(rollout.dist_params),
+                   values, adv, adv + values)
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, raw: DictConfig, run_dir: Path, logger: RunLogger, choices: dict[str, str]):
+        self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
+        algo = cfg.algo
+        torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+
+        # Derived sizes, computed once.
+        self.batch_size = algo.num_envs * algo.num_steps
+        self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
+
+        self.loss: PolicyLoss = instantiate(raw.loss)
+        self.estimator: AdvantageEstimator = instantiate(raw.advantage)
+        self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, cfg.seed)
+        self.policy: ActorCritic = instantiate(raw.network, obs_space=self.envs.single_observation_space,
+                                               action_space=self.envs.single_action_space)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=algo.learning_rate, eps=algo.adam_eps)
+        self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed)
+        self.config_dict = OmegaConf.to_container(raw, resolve=True)
+        self.choices = choices
+
+        self.iteration = 0
+        self.global_step = 0
+        self.elapsed = 0.0  # training wall time, summed over resumed segments
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.last_eval: Optional[np.ndarray] = None
+
+    # -- the algorithm -------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        cfg = self.cfg
+        while self.iteration < self.num_iterations:
+            start = time.perf_counter()
+            lr = self._set_learning_rate()
+            beta_used = self.loss.log_values()
+
+            rollout, episodes = self.collector.collect()                                  # 1
+            advantages = self.estimator(rollout.rewards, rollout.values, rollout.next_values,
+                                        rollout.terminated, rollout.episode_end, rollout.valid)  # 2
+            batch = Batch.from_rollout(rollout, advantages)
+            stats = self.update(batch)                                                    # 3
+            self.loss.observe_kl(stats["kl"], "iteration")                               # 4
+
+            self.iteration += 1
+            self.global_step += self.batch_size
+            row = self._iteration_row(stats, episodes, lr, beta_used, rollout, advantages)
+            if self._eval_due():
+                row.update(self._evaluate())
+            self.elapsed += time.perf_counter() - start  # end to end: rollout, update, evaluation
+            row["time_s"] = self.elapsed
+            row["sps"] = self.global_step / self.elapsed
+            self.metrics.write(row)
+            self.logger.log(row, step=self.global_step)
+            if cfg.progress:
+                self._print_progress(row)
+            if self._checkpoint_due():
+                self.save_checkpoint()
+        return self.finish()
+
+    def update(self, batch: Batch) -> dict:
+        """K epochs of minibatch Adam over the batch; returns the iteration's statistics."""
+        algo = self.cfg.algo
+        if algo.normalize_advantage == "batch":
+            batch.advantages = _standardise(batch.advantages)
+        n, mb = len(batch), algo.minibatch_size
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+        steps = 0
+        clip_eps = self.loss.epsilon if self.loss.epsilon is not None else 0.2
+        stop = False
+        for epoch in range(algo.num_epochs):
+            order = torch.randperm(n)
+            for start in range(0, n, mb):
+                idx = order[start:start + mb]
+                pb, value = self._policy_batch(batch, idx)
+                policy_loss = self.loss(pb)
+                value_loss = self._value_loss(value, batch.values[idx], batch.returns[idx])
+                entropy = pb.dist.entropy().mean()
+                total = policy_loss + algo.vf_coef * value_loss - algo.ent_coef * entropy
+                if not torch.isfinite(total):
+                    self._raise_non_finite(policy_loss, value_loss, entropy, epoch, steps)
+
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if algo.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), algo.max_grad_norm)
+                self.optimizer.step()
+
+                with torch.no_grad():
+                    approx_kl = ((pb.ratio - 1.0) - pb.log_ratio).mean().item()  # k3, pre-step
+                    sums["policy_loss"] += policy_loss.item()
+                    sums["value_loss"] += value_loss.item()
+                    sums["entropy"] += entropy.item()
+                    sums["clip_fraction"] += ((pb.ratio - 1.0).abs() > clip_eps).float().mean().item()
+                    sums["approx_kl"] += approx_kl
+                    if self.loss.adapt_every == "minibatch":
+                        self.loss.observe_kl(self.loss.divergence(pb).mean().item(), "minibatch")
+                steps += 1
+                if algo.target_kl is not None and approx_kl > 1.5 * algo.target_kl:
+                    stop = True
+                    break
+            if self.loss.adapt_every == "epoch":
+                self.loss.observe_kl(self._measure(batch)["kl"], "epoch")
+            if stop:
+                break
+        self._check_parameters()
+        stats = {k: v / max(steps, 1) for k, v in sums.items()}
+        stats.update(self._measure(batch))
+        stats["epochs"] = epoch + 1
+        return stats
+
+    # -- pieces of the update ------------------------------------------------------------------
+
+    def _policy_batch(self, batch: Batch, idx) -> tuple[PolicyBatch, torch.Tensor]:
+        dist, value = self.policy(batch.obs[idx])
+        advantages = batch.advantages[idx]
+        if self.cfg.algo.normalize_advantage == "minibatch":
+            advantages = _standardise(advantages)
+        pb = PolicyBatch(log_prob=dist.log_prob(batch.actions[idx]), old_log_prob=batch.log_probs[idx],
+                         advantages=advantages, dist=dist,
+                         old_dist=self.policy.distribution_from_params(batch.dist_params[idx]))
+        return pb, value
+
+    def _value_loss(self, value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        loss = (value - returns).pow(2)
+        clip = self.cfg.algo.clip_value_loss
+        if clip is not None:
+            clipped = old_value + (value - old_value).clamp(-clip, clip)
+            loss = torch.max(loss, (clipped - returns).pow(2))
+        return 0.5 * loss.mean()
+
+    @torch.no_grad()
+    def _measure(self, batch: Batch) -> dict:
+        """Full-batch divergence after the update: the d the beta rule acts on, and ratio range."""
+        pb, _ = self._policy_batch(batch, slice(None))
+        return {"kl": self.loss.divergence(pb).mean().item(),
+                "approx_kl_k3": ((pb.ratio - 1.0) - pb.log_ratio).mean().item(),
+                "ratio_min": pb.ratio.min().item(), "ratio_max": pb.ratio.max().item()}
+
+    def _set_learning_rate(self) -> float:
+        lr = self.cfg.algo.learning_rate
+        if self.cfg.algo.anneal_lr:
+            lr *= 1.0 - self.iteration / self.num_iterations
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _raise_non_finite(self, policy_loss, value_loss, entropy, epoch: int, minibatch: int):
+        bad = [name for name, term in (("policy_loss", policy_loss), ("value_loss", value_loss),
+                                       ("entropy", entropy)) if not torch.isfinite(term)]
+        raise NonFiniteError(f"non-finite {', '.join(bad) or 'total loss'} at iteration {self.iteration + 1} "
+                             f"(epoch {epoch + 1}, minibatch {minibatch + 1})")
+
+    def _check_parameters(self) -> None:
+        for name, p in self.policy.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteError(f"non-finite parameter {name} after the update at iteration {self.iteration + 1}")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _iteration_row(self, stats, episodes, lr, beta_used, rollout, advantages) -> dict:
+        valid = rollout.valid
+        returns = (advantages + rollout.values)[valid]
+        var_returns = returns.var()
+        explained = float("nan") if var_returns == 0 else 1.0 - (returns - rollout.values[valid]).var() / var_returns
+        row = {"iteration": self.iteration, "global_step": self.global_step, "time_s": None, "sps": None}
+        if episodes:
+            self.recent_returns.extend(r for r, _ in episodes)
+            row["episode_return"] = float(np.mean([r for r, _ in episodes]))
+            row["episode_length"] = float(np.mean([n for _, n in episodes]))
+            row["episodes"] = len(episodes)
+        row.update({k: stats[k] for k in ("policy_loss", "value_loss", "entropy", "kl", "clip_fraction",
+                                          "approx_kl_k3", "ratio_min", "ratio_max", "epochs")})
+        row.update(beta_used)
+        row["learning_rate"] = lr
+        row["explained_variance"] = float(explained)
+        return row
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.eval.every
+        return self.iteration == self.num_iterations or (every > 0 and self.iteration % every == 0)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint.every
+        return self.iteration == self.num_iterations or (every > 0 and self.iteration % every == 0)
+
+    def _evaluate(self) -> dict:
+        returns = self.evaluator(self.policy, self.envs.obs_norm)
+        self.last_eval = returns
+        return {"eval_return": float(returns.mean()), "eval_return_std": float(returns.std())}
+
+    def _print_progress(self, row: dict) -> None:
+        parts = [f"iter {row['iteration']}/{self.num_iterations}", f"step {row['global_step']}",
+                 f"sps {row['sps']:.0f}"]
+        if "episode_return" in row:
+            parts.append(f"return {row['episode_return']:.1f}")
+        if "eval_return" in row:
+            parts.append(f"eval {row['eval_return']:.1f}")
+        if "beta" in row:
+            parts.append(f"beta {row['beta']:.3g}")
+        parts.append(f"kl {row['kl']:.4f}")
+        print(" | ".join(parts), file=sys.stderr, flush=True)
+
+    def finish(self) -> dict:
+        summary = {"global_step": self.global_step, "iterations": self.iteration,
+                   "wall_time_s": self.elapsed, "sps": self.global_step / max(self.elapsed, 1e-9),
+                   "train_return": float(np.mean(list(self.recent_returns)[-20:])) if self.recent_returns else None,
+                   "train_return_last100": float(np.mean(self.recent_returns)) if self.recent_returns else None}
+        if self.last_eval is not None:
+            summary.update(eval_return=float(self.last_eval.mean()), eval_return_std=float(self.last_eval.std()),
+                           eval_episodes=len(self.last_eval))
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        self.logger.summary(summary)
+        return summary
+
+    def close(self) -> None:
+        if hasattr(self, "metrics"):
+            self.metrics.close()
+        self.envs.close()
+        self.evaluator.close()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
+            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "loss": self.loss.state_dict(), "envs": self.envs.state_dict(),
+            "recent_returns": list(self.recent_returns),
+            "config": self.config_dict,
+        }
+
+    def save_checkpoint(self) -> Path:
+        return checkpoint.save(self.run_dir, self.iteration, self.state_dict(), self.cfg.checkpoint.keep)
