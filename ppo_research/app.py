@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -39,15 +40,17 @@ def check_group_choices(argv: list[str]) -> None:
                     fail(f"{key}={choice!r} is not an option of group '{key}': expected one of {', '.join(options)}")
 
 
-def run(cfg: DictConfig) -> dict:
+def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
+                      on_evaluation: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Validate ``cfg``, train in ``run_dir`` and return the summary. Usable without Hydra's
+    runtime (the sweep driver calls it per trial with an ``on_evaluation`` pruning hook)."""
     from .trainer import Trainer  # imported here so `--help` and config errors stay fast
 
     config = validate(cfg)
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if k in GROUPS and v is not None}
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     logger = instantiate(cfg.logger)
-    trainer = Trainer(config, cfg, run_dir, logger, choices)
+    trainer = Trainer(config, cfg, run_dir, logger, choices, on_evaluation=on_evaluation)
     logger.start(run_dir, trainer.config_dict, choices)
     exit_code = 1
     try:
@@ -59,10 +62,14 @@ def run(cfg: DictConfig) -> dict:
         logger.finish(exit_code)
 
 
+def hydra_choices() -> dict[str, str]:
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if k in GROUPS and v is not None}
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
-        summary = run(cfg)
+        summary = train_from_config(cfg, Path(HydraConfig.get().runtime.output_dir), hydra_choices())
     except ConfigError as err:
         fail(str(err))
     return summary.get("eval_return")

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -72,8 +72,10 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, raw: DictConfig, run_dir: Path, logger: RunLogger, choices: dict[str, str]):
+    def __init__(self, cfg: Config, raw: DictConfig, run_dir: Path, logger: RunLogger, choices: dict[str, str],
+                 on_evaluation: Optional[Callable[[int, int, float], None]] = None):
         self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
+        self.on_evaluation = on_evaluation  # (iteration, global_step, eval_return); may raise to stop (pruning)
         algo = cfg.algo
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
@@ -130,6 +132,8 @@ class Trainer:
                 self._print_progress(row)
             if self._checkpoint_due():
                 self.save_checkpoint()
+            if "eval_return" in row and self.on_evaluation is not None:
+                self.on_evaluation(self.iteration, self.global_step, row["eval_return"])
         return self.finish()
 
     def update(self, batch: Batch) -> dict:

@@ -1,0 +1,67 @@
+"""Shared test helpers: compose the real config, shrink it, run the real CLI.
+
+Every test runs with WANDB_MODE=offline and temporary directories for wandb, Hydra outputs and
+optuna storages; nothing reaches the network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from ppo_research.app import CONF_DIR
+
+REPO = CONF_DIR.parent
+
+# A budget small enough for a CLI smoke run to take a few seconds.
+TINY = ["total_timesteps=256", "algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=32",
+        "algo.num_epochs=2", "eval.episodes=1", "progress=false"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / "wandb").mkdir(exist_ok=True)
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """The real composed config (all groups), as ``python -m ppo_research <overrides>`` sees it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
+            module: str = "ppo_research") -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` in a subprocess, as a user would."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    full_env.setdefault("WANDB_DIR", str(cwd))
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+TIMING_KEYS = ("time_s", "sps")
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
