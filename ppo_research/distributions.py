@@ -67,12 +67,13 @@ class DiagGaussian:
 class Categorical:
     """Categorical over discrete actions, parameterised by (unnormalised) logits."""
 
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    def __init__(self, logits: torch.Tensor, normalized: bool = False):
+        # Normalise once; stored params are already normalised, so rebuilding them is exact.
+        self.logits = logits if normalized else logits - torch.logsumexp(logits, dim=-1, keepdim=True)
 
     @classmethod
     def from_params(cls, params: torch.Tensor) -> "Categorical":
-        return cls(params)
+        return cls(params, normalized=True)
 
     def params(self) -> torch.Tensor:
         return self.logits
@@ -84,7 +85,8 @@ class Categorical:
         return self.logits.argmax(-1)
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        logits = self.logits.expand(*actions.shape, self.logits.shape[-1])  # broadcast sample dims
+        return logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     def entropy(self) -> torch.Tensor:
         return -(self.logits.exp() * self.logits).sum(-1)

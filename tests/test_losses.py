@@ -1,0 +1,156 @@
+"""Policy losses: the seed's clipped/unclipped table, invariants of every loss, the beta rule."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ppo_research.config import ConfigError
+from ppo_research.losses import ClipLoss, CPILoss, KLPenaltyLoss, PolicyBatch
+from ppo_research.networks import MLPActorCritic
+
+from conftest import compose_config, read_metrics, run_cli, TINY
+
+EPS = 0.2
+
+
+def single_sample(r: float, advantage: float) -> tuple[PolicyBatch, torch.Tensor]:
+    """A one-sample batch whose ratio is r, with the gradient flowing to log pi_theta."""
+    log_prob = torch.tensor([np.log(r)], dtype=torch.float64, requires_grad=True)
+    gauss = lambda: None  # noqa: E731 - dists are unused by the surrogate terms
+    batch = PolicyBatch(log_prob=log_prob, old_log_prob=torch.zeros(1, dtype=torch.float64),
+                        advantages=torch.tensor([advantage], dtype=torch.float64), dist=gauss, old_dist=gauss)
+    return batch, log_prob
+
+
+# The seed notebook's table: region of r, sign of A -> value of the min, clipped?, gradient?
+SEED_TABLE = [
+    (1.1, +1.0, lambda r, a: r * a, False),            # r in [1-eps, 1+eps], A > 0
+    (0.9, -1.0, lambda r, a: r * a, False),            # r in [1-eps, 1+eps], A < 0
+    (0.5, +1.0, lambda r, a: r * a, False),            # r < 1-eps, A > 0
+    (0.5, -1.0, lambda r, a: (1 - EPS) * a, True),     # r < 1-eps, A < 0: clipped, no gradient
+    (1.5, +1.0, lambda r, a: (1 + EPS) * a, True),     # r > 1+eps, A > 0: clipped, no gradient
+    (1.5, -1.0, lambda r, a: r * a, False),            # r > 1+eps, A < 0
+]
+
+
+@pytest.mark.parametrize("r,adv,expected,clipped", SEED_TABLE)
+def test_clip_reproduces_the_seed_table(r, adv, expected, clipped):
+    batch, log_prob = single_sample(r, adv)
+    objective = -ClipLoss(EPS)(batch)
+    assert objective.item() == pytest.approx(expected(r, adv))
+    assert np.sign(objective.item()) == np.sign(adv)
+    objective.backward()
+    grad = log_prob.grad.item()
+    if clipped:
+        assert grad == 0.0
+    else:
+        assert grad == pytest.approx(r * adv)  # d(r A)/d log pi = r A
+
+
+@pytest.mark.parametrize("r", [0.3, 0.5, 0.79, 0.81, 0.95, 1.0, 1.05, 1.19, 1.21, 1.5, 1.7])
+@pytest.mark.parametrize("adv", [-2.0, -0.5, 0.7, 3.0])
+def test_cpi_and_clip_agree_inside_the_trust_region_only(r, adv):
+    clip_value = -ClipLoss(EPS)(single_sample(r, adv)[0]).item()
+    cpi_value = -CPILoss()(single_sample(r, adv)[0]).item()
+    inside = 1 - EPS <= r <= 1 + EPS
+    pessimistic_side = (r > 1 + EPS and adv > 0) or (r < 1 - EPS and adv < 0)
+    if inside or not pessimistic_side:
+        assert clip_value == pytest.approx(cpi_value)
+    else:
+        assert clip_value < cpi_value - 1e-9  # a lower bound, strictly below outside
+
+
+def all_loss_configs():
+    return [("clip", []), ("cpi", []), ("klpen", []), ("klfixed", []),
+            ("klpen", ["loss.direction=reverse"]), ("klpen", ["loss.estimator=k1"]),
+            ("klpen", ["loss.estimator=k3"]), ("klpen", ["loss.estimator=k3", "loss.direction=reverse"]),
+            ("klpen", ["loss.epsilon=0.2"])]
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4)], ids=["box", "discrete"])
+@pytest.mark.parametrize("name,extra", all_loss_configs())
+def test_first_minibatch_has_unit_ratio_and_zero_kl(name, extra, space):
+    """Before any step pi_theta = pi_old: r = 1 and every divergence estimate is exactly 0."""
+    torch.manual_seed(0)
+    loss = instantiate(compose_config([f"loss={name}", *extra]).loss)
+    policy = MLPActorCritic(gym.spaces.Box(-np.inf, np.inf, (5,)), space)
+    obs = torch.randn(64, 5)
+    with torch.no_grad():
+        old = policy.distribution(obs)
+        actions = old.sample()
+        old_log_prob, old_params = old.log_prob(actions), old.params()
+    dist = policy.distribution(obs)
+    batch = PolicyBatch(dist.log_prob(actions), old_log_prob, torch.randn(64), dist,
+                        policy.distribution_from_params(old_params))
+    assert torch.equal(batch.ratio, torch.ones(64))
+    assert torch.all(loss.divergence(batch) == 0)
+    value = loss(batch)
+    assert torch.isfinite(value)
+
+
+def test_adaptive_rule_follows_the_paper():
+    loss = KLPenaltyLoss(beta=1.0, kl_target=0.01)
+    low, high = 0.01 / 1.5, 0.01 * 1.5
+    ds = [0.001, 0.001, 0.01, high * 1.01, low * 0.99, low * 1.01, high * 0.99, 0.5, 0.5, 0.0]
+    expected = [0.5, 0.25, 0.25, 0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 0.5]
+    seen = []
+    for d in ds:
+        loss.observe_kl(d, "iteration")
+        seen.append(loss.beta)
+    assert seen == expected
+
+
+def test_beta_changes_only_at_the_configured_granularity():
+    for every in ("iteration", "epoch", "minibatch"):
+        loss = KLPenaltyLoss(beta=1.0, kl_target=0.01, adapt_every=every)
+        for granularity in ("iteration", "epoch", "minibatch"):
+            before = loss.beta
+            loss.observe_kl(1.0, granularity)
+            assert (loss.beta != before) == (granularity == every)
+
+
+def test_fixed_beta_never_changes():
+    loss = instantiate(compose_config(["loss=klfixed", "loss.beta=3.0"]).loss)
+    for d in (0.0, 1e-6, 0.01, 10.0):
+        for granularity in ("iteration", "epoch", "minibatch"):
+            loss.observe_kl(d, granularity)
+    assert loss.beta == 3.0 and loss.adapt_every is None
+
+
+def test_beta_bounds_and_state_roundtrip():
+    loss = KLPenaltyLoss(beta=1.0, beta_min=0.25, beta_max=4.0)
+    for _ in range(5):
+        loss.observe_kl(0.0, "iteration")
+    assert loss.beta == 0.25
+    for _ in range(10):
+        loss.observe_kl(1.0, "iteration")
+    assert loss.beta == 4.0
+    other = KLPenaltyLoss()
+    other.load_state_dict(loss.state_dict())
+    assert other.beta == 4.0
+
+
+@pytest.mark.parametrize("kwargs,key", [({"epsilon": 0.0}, "loss.epsilon"), ({"epsilon": 1.0}, "loss.epsilon"),
+                                        ({"beta": -1.0}, "loss.beta"), ({"kl_target": 0.0}, "loss.kl_target"),
+                                        ({"adapt_every": "batch"}, "loss.adapt_every")])
+def test_out_of_range_loss_parameters_are_rejected(kwargs, key):
+    cls = ClipLoss if set(kwargs) == {"epsilon"} else KLPenaltyLoss
+    with pytest.raises(ConfigError, match=key):
+        cls(**kwargs)
+
+
+def test_logged_beta_obeys_the_rule_in_a_real_klpen_run(tmp_path):
+    """Every iteration: beta_{k+1} = rule(beta_k, kl_k), read back from metrics.jsonl."""
+    result = run_cli(["loss=klpen", "env=cartpole", "logger=none", "total_timesteps=4096",
+                      "loss.kl_target=0.003", f"hydra.run.dir={tmp_path}/run", "progress=false"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 16
+    rule = KLPenaltyLoss(kl_target=0.003)
+    assert rows[0]["beta"] == 1.0
+    for before, after in zip(rows, rows[1:]):
+        assert after["beta"] == pytest.approx(rule.next_beta(before["beta"], before["kl"]))
+    assert len({row["beta"] for row in rows}) > 1, "the run never exercised the rule"
