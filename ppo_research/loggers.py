@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+import numpy as np
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,14 +42,27 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+log = logging.getLogger(__name__)
+
+
 class RunLogger:
-    """Interface of an experiment tracker; the base class logs nowhere."""
+    """Interface of an experiment tracker; the base class logs nowhere.
+
+    The trainer calls ``start`` once, ``log`` once per iteration with the ``metrics.jsonl`` row,
+    ``summary`` at the end and ``finish`` always (also after an exception). None of them may
+    raise for tracker trouble: the local files are the record, the tracker a mirror.
+    """
+
+    wants_video = False  # whether the trainer should render evaluation frames for log_video
 
     def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
         pass
 
     def log(self, metrics: dict, step: int) -> None:
         pass
+
+    def log_video(self, frames: np.ndarray, step: int, fps: int = 30) -> None:
+        """Frames of one evaluation episode, shape (time, height, width, 3) uint8."""
 
     def summary(self, summary: dict) -> None:
         pass
@@ -64,8 +79,83 @@ class NullLogger(RunLogger):
     """``logger=none``: local files only; wandb is never imported."""
 
 
+# -- wandb -----------------------------------------------------------------------------------
+
+MODES = ("online", "offline", "disabled")
+NAME_GROUPS = ("loss", "advantage", "env")  # the run name: <loss>-<advantage>-<env>[-<hparams>]-s<seed>
+HPARAM_GROUPS = ("loss", "advantage")  # overridden keys of these groups join the run name
+RUN_ID_FILE = "run_id"  # in <run_dir>/wandb/: lets a resumed run continue the same wandb run
+
+
+@dataclass
+class HydraContext:
+    """What the Hydra runtime says about this job; empty when Hydra's runtime is not set
+    (the Optuna driver calls training directly)."""
+
+    multirun: bool = False
+    sweep_dir: Optional[str] = None
+    experiment: Optional[str] = None
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def current(cls) -> "HydraContext":
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if not HydraConfig.initialized():
+                return cls()
+            hc = HydraConfig.get()
+            return cls(multirun=str(hc.mode) == "RunMode.MULTIRUN", sweep_dir=hc.sweep.dir,
+                       experiment=hc.runtime.choices.get("experiment"), overrides=tuple(hc.overrides.task))
+        except Exception:  # a partial Hydra config (compose API, old versions): no context
+            return cls()
+
+
+def sweep_name(sweep_dir: str) -> str:
+    """``outputs/multirun/2026-11-24/03-25-36`` -> ``2026-11-24_03-25-36``; else the last part."""
+    parts = Path(sweep_dir).parts
+    if "multirun" in parts[:-1]:
+        return "_".join(parts[len(parts) - parts[::-1].index("multirun"):])
+    return parts[-1] if parts else "multirun"
+
+
+def default_name(choices: dict[str, str], seed: Any, overrides: tuple[str, ...] = ()) -> str:
+    """``klpen-gae-hopper-s2``; ablated loss/advantage values join it: ``clip-gae-hopper-epsilon0.1-s2``."""
+    parts = [str(choices[g]) for g in NAME_GROUPS if choices.get(g)]
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key.split(".")[0] in HPARAM_GROUPS and "." in key:
+            parts.append(f"{key.rsplit('.', 1)[1]}{value}")
+    return "-".join(parts + [f"s{seed}"])
+
+
+def default_group(context: HydraContext) -> Optional[str]:
+    """Multirun: the sweep (prefixed by the experiment); single run: the experiment, if any."""
+    if context.multirun and context.sweep_dir:
+        sweep = sweep_name(context.sweep_dir)
+        return f"{context.experiment}-{sweep}" if context.experiment else sweep
+    return context.experiment
+
+
+def default_tags(choices: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(choices.items()) if v is not None and k != "logger"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
 class WandbLogger(RunLogger):
-    """Weights & Biases; offline unless ``mode`` or WANDB_MODE says otherwise."""
+    """Weights & Biases, offline unless ``mode`` or WANDB_MODE says otherwise.
+
+    The run lives in ``<run_dir>/wandb/`` (DESIGN.md's file contract), so ``wandb sync`` of
+    that folder uploads it later unchanged. Tracker trouble never stops training: a failed
+    online start falls back to offline with one warning; a failed offline start or a failed
+    ``log`` continues without wandb, the local files are written regardless.
+    """
+
+    _online_failed: Optional[str] = None  # per process: later multirun jobs skip the timeout
 
     def __init__(
         self,
@@ -77,51 +167,192 @@ class WandbLogger(RunLogger):
         tags: Optional[list] = None,
         notes: Optional[str] = None,
         job_type: str = "train",
+        init_timeout: float = 20.0,
+        video: bool = False,
+        upload_checkpoint: bool = False,
+        settings: Optional[dict] = None,
     ):
+        from .config import ConfigError  # one-line config errors, like every other group
+
+        if mode is not None and mode not in MODES:
+            raise ConfigError("logger.mode", mode, f"null or one of {', '.join(MODES)}")
+        if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) or not init_timeout > 0:
+            raise ConfigError("logger.init_timeout", init_timeout, "a number of seconds > 0")
         self.project, self.entity, self.mode = project, entity, mode
         self.group, self.name, self.tags, self.notes, self.job_type = group, name, tags, notes, job_type
+        self.init_timeout, self.upload_checkpoint = float(init_timeout), upload_checkpoint
+        self.wants_video = bool(video)
+        self.settings = dict(settings or {})
         self._run = None
+        self._run_dir: Optional[Path] = None
+        self._warned = False
 
-    def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
+    # -- start -------------------------------------------------------------------------------
+
+    def init_kwargs(self, run_dir: Path, config: dict, choices: dict[str, str], context: HydraContext,
+                    resume_id: Optional[str] = None) -> dict:
+        """The ``wandb.init`` arguments: configured values first, reviewer-friendly defaults after."""
         import wandb
 
-        name = self.name or "-".join(str(choices.get(k)) for k in ("loss", "advantage", "env")) + f"-s{config.get('seed')}"
-        tags = list(self.tags) if self.tags else [f"{k}={v}" for k, v in sorted(choices.items())]
-        kwargs = dict(project=self.project, entity=self.entity, group=self.group, name=name, tags=tags,
-                      notes=self.notes, job_type=self.job_type, config=config, dir=str(run_dir))
+        run_config = {**config, "choices": dict(choices)}  # nested: filter by loss.epsilon, choices.loss
+        kwargs = dict(project=self.project, entity=self.entity, dir=str(run_dir), config=run_config,
+                      name=self.name or default_name(choices, config.get("seed"), context.overrides),
+                      group=self.group or default_group(context),
+                      tags=list(self.tags) if self.tags else default_tags(choices),
+                      notes=self.notes, job_type=self.job_type,
+                      settings=wandb.Settings(init_timeout=self.init_timeout, **self.settings))
+        resume_id = resume_id or previous_run_id(run_dir, config)
         if resume_id:
             kwargs.update(id=resume_id, resume="allow")
         if self.mode is not None:  # an explicit mode overrides WANDB_MODE: only pass it when configured
             kwargs["mode"] = self.mode
-        os.environ.setdefault("WANDB_MODE", "offline")  # offline by default: no account, no network
-        os.environ.setdefault("WANDB_SILENT", "true")
+        return kwargs
+
+    def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
+        self._run_dir = Path(run_dir)
+        self._warned = False
         try:
-            self._run = wandb.init(**kwargs)
-        except Exception as err:  # bad key, no network: never kill training for the tracker
-            warnings.warn(f"wandb init failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''});"
-                          " falling back to offline mode", stacklevel=2)
-            kwargs["mode"] = "offline"
-            self._run = wandb.init(**kwargs)
-        self._run.define_metric("global_step")
-        self._run.define_metric("*", step_metric="global_step")
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", "offline")  # offline by default: no account, no network
+            os.environ.setdefault("WANDB_SILENT", "true")  # keep wandb's banners out of the training log
+            kwargs = self.init_kwargs(self._run_dir, config, choices, HydraContext.current(), resume_id)
+        except Exception as err:  # wandb missing or a bad `settings` entry: train without it
+            self._warn(f"wandb disabled ({_first_line(err)}); local files are kept")
+            return
+        self._run = self._init(wandb, kwargs)
+        if self._run is None:
+            return
+        try:
+            self._run.define_metric("global_step")
+            self._run.define_metric("*", step_metric="global_step")  # x-axis = env steps, as metrics.jsonl
+            (self._run_dir / "wandb").mkdir(exist_ok=True)
+            (self._run_dir / "wandb" / RUN_ID_FILE).write_text(self._run.id + "\n")
+        except Exception as err:
+            self._warn(f"wandb setup failed ({_first_line(err)}); continuing")
+
+    def _init(self, wandb, kwargs: dict):
+        mode = kwargs.get("mode") or os.environ.get("WANDB_MODE", "offline")
+        if mode == "online" and WandbLogger._online_failed:  # seen this process: don't wait again
+            return self._init_offline(wandb, kwargs, f"online failed earlier in this process "
+                                                     f"({WandbLogger._online_failed})")
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:  # bad key (UsageError), no network / timeout (CommError), ...
+            if mode in ("offline", "dryrun", "disabled"):
+                self._warn(f"wandb {mode} init failed ({_first_line(err)}); continuing without wandb, "
+                           "local files are kept")
+                return None
+            WandbLogger._online_failed = _first_line(err)
+            return self._init_offline(wandb, kwargs, f"{mode} init failed ({_first_line(err)})")
+
+    def _init_offline(self, wandb, kwargs: dict, reason: str):
+        try:
+            run = wandb.init(**{**kwargs, "mode": "offline"})
+        except Exception as err:
+            self._warn(f"wandb {reason}, and offline too ({_first_line(err)}); continuing without wandb, "
+                       "local files are kept")
+            return None
+        self._warn(f"wandb {reason}; logging offline instead (upload later: wandb sync {Path(run.dir).parent})")
+        return run
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:  # one line per run, however often wandb fails afterwards
+            self._warned = True
+            log.warning(message)
+
+    # -- per iteration and at the end --------------------------------------------------------
 
     def log(self, metrics: dict, step: int) -> None:
-        if self._run is not None:
-            self._run.log(metrics)
+        if self._run is None:
+            return
+        try:
+            self._run.log(dict(metrics))  # the row holds global_step, the x-axis of every metric
+        except Exception as err:
+            self._warn(f"wandb log failed ({_first_line(err)}); continuing without wandb, local files are kept")
+            self._abandon()
+
+    def log_video(self, frames: np.ndarray, step: int, fps: int = 30) -> None:
+        if self._run is None or not self.wants_video:
+            return
+        try:
+            import wandb
+
+            path = write_gif(frames, self._run_dir / "videos" / f"eval_{step:010d}.gif", fps)
+            self._run.log({"eval_video": wandb.Video(str(path)), "global_step": step})
+        except Exception as err:
+            self._warn(f"wandb video upload failed ({_first_line(err)}); continuing")
 
     def summary(self, summary: dict) -> None:
-        if self._run is not None:
-            for key, value in summary.items():
-                self._run.summary[key] = value
+        if self._run is None:
+            return
+        try:
+            self._run.summary.update(dict(summary))
+        except Exception as err:
+            self._warn(f"wandb summary failed ({_first_line(err)}); local summary.json is kept")
 
     def finish(self, exit_code: int = 0) -> None:
-        if self._run is not None:
-            try:
-                self._run.finish(exit_code=exit_code)
-            except Exception as err:  # pragma: no cover - wandb internals
-                print(f"warning: wandb finish failed: {err}", file=sys.stderr)
+        if self._run is None:
+            return
+        if self.upload_checkpoint:
+            self._log_checkpoint(exit_code)
+        try:
+            self._run.finish(exit_code=exit_code)
+        except Exception as err:
+            self._warn(f"wandb finish failed ({_first_line(err)}); local files are kept")
+            self._abandon()
+        finally:
             self._run = None
+
+    def _log_checkpoint(self, exit_code: int) -> None:
+        from .checkpoint import latest
+
+        path = latest(self._run_dir)
+        if path is None:
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(f"checkpoint-{self._run.id}", type="model",
+                                      metadata={"file": path.name, "exit_code": exit_code})
+            artifact.add_file(str(path))
+            self._run.log_artifact(artifact, aliases=["latest", "final" if exit_code == 0 else "interrupted"])
+        except Exception as err:
+            self._warn(f"wandb checkpoint upload failed ({_first_line(err)}); the file stays in {path.parent}")
+
+    def _abandon(self) -> None:
+        """Stop using a broken run; finish it quietly so the next run in this process starts clean."""
+        run, self._run = self._run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass
 
     @property
     def run_id(self) -> Optional[str]:
         return None if self._run is None else self._run.id
+
+
+def previous_run_id(run_dir: Path, config: dict) -> Optional[str]:
+    """The wandb id recorded by an earlier segment of this run, when the config resumes it."""
+    resume = config.get("resume")
+    if not resume:
+        return None
+    for directory in (Path(resume), Path(run_dir)):
+        path = directory / "wandb" / RUN_ID_FILE
+        if path.is_file():
+            return path.read_text().strip() or None
+    return None
+
+
+def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
+    """Encode frames as a GIF with imageio (wandb.Video on raw arrays would need moviepy)."""
+    import imageio.v2 as imageio
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"frames must be (time, height, width, channels), got shape {frames.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames.astype(np.uint8), duration=1000.0 / fps, loop=0)
+    return path
