@@ -12,11 +12,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .config import ConfigError
 from .distributions import Categorical, DiagGaussian, Distribution
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
 
 
 class ActorCritic(nn.Module):
@@ -36,11 +37,26 @@ class ActorCritic(nn.Module):
         return self._dist_cls.from_params(params)
 
 
-def _mlp(sizes: Sequence[int], activation: str, gain: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [_linear(n_in, n_out, gain), ACTIVATIONS[activation]()]
-    return nn.Sequential(*layers)
+class MLP(nn.Module):
+    """Linear layers with an activation between them (and after the last if ``activate_last``).
+
+    The forward calls ``F.linear`` on the layers' parameters rather than each submodule: at
+    PPO's minibatch sizes the per-module call overhead costs as much as the maths.
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str, gains: Sequence[float | None], activate_last: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(_linear(n_in, n_out, g) for n_in, n_out, g in zip(sizes[:-1], sizes[1:], gains))
+        self.activation, self.activate_last = activation, activate_last
+        self._act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = F.linear(x, layer.weight, layer.bias)
+            if i < last or self.activate_last:
+                x = self._act(x)
+        return x
 
 
 def _linear(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
@@ -102,12 +118,16 @@ class _Heads(ActorCritic):
             raise ConfigError("env.id", type(action_space).__name__, "Box or Discrete action spaces")
         self._head_out = head_out
 
-    def _policy_head(self, n_in: int) -> nn.Linear:
-        head = _linear(n_in, self._head_out, self._policy_gain)
+    def _mlp(self, n_out: int | None, out_gain: float | None) -> MLP:
+        """Hidden layers, then an output layer of ``n_out`` units unless ``n_out`` is None."""
+        sizes = [self.obs_dim, *self.hidden_sizes] + ([n_out] if n_out else [])
+        gains = [self.hidden_gain] * len(self.hidden_sizes) + [out_gain]
+        return MLP(sizes, self.activation, gains, activate_last=n_out is None)
+
+    def _init_std_bias(self, head: nn.Linear) -> None:
         if self.state_dependent_std and self._dist_cls is DiagGaussian:
             with torch.no_grad():  # start the log-std half at log_std_init
                 head.bias[self.action_dim:] = float(self._log_std_init)
-        return head
 
     def _make_distribution(self, head_out: torch.Tensor) -> Distribution:
         if self._dist_cls is Categorical:
@@ -140,10 +160,9 @@ class MLPActorCritic(_Heads):
     ):
         super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
                          policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
-        sizes = [self.obs_dim, *self.hidden_sizes]
-        self.actor = nn.Sequential(_mlp(sizes, activation, self.hidden_gain), self._policy_head(sizes[-1]))
-        self.critic = nn.Sequential(_mlp(sizes, activation, self.hidden_gain),
-                                    _linear(sizes[-1], 1, self._value_gain))
+        self.actor = self._mlp(self._head_out, self._policy_gain)
+        self.critic = self._mlp(1, self._value_gain)
+        self._init_std_bias(self.actor.layers[-1])
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         return self._make_distribution(self.actor(obs))
@@ -172,17 +191,22 @@ class SharedMLPActorCritic(_Heads):
     ):
         super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
                          policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
-        sizes = [self.obs_dim, *self.hidden_sizes]
-        self.trunk = _mlp(sizes, activation, self.hidden_gain)
-        self.policy_head = self._policy_head(sizes[-1])
-        self.value_head = _linear(sizes[-1], 1, self._value_gain)
+        self.trunk = self._mlp(None, None)
+        self.policy_head = _linear(self.hidden_sizes[-1], self._head_out, self._policy_gain)
+        self.value_head = _linear(self.hidden_sizes[-1], 1, self._value_gain)
+        self._init_std_bias(self.policy_head)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
-        return self._make_distribution(self.policy_head(self.trunk(obs)))
+        return self._make_distribution(self._head(self.policy_head, self.trunk(obs)))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value_head(self.trunk(obs)).squeeze(-1)
+        return self._head(self.value_head, self.trunk(obs)).squeeze(-1)
 
     def forward(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
         features = self.trunk(obs)  # one trunk pass for both heads
-        return self._make_distribution(self.policy_head(features)), self.value_head(features).squeeze(-1)
+        return (self._make_distribution(self._head(self.policy_head, features)),
+                self._head(self.value_head, features).squeeze(-1))
+
+    @staticmethod
+    def _head(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, layer.weight, layer.bias)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .envs import TrainingEnvs
+from .inference import rollout_policy
 from .networks import ActorCritic
 
 
@@ -45,28 +46,25 @@ class Rollout:
 
 class RolloutCollector:
     def __init__(self, envs: TrainingEnvs, policy: ActorCritic, num_steps: int):
-        self.envs, self.policy, self.num_steps = envs, policy, num_steps
+        self.envs, self.num_steps = envs, num_steps
+        self.actor = rollout_policy(policy)
         self.rollout = Rollout.allocate(num_steps, envs, policy)
 
-    @torch.inference_mode()
     def collect(self) -> tuple[Rollout, list[tuple[float, int]]]:
-        """Fill the rollout; return it and the (return, length) of episodes that finished."""
-        r, envs = self.rollout, self.envs
+        """Fill the rollout with pi_old; return it and the (return, length) of finished episodes."""
+        r, envs, actor = self.rollout, self.envs, self.actor
+        actor.sync()
         finished: list[tuple[float, int]] = []
         for t in range(self.num_steps):
             obs = envs.obs
-            dist, value = self.policy(torch.from_numpy(obs))
-            action = dist.sample()
+            action, r.log_probs[t], r.values[t], r.dist_params[t] = actor.act(obs)
             r.obs[t] = obs
-            r.actions[t] = action.numpy().reshape(r.actions[t].shape)
-            r.log_probs[t] = dist.log_prob(action).numpy()
-            r.dist_params[t] = dist.params().numpy()
-            r.values[t] = value.numpy()
-            _, reward, terminated, truncated, valid, done_episodes = envs.step(action.numpy())
+            r.actions[t] = action.reshape(r.actions[t].shape)
+            _, reward, terminated, truncated, valid, done_episodes = envs.step(action)
             r.rewards[t] = reward
             r.terminated[t] = terminated
             r.episode_end[t] = terminated | truncated
             r.valid[t] = valid
             finished += done_episodes
-        r.last_value[:] = self.policy.value(torch.from_numpy(envs.obs)).numpy()
+        r.last_value[:] = actor.value(envs.obs)
         return r, finished

@@ -60,7 +60,7 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
-TIMING_KEYS = ("time_s", "sps")
+TIMING_KEYS = ("time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s")
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
