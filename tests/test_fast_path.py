@@ -1,0 +1,138 @@
+"""The optimised paths compute what a plain PyTorch PPO computes, on the same batch.
+
+Reference: nn.Sequential actor and critic, torch.distributions.Normal with argument validation,
+torch.optim.Adam (default implementation) and torch.nn.utils.clip_grad_norm_.
+"""
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from ppo_research.config import validate
+from ppo_research.inference import NumpyPolicy, TorchPolicy
+from ppo_research.loggers import NullLogger
+from ppo_research.networks import MLPActorCritic, SharedMLPActorCritic
+from ppo_research.trainer import Batch, Trainer
+
+from conftest import compose_config
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (11,))
+
+
+@pytest.mark.parametrize("net_cls", [MLPActorCritic, SharedMLPActorCritic])
+@pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(5)], ids=["box", "discrete"])
+@pytest.mark.parametrize("kwargs", [{}, {"activation": "relu"}, {"state_dependent_std": True}], ids=["tanh", "relu", "sde"])
+def test_numpy_rollout_policy_matches_torch(net_cls, space, kwargs):
+    if isinstance(space, gym.spaces.Discrete) and kwargs.get("state_dependent_std"):
+        pytest.skip("state-dependent std is for Box actions")
+    torch.manual_seed(0)
+    policy = net_cls(OBS, space, **kwargs)
+    with torch.no_grad():  # move off the near-zero init so the comparison means something
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    obs = np.random.default_rng(0).normal(size=(8, 11)).astype(np.float32)
+    fast, plain = NumpyPolicy(policy), TorchPolicy(policy)
+
+    torch.manual_seed(1)
+    action, log_prob, value, params = fast.act(obs)
+    with torch.no_grad():
+        dist, ref_value = policy(torch.from_numpy(obs))
+        ref_log_prob = dist.log_prob(torch.as_tensor(action))
+    np.testing.assert_allclose(value, ref_value.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_prob, ref_log_prob.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(params, dist.params().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast.value(obs), plain.value(obs), rtol=1e-5, atol=1e-5)
+    if isinstance(space, gym.spaces.Box):  # same generator, same draws as the torch path
+        torch.manual_seed(1)
+        ref_action = plain.act(obs)[0]
+        np.testing.assert_allclose(action, ref_action, rtol=1e-5, atol=1e-5)
+
+
+def test_numpy_categorical_samples_follow_the_probabilities():
+    torch.manual_seed(0)
+    policy = MLPActorCritic(OBS, gym.spaces.Discrete(4), policy_gain=3.0)
+    obs = np.zeros((20_000, 11), np.float32) + 0.5
+    action, *_ = NumpyPolicy(policy).act(obs)
+    with torch.no_grad():
+        probs = policy.distribution(torch.from_numpy(obs[:1])).logits.exp()[0].numpy()
+    np.testing.assert_allclose(np.bincount(action, minlength=4) / len(action), probs, atol=0.015)
+
+
+def plain_ppo_loss(actor, critic, log_std, batch: Batch, idx, epsilon, vf_coef, ent_coef):
+    """The textbook minibatch loss, written without any of the framework's pieces."""
+    obs, actions = batch.obs[idx], batch.actions[idx]
+    dist = Normal(actor(obs), log_std.exp().expand(len(idx), -1), validate_args=True)
+    log_prob = dist.log_prob(actions).sum(-1)
+    adv = batch.advantages[idx]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    ratio = torch.exp(log_prob - batch.log_probs[idx])
+    policy_loss = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv).mean()
+    value_loss = 0.5 * ((critic(obs).squeeze(-1) - batch.returns[idx]) ** 2).mean()
+    return policy_loss + vf_coef * value_loss - ent_coef * dist.entropy().sum(-1).mean()
+
+
+def sequential_copy(mlp) -> nn.Sequential:
+    layers = []
+    for i, layer in enumerate(mlp.layers):
+        layers.append(copy.deepcopy(layer))
+        if i < len(mlp.layers) - 1:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def test_trainer_minibatch_loss_gradients_and_step_match_plain_pytorch(tmp_path):
+    cfg = compose_config(["env=halfcheetah", "logger=none", "algo.num_steps=256", "algo.minibatch_size=64",
+                          "algo.ent_coef=0.01", "total_timesteps=256", "progress=false"])
+    trainer = Trainer(validate(cfg), cfg, tmp_path, NullLogger(), {})
+    try:
+        with torch.no_grad():  # a policy that has moved, so ratios differ from 1 and some clip
+            for p in trainer.policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        rollout, _ = trainer.collector.collect()
+        advantages = trainer.estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                       rollout.episode_end, rollout.valid)
+        batch = Batch.from_rollout(rollout, advantages)
+        with torch.no_grad():
+            for p in trainer.policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        idx = torch.arange(64)
+        actor, critic = sequential_copy(trainer.policy.actor), sequential_copy(trainer.policy.critic)
+        log_std = nn.Parameter(trainer.policy.log_std.detach().clone())
+
+        # the framework's path
+        algo = trainer.cfg.algo
+        pb, value = trainer._policy_batch(batch, idx)
+        total = (trainer.loss(pb) + algo.vf_coef * trainer._value_loss(value, batch.values[idx], batch.returns[idx])
+                 - algo.ent_coef * pb.dist.entropy().mean())
+        trainer.optimizer.zero_grad()
+        total.backward()
+
+        # the plain path
+        reference = plain_ppo_loss(actor, critic, log_std, batch, idx, 0.2, algo.vf_coef, algo.ent_coef)
+        reference.backward()
+        assert total.item() == pytest.approx(reference.item(), rel=1e-5)
+        assert ((pb.ratio - 1).abs() > 0.2).any(), "no sample was clipped: the comparison is too easy"
+
+        fast_grads = [p.grad for p in trainer.policy.actor.parameters()] + \
+                     [p.grad for p in trainer.policy.critic.parameters()] + [trainer.policy.log_std.grad]
+        plain_params = [*actor.parameters(), *critic.parameters(), log_std]
+        for fast_grad, p in zip(fast_grads, plain_params):
+            torch.testing.assert_close(fast_grad, p.grad, rtol=1e-4, atol=1e-6)
+
+        # one optimiser step: fused Adam on the flat buffer vs per-tensor Adam
+        plain_adam = torch.optim.Adam(plain_params, lr=algo.learning_rate, eps=algo.adam_eps)
+        torch.nn.utils.clip_grad_norm_(plain_params, algo.max_grad_norm)
+        plain_adam.step()
+        trainer.optimizer.clip_grad_norm(algo.max_grad_norm)
+        trainer.optimizer.step()
+        fast_params = [*trainer.policy.actor.parameters(), *trainer.policy.critic.parameters(), trainer.policy.log_std]
+        for fast_p, p in zip(fast_params, plain_params):
+            torch.testing.assert_close(fast_p, p, rtol=1e-5, atol=1e-6)
+    finally:
+        trainer.close()
