@@ -1,0 +1,239 @@
+"""Optuna studies (ppo_research.sweep): real storages in tmp dirs, real tiny trainings, no mocks."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import REPO, TINY, read_metrics, read_summary, run_cli
+from ppo_research import sweep
+from test_wandb import wandb_records
+
+BASE = ["env=cartpole", "logger=none", *TINY]
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def write_spec(tmp_path: Path, study: str = "tiny", **fields) -> Path:
+    spec = {"study": study, "overrides": BASE, "params": {"loss.epsilon": {"low": 0.1, "high": 0.3}},
+            "trials": 4, "sampler": {"name": "RandomSampler", "seed": 0}, **fields}
+    path = tmp_path / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_sweep(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_cli([*args], cwd=tmp_path, module="ppo_research.sweep", timeout=timeout)
+
+
+def study_dir(tmp_path: Path, study: str = "tiny") -> Path:
+    return tmp_path / "outputs" / "sweeps" / study
+
+
+def load(tmp_path: Path, study: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{study_dir(tmp_path, study) / 'study.db'}")
+
+
+def wandb_run_record(run_dir: Path):
+    files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    return next(r.run for r in wandb_records(files[0]) if r.WhichOneof("record_type") == "run")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
+    spec = write_spec(tmp_path, trials=4)
+    res = run_sweep(tmp_path, str(spec), "--workers", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = load(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({t.params["loss.epsilon"] for t in trials}) == 4  # no point evaluated twice
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both worker processes took trials
+    dirs = sorted(p.name for p in (study_dir(tmp_path) / "trials").iterdir())
+    assert dirs == ["0000", "0001", "0002", "0003"]
+    for t in trials:  # each trial trained exactly once, to the full budget
+        rows = read_metrics(study_dir(tmp_path) / "trials" / f"{t.number:04d}" / "s0")
+        assert rows[-1]["global_step"] == 256 and [r["iteration"] for r in rows] == [1, 2]
+
+
+def test_rerun_after_kill_keeps_finished_trials_and_fills_the_budget(tmp_path):
+    spec = write_spec(tmp_path, trials=4, overrides=[*BASE, "total_timesteps=2048"])
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research.sweep", str(spec)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = study_dir(tmp_path) / "study.db"
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline:  # kill while a trial runs, after at least one finished
+            time.sleep(0.2)
+            if not db.exists():
+                continue
+            try:
+                states = [t.state for t in load(tmp_path).get_trials()]
+            except Exception:  # the study is not created yet
+                continue
+            if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+                break
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: (t.params, t.value) for t in load(tmp_path).get_trials() if t.state == TrialState.COMPLETE}
+    running = [t.number for t in load(tmp_path).get_trials() if t.state == TrialState.RUNNING]
+    assert 1 <= len(before) < 4 and len(running) == 1
+
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = load(tmp_path).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    for number, (params, value) in before.items():  # earlier trials kept, not re-run
+        assert (trials[number].params, trials[number].value) == (params, value)
+    killed = trials[running[0]]
+    assert killed.state == TrialState.FAIL and "interrupted" in killed.user_attrs
+    assert len(trials) == 5
+    table = (study_dir(tmp_path) / "trials.csv").read_text()
+    assert table.count("COMPLETE") == 4 and table.count("INTERRUPTED") == 1
+
+
+def test_crashing_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    lr = "algo.learning_rate"  # 1e20 blows the value loss up to inf in the first update
+    spec = write_spec(tmp_path, trials=3, params={lr: {"choices": [1.0e-3, 1.0e20]}},
+                      enqueue=[{lr: 1.0e20}, {lr: 1.0e-3}, {lr: 1.0e-3}])
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = load(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].params[lr] == 1e20
+    assert trials[0].user_attrs["error"].startswith("NonFiniteError: non-finite")
+    assert "FAIL" in (study_dir(tmp_path) / "trials.md").read_text()
+    assert json.loads((study_dir(tmp_path) / "best.json").read_text())["counts"]["FAIL"] == 1
+
+
+def test_pruned_trial_stops_early(tmp_path):
+    # A real pruner that always prunes (every eval return is below 1e9): the point is that the
+    # trial's training stops at the first report, not the pruning rule.
+    spec = write_spec(tmp_path, trials=1, seeds=2, pruner={"name": "ThresholdPruner", "lower": 1.0e9},
+                      overrides=[*BASE, "total_timesteps=1024", "eval.every=1"])
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (trial,) = load(tmp_path).get_trials()
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [128]  # one evaluation after one 2x64-step iteration
+    rows = read_metrics(study_dir(tmp_path) / "trials" / "0000" / "s0")
+    assert rows[-1]["global_step"] == 128 < 1024 and len(rows) == 1
+    assert not (study_dir(tmp_path) / "trials" / "0000" / "s1").exists()  # later seeds never start
+
+
+def test_report_and_best_overrides_reproduce_the_best_trial(tmp_path):
+    spec = write_spec(tmp_path, trials=4, params={"algo.learning_rate": {"low": 1e-5, "high": 3e-2, "log": True}},
+                      objective={"metric": "eval_auc"}, overrides=[*BASE, "total_timesteps=512", "eval.every=1"])
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = study_dir(tmp_path)
+    best = json.loads((out / "best.json").read_text())
+    study = load(tmp_path)
+    assert best["best_trial"] == study.best_trial.number and best["best_value"] == study.best_value
+    assert set(best["importances"]) == {"algo.learning_rate"}  # computed, not the too-few-trials note
+    assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_rows = (out / "trials.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("number,state,value,algo.learning_rate") and len(csv_rows) == 5
+    assert len((out / "trials.md").read_text().splitlines()) == 6
+
+    overrides = (out / "best_overrides.txt").read_text().split()
+    assert f"algo.learning_rate={study.best_params['algo.learning_rate']!r}" in overrides
+    res = run_cli([*overrides, "seed=0", "hydra.run.dir=repro"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    evals = [r["eval_return"] for r in read_metrics(tmp_path / "repro") if "eval_return" in r]
+    assert sum(evals) / len(evals) == pytest.approx(study.best_trial.user_attrs["eval_auc/s0"], rel=1e-9)
+    assert read_summary(tmp_path / "repro")["global_step"] == 512
+
+
+def test_trial_runs_are_wandb_runs_grouped_by_study(tmp_path):
+    spec = write_spec(tmp_path, study="wb", trials=1, overrides=["env=cartpole", *TINY])  # logger=wandb
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (trial,) = load(tmp_path, "wb").get_trials()
+    run = wandb_run_record(study_dir(tmp_path, "wb") / "trials" / "0000" / "s0")
+    assert (run.run_group, run.job_type, run.display_name) == ("wb", "sweep-trial", "wb-t0000-s0")
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["loss"]["epsilon"] == trial.params["loss.epsilon"]
+    assert "loss.epsilon=" in run.notes
+
+
+def test_objective_averages_normalised_scores_over_envs(tmp_path):
+    norms = {"cartpole": {"random": 0.0, "reference": 500.0}, "pendulum": {"random": -1500.0, "reference": 0.0}}
+    spec = write_spec(tmp_path, trials=1, envs=norms, overrides=["logger=none", *TINY],
+                      objective={"aggregate": "iqm"})
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (trial,) = load(tmp_path).get_trials()
+    raw = {env: trial.user_attrs[f"eval_return/{env}-s0"] for env in norms}
+    expected = sum((raw[e] - n["random"]) / (n["reference"] - n["random"]) for e, n in norms.items()) / 2
+    assert trial.value == pytest.approx(expected)
+    assert sorted(p.name for p in (study_dir(tmp_path) / "trials" / "0000").iterdir()) == \
+        ["cartpole-s0", "pendulum-s0"]
+    assert len(json.loads((study_dir(tmp_path) / "best.json").read_text())["reproduce"]) == 2
+
+
+def test_aggregates():
+    assert sweep.aggregate([1.0, 2.0, 3.0], "mean") == 2.0
+    assert sweep.aggregate([5.0, 1.0, 100.0, 2.0], "median") == 3.5
+    # IQM of 8 runs drops the 2 lowest and 2 highest
+    assert sweep.aggregate([-100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1000.0], "iqm") == 3.5
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"loss.epsilon": {"low": 0.4, "high": 0.1}}, "search space: loss.epsilon: low=0.4 > high=0.1"),
+    ({"loss.epsilonn": {"low": 0.1, "high": 0.3}}, "unknown parameter 'loss.epsilonn'"),
+    ({"loss.epsilon": {"low": 0.1, "high": 1.5}}, "search space: loss.epsilon=1.5: loss.epsilon=1.5 is invalid"),
+    ({"loss.epsilon": {"low": 0.0, "high": 0.3, "log": True}}, "log scale needs low > 0"),
+    ({"loss": {"choices": ["clip", "clp"]}}, "loss is a config group"),
+])
+def test_bad_search_space_is_one_line_error(tmp_path, params, message):
+    spec = write_spec(tmp_path, params=params)
+    with pytest.raises(sweep.SpecError, match=re.escape(message)):
+        sweep.check_search_space(sweep.load_spec(spec, out_dir=tmp_path / "outputs" / "sweeps"))
+
+
+def test_bad_search_space_cli_exits_nonzero_with_one_line(tmp_path):
+    spec = write_spec(tmp_path, params={"loss.epsilon": {"low": 0.4, "high": 0.1}})
+    res = run_sweep(tmp_path, str(spec))
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: search space: loss.epsilon: low=0.4 > high=0.1"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_continuing_with_a_different_spec_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    out = str(tmp_path / "outputs" / "sweeps")
+    assert sweep.main([str(spec), "--trials", "0", "--out", out]) == 0
+    assert sweep.main([str(spec), "--trials", "0", "--out", out, "algo.num_epochs=3"]) == 2
+    assert "was created with a different spec" in capsys.readouterr().err
+    assert sweep.main([str(spec), "--trials", "0", "--out", out, "--study", "other", "algo.num_epochs=3"]) == 0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_specs_load_and_their_search_spaces_validate(path, tmp_path):
+    spec = sweep.load_spec(path, out_dir=tmp_path)
+    sweep.check_search_space(spec)
+    assert spec.pruner and spec.trials > 0 and spec.seeds
+
+
+def test_shipped_specs_cover_the_issue():
+    params = {p.stem: set(yaml.safe_load(p.read_text())["params"]) for p in (REPO / "sweeps").glob("*.yaml")}
+    assert params["clip_epsilon"] == {"loss.epsilon"}
+    assert params["klpen"] == {"loss.beta", "loss.kl_target"}
+    assert params["klfixed_beta"] == {"loss.beta"}
+    assert params["gae_lambda"] == {"advantage.lam"}
