@@ -30,11 +30,15 @@ class Distribution(Protocol):
 
 
 class DiagGaussian:
-    """Independent Gaussian per action dimension; log-prob and entropy sum over dimensions."""
+    """Independent Gaussian per action dimension; log-prob and entropy sum over dimensions.
+
+    ``log_std`` may be per sample ([batch, d]) or shared ([d], the state-independent case);
+    a shared one is broadcast only where needed, which keeps the autograd graph small.
+    """
 
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
         self.mean = mean
-        self.log_std = log_std.expand_as(mean)
+        self.log_std = log_std
 
     @classmethod
     def from_params(cls, params: torch.Tensor) -> "DiagGaussian":
@@ -42,7 +46,7 @@ class DiagGaussian:
         return cls(mean, log_std)
 
     def params(self) -> torch.Tensor:
-        return torch.cat([self.mean, self.log_std], dim=-1)
+        return torch.cat([self.mean, self.log_std.expand_as(self.mean)], dim=-1)
 
     def sample(self) -> torch.Tensor:
         return self.mean + self.log_std.exp() * torch.randn_like(self.mean)
@@ -52,16 +56,18 @@ class DiagGaussian:
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         z = (actions - self.mean) * torch.exp(-self.log_std)
-        return (-0.5 * z.pow(2) - self.log_std - _HALF_LOG_2PI).sum(-1)
+        d = self.mean.shape[-1]
+        return -0.5 * z.pow(2).sum(-1) - (self.log_std.sum(-1) + d * _HALF_LOG_2PI)
 
     def entropy(self) -> torch.Tensor:
         # H = sum_i (log sigma_i + 0.5 * log(2 pi e)); the seed's -p*log p is not an entropy.
-        return (self.log_std + 0.5 + _HALF_LOG_2PI).sum(-1)
+        d = self.mean.shape[-1]
+        return (self.log_std.sum(-1) + d * (0.5 + _HALF_LOG_2PI)).expand(self.mean.shape[:-1])
 
     def kl(self, other: "DiagGaussian") -> torch.Tensor:
-        var_ratio = torch.exp(2.0 * (self.log_std - other.log_std))
+        log_ratio = self.log_std - other.log_std
         mean_term = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
-        return 0.5 * (var_ratio + mean_term - 1.0).sum(-1) - (self.log_std - other.log_std).sum(-1)
+        return 0.5 * (torch.exp(2.0 * log_ratio) + mean_term - 1.0).sum(-1) - log_ratio.sum(-1)
 
 
 class Categorical:
