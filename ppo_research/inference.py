@@ -47,53 +47,54 @@ class TorchPolicy:
         return self.policy.value(torch.from_numpy(obs)).numpy()
 
 
-def _layers(module: nn.Module):
-    """An MLP (or a single Linear head) as a list of ("linear", layer) and ("act", fn) steps."""
-    if isinstance(module, nn.Linear):
-        return [("linear", module)]
-    if module.activation not in _NUMPY_ACTIVATIONS:
-        raise TypeError(module.activation)
-    act = _NUMPY_ACTIVATIONS[module.activation]
-    steps = []
-    for i, layer in enumerate(module.layers):
-        steps.append(("linear", layer))
-        if i < len(module.layers) - 1 or module.activate_last:
-            steps.append(("act", act))
-    return steps
+def _weights(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy()
+
+
+def _block_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros((a.shape[0] + b.shape[0], a.shape[1] + b.shape[1]), a.dtype)
+    out[:a.shape[0], :a.shape[1]], out[a.shape[0]:, a.shape[1]:] = a, b
+    return out
 
 
 class NumpyPolicy:
-    """A numpy mirror of ``MLPActorCritic`` / ``SharedMLPActorCritic``."""
+    """A numpy mirror of ``MLPActorCritic`` / ``SharedMLPActorCritic``.
+
+    Both become one chain of linear layers whose last layer outputs [policy head | value]:
+    separate actor and critic are fused side by side (first layer concatenated, deeper layers
+    block-diagonal), which halves the number of numpy calls per step at no cost in exactness.
+    """
 
     def __init__(self, policy: ActorCritic):
-        self.policy = policy
-        if isinstance(policy, MLPActorCritic):
-            self._trunk, self._actor, self._critic = [], _layers(policy.actor), _layers(policy.critic)
-        else:
-            self._trunk = _layers(policy.trunk)
-            self._actor, self._critic = _layers(policy.policy_head), _layers(policy.value_head)
+        activation = (policy.actor if isinstance(policy, MLPActorCritic) else policy.trunk).activation
+        if activation not in _NUMPY_ACTIVATIONS:
+            raise TypeError(activation)
+        self.policy, self._act = policy, _NUMPY_ACTIVATIONS[activation]
         self.gaussian = policy._dist_cls is DiagGaussian
         self.sync()
 
     def sync(self) -> None:
         """Re-read the weights (call after every update)."""
-        def weights(layers):
-            return [(kind, (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()))
-                    if kind == "linear" else (kind, m) for kind, m in layers]
-        self.trunk, self.actor, self.critic = weights(self._trunk), weights(self._actor), weights(self._critic)
-        if self.gaussian and self.policy.log_std is not None:
-            p = self.policy
+        p = self.policy
+        if isinstance(p, MLPActorCritic):
+            pairs = [(_weights(a), _weights(c)) for a, c in zip(p.actor.layers, p.critic.layers)]
+            self.layers = [(np.concatenate([wa, wc], 1) if i == 0 else _block_diag(wa, wc), np.concatenate([ba, bc]))
+                           for i, ((wa, ba), (wc, bc)) in enumerate(pairs)]
+        else:
+            (wp, bp), (wv, bv) = _weights(p.policy_head), _weights(p.value_head)
+            self.layers = [_weights(layer) for layer in p.trunk.layers] + [
+                (np.concatenate([wp, wv], 1), np.concatenate([bp, bv]))]
+        self.head_size = self.layers[-1][0].shape[1] - 1
+        if self.gaussian and p.log_std is not None:
             self.log_std = p.log_std.detach().clamp(p.log_std_min, p.log_std_max).numpy().copy()
 
-    @staticmethod
-    def _run(layers, x: np.ndarray) -> np.ndarray:
-        for kind, layer in layers:
-            x = x @ layer[0] + layer[1] if kind == "linear" else layer(x)
-        return x
-
     def _heads(self, obs: np.ndarray):
-        x = self._run(self.trunk, obs)
-        return self._run(self.actor, x), self._run(self.critic, x)[:, 0]
+        x = obs
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = self._act(x)
+        return x[:, :self.head_size], x[:, self.head_size]
 
     def act(self, obs: np.ndarray):
         head, value = self._heads(obs)
