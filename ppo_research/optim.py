@@ -45,7 +45,11 @@ class FlatAdam:
         self.flat.grad.zero_()
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_([self.flat], max_norm)
+        """Scale the gradient to global norm <= max_norm (clip_grad_norm_'s maths, one buffer)."""
+        grad = self.flat.grad
+        norm = torch.linalg.vector_norm(grad)
+        grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        return norm
 
     def step(self) -> None:
         self.adam.step()
