@@ -123,24 +123,38 @@ class Variant:
 
 def _determined_by(key: str, by: list[str], runs: list[Run]) -> bool:
     """Whether ``key`` takes one value among runs that agree on all of ``by``."""
-    seen = {}
+    return not _classes_where_it_varies(key, by, runs)
+
+
+def _class(run: Run, by: list[str]) -> tuple:
+    return tuple(repr(run.config.get(b, MISSING)) for b in by)
+
+
+def _classes_where_it_varies(key: str, by: list[str], runs: list[Run]) -> set:
+    values: dict[tuple, set] = {}
     for run in runs:
-        cls = tuple(repr(run.config.get(b, MISSING)) for b in by)
-        value = repr(run.config.get(key, MISSING))
-        if seen.setdefault(cls, value) != value:
-            return False
-    return True
+        values.setdefault(_class(run, by), set()).add(repr(run.config.get(key, MISSING)))
+    return {cls for cls, vals in values.items() if len(vals) > 1}
+
+
+def _explainers(key: str, shown: list[str]) -> list[str]:
+    """What may imply ``key``'s value: the env, the experiment, and the key's own group choice
+    (``loss.epsilon`` by ``loss=``). Not other groups: they would hide a real difference."""
+    allowed = {"choices.env", "choices.experiment"}
+    if not key.startswith("choices."):
+        allowed.add(f"choices.{key.split('.')[0]}")
+    return [FACET] + [k for k in shown if k in allowed and k != key]
 
 
 def label_keys(runs: list[Run]) -> list[str]:
-    """The keys that name a variant: varying group choices first, then varying values that no
-    shown choice (nor the env) already determines (e.g. ``loss.epsilon`` within ``loss=clip``)."""
+    """The keys that name variants: varying group choices first, then varying values that
+    their explainers (env, experiment, own group choice) do not already imply."""
     keys = sorted(set().union(*(run.config for run in runs)) - IGNORED_KEYS)
     varying = [k for k in keys if len({repr(run.config.get(k, MISSING)) for run in runs}) > 1]
     choices = [f"choices.{g}" for g in GROUPS if f"choices.{g}" in varying]
     shown: list[str] = []
     for key in choices + [k for k in varying if not k.startswith("choices.") and k != FACET]:
-        if not _determined_by(key, [FACET] + shown, runs):
+        if not _determined_by(key, _explainers(key, shown), runs):
             shown.append(key)
     return shown
 
@@ -153,19 +167,14 @@ def _show(key: str, value) -> str:
 
 def group_runs(runs: list[Run]) -> list[Variant]:
     shown = label_keys(runs)
-    by = [FACET] + [k for k in shown if k.startswith("choices.")]
-    # A value shown only where it varies: within loss=klpen, loss.epsilon=None says nothing.
-    varies_within = {}
-    for key in shown:
-        values: dict[tuple, set] = {}
-        for run in runs:
-            cls = tuple(repr(run.config.get(b, MISSING)) for b in by)
-            values.setdefault(cls, set()).add(repr(run.config.get(key, MISSING)))
-        varies_within[key] = {cls for cls, vals in values.items() if len(vals) > 1 or key in by}
+    # A value is named only where it varies: within loss=klpen, loss.epsilon=None says nothing.
+    # Same label => same shown choices => same classes, so runs that differ never share a label.
+    named_in = {k: None if k.startswith("choices.") else _classes_where_it_varies(k, _explainers(k, shown), runs)
+                for k in shown}
     variants: dict[tuple[str, str], Variant] = {}
     for run in runs:
-        cls = tuple(repr(run.config.get(b, MISSING)) for b in by)
-        parts = [_show(k, run.config.get(k, MISSING)) for k in shown if cls in varies_within[k]]
+        parts = [_show(k, run.config.get(k, MISSING)) for k in shown
+                 if named_in[k] is None or _class(run, _explainers(k, shown)) in named_in[k]]
         if not shown:  # nothing varies: name the setting
             parts = [_show(f"choices.{g}", run.config[f"choices.{g}"])
                      for g in ("loss", "advantage") if f"choices.{g}" in run.config]

@@ -98,11 +98,11 @@ ENVS = {"cartpole": ("CartPole-v1", 0.98), "pendulum": ("Pendulum-v1", 0.99)}
 
 
 def make_run(path: Path, loss: str = "clip", env: str = "cartpole", seed: int = 0, epsilon: float | None = None,
-             final: float = 1.0, summary: dict | None | bool = True) -> Path:
+             final: float = 1.0, summary: dict | None | bool = True, total: int = 300) -> Path:
     """A run directory as the trainer and Hydra leave it, with known numbers."""
     env_id, gamma = ENVS[env]
     loss_node = dict(LOSSES[loss], **({"epsilon": epsilon} if epsilon is not None else {}))
-    config = {"seed": seed, "total_timesteps": 300, "progress": False, "env": {"id": env_id},
+    config = {"seed": seed, "total_timesteps": total, "progress": False, "env": {"id": env_id},
               "loss": loss_node, "advantage": {"_target_": "ppo_research.advantages.GAE", "gamma": gamma}}
     overrides = [f"loss={loss}", f"env={env}", f"seed={seed}"] + ([f"loss.epsilon={epsilon}"] if epsilon else [])
     (path / ".hydra").mkdir(parents=True)
@@ -131,6 +131,13 @@ def test_variants_are_named_by_what_varies(tmp_path):
     assert [(v.env, v.label, sorted(r.seed for r in v.runs)) for v in variants] == [
         (env_id, label, [0, 1]) for env_id in ("CartPole-v1", "Pendulum-v1")
         for label in ("loss=clip, loss.epsilon=0.1", "loss=clip, loss.epsilon=0.3", "loss=klpen")]
+
+
+def test_a_difference_outside_the_varying_groups_is_named(tmp_path):
+    make_run(tmp_path / "0", "clip", total=300)
+    make_run(tmp_path / "1", "klpen", total=600)  # not implied by loss=klpen: the reader must see it
+    assert [v.label for v in group_runs(find_runs([tmp_path]))] == ["loss=clip, total_timesteps=300",
+                                                                    "loss=klpen, total_timesteps=600"]
 
 
 def test_one_run_dir_is_a_report_too(tmp_path):
