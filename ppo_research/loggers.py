@@ -346,13 +346,15 @@ def previous_run_id(run_dir: Path, config: dict) -> Optional[str]:
     return None
 
 
-def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
-    """Encode frames as a GIF with imageio (wandb.Video on raw arrays would need moviepy)."""
+def write_gif(frames: np.ndarray, path: Path, fps: int, max_side: int = 256) -> Path:
+    """Encode frames as a GIF with imageio (wandb.Video on raw arrays would need moviepy).
+    Frames are subsampled to at most ``max_side`` pixels a side: a 1000-step episode stays small."""
     import imageio.v2 as imageio
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames must be (time, height, width, channels), got shape {frames.shape}")
+    stride = max(1, -(-max(frames.shape[1:3]) // max_side))
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, frames.astype(np.uint8), duration=1000.0 / fps, loop=0)
+    imageio.mimsave(path, frames[:, ::stride, ::stride].astype(np.uint8), duration=1000.0 / fps, loop=0)
     return path

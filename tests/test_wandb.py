@@ -11,6 +11,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imageio
 import numpy as np
 import pytest
 from wandb.proto import wandb_internal_pb2 as pb
@@ -239,8 +240,9 @@ def test_video_and_checkpoint_artifact(tmp_path, monkeypatch):
     logger = WandbLogger(video=True, upload_checkpoint=True)
     assert logger.wants_video
     logger.start(tmp_path, CONFIG, CHOICES)
-    frames = np.zeros((5, 16, 16, 3), np.uint8)
-    frames[:, :, :8] = 255
+    frames = np.zeros((5, 480, 400, 3), np.uint8)
+    for t in range(5):  # a bar that grows: distinct frames (identical ones would be merged in the GIF)
+        frames[t, :, :80 * (t + 1)] = 255
     logger.log_video(frames, step=256, fps=10)
     logger.finish(0)
     run = the_offline_run(tmp_path)
@@ -249,7 +251,8 @@ def test_video_and_checkpoint_artifact(tmp_path, monkeypatch):
     [files] = tmp_path.glob("wandb/offline-run-*/files")
     assert (files / row["eval_video.path"]).read_bytes()[:6] == b"GIF89a"  # what `wandb sync` uploads
     assert row["global_step"] == 256
-    assert (tmp_path / "videos" / "eval_0000000256.gif").read_bytes()[:6] == b"GIF89a"
+    gif = imageio.v2.mimread(tmp_path / "videos" / "eval_0000000256.gif")
+    assert len(gif) == 5 and gif[0].shape[:2] == (240, 200)  # subsampled to at most 256 px a side
     assert len(run.artifacts) == 1
     artifact = run.artifacts[0]
     assert artifact.type == "model" and "final" in list(artifact.aliases)
