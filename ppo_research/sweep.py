@@ -196,7 +196,8 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
         ok = isinstance(norm, dict) and {"random", "reference"} <= set(norm) and norm["random"] != norm["reference"]
         if len(spec.envs) > 1 and not ok:
             raise SpecError(f"envs.{env}: several envs need {{random: R, reference: E}} (R != E) to normalise scores")
-    make_sampler(spec, 0, 0), make_pruner(spec)  # fail now on a bad name or argument
+    make_sampler(spec, 0, 0)  # fail now on a bad name or argument
+    make_pruner(spec)
     return spec
 
 
@@ -384,7 +385,7 @@ def create_study(spec: Spec) -> optuna.Study:
         study.set_user_attr("spec", spec.fingerprint())
         for params in spec.enqueue:
             study.enqueue_trial(params)
-    elif json.dumps(stored, sort_keys=True) != json.dumps(json.loads(json.dumps(spec.fingerprint())), sort_keys=True):
+    elif json.dumps(stored, sort_keys=True) != json.dumps(spec.fingerprint(), sort_keys=True):
         raise SpecError(f"study {spec.study!r} in {spec.storage} was created with a different spec "
                         f"(overrides, search space, seeds or objective); pass --study NAME to start a new one")
     if study.direction.name.lower() != spec.direction:
