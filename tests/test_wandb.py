@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +89,24 @@ def read_offline_run(path: Path) -> OfflineRun:
     return out
 
 
+def read_finished_run(path: Path, timeout: float = 10.0) -> OfflineRun:
+    """wandb-core writes the file from its own process: right after an in-process ``finish`` the
+    tail may not be on disk yet, so wait (briefly) for the exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run = read_offline_run(path)
+            if run.exit_code is not None or time.monotonic() > deadline:
+                return run
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 def offline_runs(run_dir: Path) -> list[OfflineRun]:
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    return [read_offline_run(f) for f in files]
+    return [read_finished_run(f) for f in files]
 
 
 def the_offline_run(run_dir: Path) -> OfflineRun:
