@@ -158,7 +158,8 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
         raise SpecError(f"spec {path}: expected a mapping")
     unknown = set(node) - SPEC_KEYS
     if unknown:
-        raise SpecError(f"spec {path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
+        raise SpecError(f"spec {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(sorted(SPEC_KEYS))}")
     params = node.get("params") or {}
     if not isinstance(params, dict) or not params:
         raise SpecError(f"spec {path}: params must map config keys to ranges")
@@ -279,7 +280,8 @@ def check_search_space(spec: Spec) -> None:
                 try:
                     validate(compose_trial_config(base + param_overrides({p.key: value}))[0])
                 except (ConfigError, HydraException) as err:
-                    raise SpecError(f"search space: {p.key}={format_value(value)}: {str(err).splitlines()[0]}") from None
+                    first_line = str(err).splitlines()[0]
+                    raise SpecError(f"search space: {p.key}={format_value(value)}: {first_line}") from None
 
 
 def normalise(spec: Spec, env: Optional[str], value: float) -> float:
@@ -330,7 +332,8 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
                 cfg.logger.job_type = "sweep-trial"
                 cfg.logger.group = spec.study
                 cfg.logger.name = f"{spec.study}-t{trial.number:04d}-{name}"
-                cfg.logger.notes = f"optuna trial {trial.number} of study {spec.study}: {' '.join(param_overrides(params))}"
+                cfg.logger.notes = (f"optuna trial {trial.number} of study {spec.study}: "
+                                    f"{' '.join(param_overrides(params))}")
             evals: list[float] = []
 
             def on_evaluation(iteration: int, global_step: int, eval_return: float, env=env, offset=offset) -> None:
@@ -389,7 +392,8 @@ def create_study(spec: Spec) -> optuna.Study:
         raise SpecError(f"study {spec.study!r} in {spec.storage} was created with a different spec "
                         f"(overrides, search space, seeds or objective); pass --study NAME to start a new one")
     if study.direction.name.lower() != spec.direction:
-        raise SpecError(f"study {spec.study!r} has direction {study.direction.name.lower()}, spec says {spec.direction}")
+        raise SpecError(f"study {spec.study!r} has direction {study.direction.name.lower()}, "
+                        f"spec says {spec.direction}")
     return study
 
 
@@ -551,7 +555,10 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
                      t.user_attrs.get("error") or t.user_attrs.get("interrupted") or ""])
     with open(out / "trials.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/"))  # noqa: E731
+
+    def cell(v: Any) -> str:
+        return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/"))
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     (out / "trials.md").write_text("\n".join(lines) + "\n")
