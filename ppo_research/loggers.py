@@ -42,7 +42,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 
 class RunLogger:
@@ -101,11 +101,12 @@ class HydraContext:
     def current(cls) -> "HydraContext":
         try:
             from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
 
             if not HydraConfig.initialized():
                 return cls()
             hc = HydraConfig.get()
-            return cls(multirun=str(hc.mode) == "RunMode.MULTIRUN", sweep_dir=hc.sweep.dir,
+            return cls(multirun=hc.mode == RunMode.MULTIRUN, sweep_dir=hc.sweep.dir,
                        experiment=hc.runtime.choices.get("experiment"), overrides=tuple(hc.overrides.task))
         except Exception:  # a partial Hydra config (compose API, old versions): no context
             return cls()
@@ -259,7 +260,7 @@ class WandbLogger(RunLogger):
     def _warn(self, message: str) -> None:
         if not self._warned:  # one line per run, however often wandb fails afterwards
             self._warned = True
-            log.warning(message)
+            _log.warning(message)
 
     # -- per iteration and at the end --------------------------------------------------------
 
