@@ -1,6 +1,5 @@
 import sys
 
-from .app import check_group_choices, main
+from .app import cli
 
-check_group_choices(sys.argv[1:])
-main()
+sys.exit(cli(sys.argv[1:]))

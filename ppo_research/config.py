@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -212,7 +213,14 @@ def validate(cfg: DictConfig) -> Config:
     Builds the loss and the advantage estimator once, so their own range checks run too;
     nothing here starts an environment.
     """
-    node = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        node = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+        key = getattr(err, "full_key", None) or "config"
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        raise ConfigError(key, raw, f"a resolvable value ({str(err).strip().splitlines()[0]})") from None
     node.pop("hydra", None)
     config = _build_dataclass(Config, node, "")
     algo = config.algo
@@ -228,6 +236,25 @@ def validate(cfg: DictConfig) -> Config:
         resolve_target(node[group]["_target_"], group)(**kwargs)  # runs the class's own range checks
     check_target_kwargs("network", node["network"], skip=("obs_space", "action_space"))
     return config
+
+
+def check_action_space_settings(config: Config, network: dict, action_space) -> None:
+    """Settings that only mean something for one kind of action space, checked against the env's.
+
+    Continuous-only (Box): a state-dependent Gaussian std, and ``env.action_mode=rescale`` (maps
+    [-1, 1] onto the Box bounds). Discrete-only: none exist yet; add them here.
+    """
+    from gymnasium import spaces
+
+    kind = type(action_space).__name__
+    if isinstance(action_space, spaces.Discrete):
+        if network.get("state_dependent_std"):
+            raise ConfigError("network.state_dependent_std", network["state_dependent_std"],
+                              f"false for {config.env.id}, whose action space is {kind} (a Gaussian-policy option)")
+        if config.env.action_mode == "rescale":
+            raise ConfigError("env.action_mode", config.env.action_mode,
+                              f"clip or none for {config.env.id}, whose action space is {kind} "
+                              "(rescale maps [-1, 1] onto Box bounds)")
 
 
 def register_base_config() -> None:

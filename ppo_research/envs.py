@@ -174,12 +174,148 @@ class TrainingEnvs:
         self.next_is_reset = episode_end
         return self.obs, scaled, terminated, truncated, valid, finished
 
-    def state_dict(self) -> dict:
-        return {"obs_norm": self.obs_norm.stats.state_dict(), "reward_scaler": self.reward_scaler.state_dict()}
+    # -- checkpoint state ----------------------------------------------------------------------
+    # Checkpoints are taken between iterations. The envs' future is then fixed by each sub-env's
+    # dynamics state and RNG, its wrappers' counters (TimeLimit's elapsed steps), the vector
+    # env's autoreset flags, and what this class carries from step to step: the current
+    # (normalised) observation, the running episode returns, the reward scaler's discounted sum.
 
-    def load_state_dict(self, state: dict) -> None:
+    @property
+    def exact_state_supported(self) -> bool:
+        """True when ``state_dict`` captures the sub-envs exactly (see ``_sub_env_state``)."""
+        return isinstance(self.envs, gym.vector.SyncVectorEnv) and all(
+            _restorable(env.unwrapped) for env in self.envs.envs)
+
+    def state_dict(self) -> dict:
+        state = {"obs_norm": self.obs_norm.stats.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
+                 "obs": self.obs.copy(), "next_is_reset": self.next_is_reset.copy(),
+                 "episodes": {"returns": self.episodes.returns.copy(), "lengths": self.episodes.lengths.copy()},
+                 "spaces_rng": _spaces_rng(self.envs)}
+        if self.exact_state_supported:
+            state["autoreset"] = self.envs._autoreset_envs.copy()
+            state["sub_envs"] = [_sub_env_state(env) for env in self.envs.envs]
+        return state
+
+    def load_state_dict(self, state: dict, reseed: int) -> bool:
+        """Restore the statistics, and the envs exactly where the checkpoint allows it.
+
+        Returns False when the envs could not be restored exactly (async vectorisation, or an
+        env whose internals are not plain data, e.g. Box2D): they are then reset with seeds
+        from ``reseed`` and the run continues correctly, but not bit-for-bit as if uninterrupted.
+        """
         self.obs_norm.stats.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
+        _set_spaces_rng(self.envs, state["spaces_rng"])
+        if "sub_envs" in state and self.exact_state_supported and len(state["sub_envs"]) == self.num_envs:
+            for env, sub in zip(self.envs.envs, state["sub_envs"]):
+                _load_sub_env_state(env, sub)
+            self.envs._autoreset_envs = np.asarray(state["autoreset"], bool).copy()
+            self.obs = np.asarray(state["obs"], np.float32).copy()
+            self.next_is_reset = np.asarray(state["next_is_reset"], bool).copy()
+            self.episodes.returns = np.asarray(state["episodes"]["returns"], np.float64).copy()
+            self.episodes.lengths = np.asarray(state["episodes"]["lengths"], np.int64).copy()
+            return True
+        # Fresh episodes: nothing in flight carries over.
+        raw, _ = self.envs.reset(seed=reseed)
+        self.obs = self.obs_norm(raw, update=True)
+        self.next_is_reset = np.zeros(self.num_envs, bool)
+        self.episodes = EpisodeTracker(self.num_envs)
+        self.reward_scaler.discounted = np.zeros(self.num_envs)
+        return False
 
     def close(self) -> None:
         self.envs.close()
+
+
+# -- sub-env state -------------------------------------------------------------------------------
+
+_PLAIN = (bool, int, float, np.ndarray, np.generic, type(None))
+
+
+def _restorable(env: gym.Env) -> bool:
+    """Envs whose whole dynamics state is plain attributes (classic control) or MjData arrays."""
+    return type(env).__module__.startswith("gymnasium.envs.classic_control") or _mj_data(env) is not None
+
+
+def _mj_data(env: gym.Env):
+    data = getattr(env, "data", None)
+    return data if type(data).__module__.startswith("mujoco") else None
+
+
+def _plain_attrs(obj) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(obj).items() if isinstance(v, _PLAIN)}
+
+
+def _wrapper_chain(env: gym.Env) -> list:
+    chain = [env]
+    while hasattr(chain[-1], "env"):
+        chain.append(chain[-1].env)
+    return chain
+
+
+def _sub_env_state(env: gym.Env) -> dict:
+    """Plain attributes of every wrapper and of the env (state, elapsed steps, seeds), its
+    np_random, and for MuJoCo every array of MjData (derived quantities and the solver's warm
+    start included: positions alone would not reproduce the next step bit for bit)."""
+    from .checkpoint import generator_state
+
+    chain = _wrapper_chain(env)
+    state = {"classes": [type(w).__name__ for w in chain], "attrs": [_plain_attrs(w) for w in chain],
+             "np_random": generator_state(env.unwrapped.np_random)}
+    data = _mj_data(env.unwrapped)
+    if data is not None:
+        arrays = {}
+        for name in dir(data):
+            value = getattr(data, name, None) if not name.startswith("_") else None
+            if isinstance(value, np.ndarray):
+                arrays[name] = value.copy()
+        state["mujoco"] = {"time": float(data.time), "arrays": arrays}
+    return state
+
+
+def _load_sub_env_state(env: gym.Env, state: dict) -> None:
+    from .checkpoint import CheckpointError, make_generator
+
+    chain = _wrapper_chain(env)
+    if [type(w).__name__ for w in chain] != list(state["classes"]):
+        raise CheckpointError(f"checkpoint env wrappers {state['classes']} differ from "
+                              f"{[type(w).__name__ for w in chain]}")
+    for wrapper, attrs in zip(chain, state["attrs"]):
+        current = vars(wrapper)
+        for key, value in attrs.items():
+            if isinstance(current.get(key), _PLAIN):  # never replace an object with plain data
+                setattr(wrapper, key, value.copy() if isinstance(value, np.ndarray) else value)
+    env.unwrapped.np_random = make_generator(state["np_random"])
+    if "mujoco" in state:
+        data = _mj_data(env.unwrapped)
+        data.time = state["mujoco"]["time"]
+        for name, value in state["mujoco"]["arrays"].items():
+            target = getattr(data, name, None)
+            # Per-step scratch (constraint rows, contacts) changes size and is rebuilt by mj_step.
+            if isinstance(target, np.ndarray) and target.shape == value.shape:
+                target[...] = value
+
+
+def _spaces(envs) -> dict:
+    spaces = {"action": envs.action_space, "observation": envs.observation_space}
+    if isinstance(envs, gym.vector.SyncVectorEnv):
+        for i, env in enumerate(envs.envs):
+            spaces[f"{i}.action"] = env.unwrapped.action_space
+            spaces[f"{i}.observation"] = env.unwrapped.observation_space
+    return spaces
+
+
+def _spaces_rng(envs) -> dict:
+    """The spaces' own RNGs (used by ``space.sample()``); None where never seeded or used."""
+    from .checkpoint import generator_state
+
+    return {name: None if getattr(space, "_np_random", None) is None else generator_state(space._np_random)
+            for name, space in _spaces(envs).items()}
+
+
+def _set_spaces_rng(envs, states: dict) -> None:
+    from .checkpoint import make_generator
+
+    for name, space in _spaces(envs).items():
+        if states.get(name) is not None:
+            space._np_random = make_generator(states[name])

@@ -5,11 +5,19 @@ Per iteration, as in the paper's algorithm box:
   2. estimate advantages A_t and value targets R_t = A_t + V(s_t);
   3. K epochs of minibatch Adam on  policy term + c_v * value loss - c_e * entropy;
   4. let the loss adapt its state (beta) to the measured KL; log, evaluate, checkpoint.
+
+Stops: SIGINT/SIGTERM finish the current iteration, checkpoint and raise TrainingInterrupted
+(a second signal exits at once); a non-finite loss or parameter raises NonFiniteError before
+anything of that iteration is logged or checkpointed. See docs/reliability.md.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +42,19 @@ from .rollout import Rollout, RolloutCollector
 
 class NonFiniteError(FloatingPointError):
     """A loss term or a parameter became NaN/Inf; ``str()`` says where."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training cleanly at an iteration boundary, after a checkpoint.
+
+    A KeyboardInterrupt, so ``except Exception`` (Hydra's job runner, optuna's trial runner)
+    lets it through: a stop request ends a multirun or a study instead of becoming a failed job.
+    """
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path):
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {iteration}; "
+                         f"checkpoint {checkpoint}")
 
 
 @dataclass
@@ -100,6 +121,8 @@ class Trainer:
         self.elapsed = 0.0  # training wall time, summed over resumed segments
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.last_eval: Optional[np.ndarray] = None
+        self.stop_signal: Optional[int] = None  # set by SIGINT/SIGTERM; honoured between iterations
+        self.last_checkpoint: Optional[Path] = None
 
     # -- the algorithm -------------------------------------------------------------------------
 
@@ -130,8 +153,11 @@ class Trainer:
             self.logger.log(row, step=self.global_step)
             if cfg.progress:
                 self._print_progress(row)
-            if self._checkpoint_due():
+            stop = self.stop_signal  # read once: a signal may land between the two checks
+            if self._checkpoint_due() or stop:
                 self.save_checkpoint()
+            if stop and self.iteration < self.num_iterations:
+                raise TrainingInterrupted(stop, self.iteration, self.last_checkpoint)
             if "eval_return" in row and self.on_evaluation is not None:
                 self.on_evaluation(self.iteration, self.global_step, row["eval_return"])
         return self.finish()
@@ -298,15 +324,63 @@ class Trainer:
         self.evaluator.close()
 
     # -- checkpoints ---------------------------------------------------------------------------
+    # Taken only between iterations, so the state below is all the run's future depends on:
+    # resuming from it reproduces the uninterrupted run exactly (docs/reliability.md).
 
     def state_dict(self) -> dict:
         return {
             "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
             "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
             "loss": self.loss.state_dict(), "envs": self.envs.state_dict(),
-            "recent_returns": list(self.recent_returns),
-            "config": self.config_dict,
+            "recent_returns": list(self.recent_returns), "last_eval": self.last_eval,
+            "rng": checkpoint.capture_global_rng(),
+            "logger_run_id": self.logger.run_id,  # the resumed run continues the same wandb run
+            "config": self.config_dict, "choices": dict(self.choices),
         }
 
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue from ``state``; returns whether the envs were restored exactly."""
+        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
+        self.elapsed = float(state["elapsed"])
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss.load_state_dict(state["loss"])
+        self.recent_returns.clear()
+        self.recent_returns.extend(state["recent_returns"])
+        self.last_eval = state["last_eval"]
+        exact = self.envs.load_state_dict(state["envs"], reseed=self.cfg.seed + self.iteration * self.cfg.algo.num_envs)
+        checkpoint.restore_global_rng(state["rng"])  # last: nothing above may draw from it afterwards
+        return exact
+
     def save_checkpoint(self) -> Path:
-        return checkpoint.save(self.run_dir, self.iteration, self.state_dict(), self.cfg.checkpoint.keep)
+        self.last_checkpoint = checkpoint.save(self.run_dir, self.iteration, self.state_dict(),
+                                               self.cfg.checkpoint.keep)
+        return self.last_checkpoint
+
+    # -- stop requests ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stop_on_signals(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        """While active, the first SIGINT/SIGTERM asks training to stop after the current iteration
+        (with a checkpoint); a second one exits at once with status 128 + signal number."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Python delivers signals to the main thread only
+            return
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stop_signal is not None:
+                sys.stderr.write(f"\n{name} again: exiting at once, without a checkpoint\n")
+                sys.stderr.flush()
+                os._exit(128 + signum)
+            self.stop_signal = signum
+            sys.stderr.write(f"\n{name}: finishing the current iteration, then writing a checkpoint "
+                             f"(send it again to exit at once)\n")
+            sys.stderr.flush()
+
+        previous = {s: signal.signal(s, handler) for s in signals}
+        try:
+            yield
+        finally:
+            for s, old in previous.items():
+                signal.signal(s, old)

@@ -1,0 +1,351 @@
+"""Reliability: exact resume after a kill, clean stops on signals, NaN stops that keep the last
+good checkpoint, and the pieces underneath (env state capture, metrics truncation, atomic
+writes). The CLI tests run ``python -m ppo_research`` in subprocesses, as a user would."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TIMING_KEYS, read_metrics
+from ppo_research import checkpoint
+from ppo_research.config import EnvConfig
+from ppo_research.envs import TrainingEnvs
+
+# Small but long enough (40+ iterations) that a kill lands mid-run; checkpoints every 3
+# iterations, so a kill usually leaves rows past the last checkpoint to be dropped on resume.
+COMMON = ["progress=false", "algo.num_epochs=2", "eval.episodes=1", "eval.every=4", "checkpoint.every=3",
+          "checkpoint.keep=2", "seed=7"]
+RUNS = {
+    "cartpole": ["env=cartpole", "total_timesteps=5120", "algo.num_envs=2", "algo.num_steps=32",
+                 "algo.minibatch_size=32", *COMMON],
+    "pendulum": ["env=pendulum", "total_timesteps=5120", "algo.num_envs=2", "algo.num_steps=64",
+                 "algo.minibatch_size=64", *COMMON],  # normalised obs and rewards: their stats resume too
+}
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Rows without wall-clock fields (``time_s``, ``sps``, per-phase ``time_*``)."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time_")} for r in rows]
+
+
+def start_cli(args: list[str], cwd: Path, logger: str = "none") -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(cwd),
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "ppo_research", f"logger={logger}", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(args: list[str], cwd: Path, logger: str = "none", timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = start_cli(args, cwd, logger)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def wait_for_rows(run_dir: Path, proc: subprocess.Popen, rows: int, timeout: float = 120) -> int:
+    """Poll metrics.jsonl until it has ``rows`` complete lines; returns the count seen."""
+    path, deadline = run_dir / "metrics.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"run ended before it could be stopped: {proc.stderr.read()[-2000:]}"
+        if path.exists():
+            n = path.read_bytes().count(b"\n")
+            if n >= rows:
+                return n
+        time.sleep(0.005)
+    raise TimeoutError(f"{path} never reached {rows} rows")
+
+
+def policy_of(run_dir: Path) -> dict:
+    return checkpoint.load(checkpoint.latest(run_dir))["policy"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs, one per env preset in RUNS, made on first use."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            cwd = tmp_path_factory.mktemp(f"reference_{name}")
+            result = run([*RUNS[name], f"hydra.run.dir={cwd / 'run'}"], cwd)
+            assert result.returncode == 0, result.stderr[-3000:]
+            made[name] = cwd / "run"
+        return made[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. SIGKILL mid-run, resume: identical to the uninterrupted run
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, reference, name):
+    run_dir = tmp_path / "run"
+    proc = start_cli([*RUNS[name], f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, proc, 5)  # past the first checkpoint (iteration 3)
+    proc.send_signal(signal.SIGKILL)  # no handler runs: what a pre-empted machine does
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = len(read_metrics(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
+    reference_rows = read_metrics(reference(name))
+    assert not (run_dir / "summary.json").exists() and killed_at < len(reference_rows), "kill came too late"
+
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stderr
+    resumed_from = checkpoint.list_checkpoints(run_dir)  # the resumed run's own checkpoints by now
+    assert resumed_from
+
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == list(range(1, len(reference_rows) + 1))  # no duplicates, no gaps
+    assert comparable(rows) == comparable(reference_rows)
+    mine, theirs = policy_of(run_dir), policy_of(reference(name))
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected = json.loads((reference(name) / "summary.json").read_text())
+    for key in ("global_step", "iterations", "train_return", "eval_return", "eval_return_std"):
+        assert summary[key] == expected[key], key
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. SIGTERM / SIGINT: finish the iteration, checkpoint, close wandb, distinct exit status
+
+def wandb_records(path: Path) -> list:
+    """Records of an offline ``.wandb`` file: a LevelDB-style log of 32 KiB blocks with 7-byte
+    chunk headers (crc32, length, type), after a 7-byte ``:W&B`` file header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: a record is complete
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def offline_runs(run_dir: Path) -> list[tuple[str, list]]:
+    """(run id, records) of each offline wandb run under ``run_dir``, oldest first."""
+    found = []
+    for run_path in sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime):
+        (wandb_file,) = run_path.glob("run-*.wandb")
+        found.append((wandb_file.stem.removeprefix("run-"), wandb_records(wandb_file)))
+    return found
+
+
+@pytest.mark.parametrize("sig,logger", [(signal.SIGTERM, "wandb"), (signal.SIGINT, "none")])
+def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, reference, sig, logger):
+    run_dir = tmp_path / "run"
+    proc = start_cli([*RUNS["cartpole"], f"hydra.run.dir={run_dir}"], tmp_path, logger=logger)
+    wait_for_rows(run_dir, proc, 4)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err
+    stop_lines = [line for line in err.splitlines() if line.startswith(f"stopped by {sig.name}")]
+    assert len(stop_lines) == 1 and f"resume={run_dir}" in stop_lines[0]
+    # No lost work: the iteration under way was finished, logged and checkpointed.
+    rows = read_metrics(run_dir)
+    last = checkpoint.latest(run_dir)
+    state = checkpoint.load(last)
+    assert state["iteration"] == rows[-1]["iteration"] == int(last.stem.split("_")[1])
+    assert rows[-1]["iteration"] < len(read_metrics(reference("cartpole")))
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())
+
+    if logger == "wandb":
+        ((run_id, records),) = offline_runs(run_dir)
+        exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+        assert len(exits) == 1 and exits[0].exit_code == 128 + sig  # wandb was finished, not abandoned
+        assert state["logger_run_id"] == run_id
+
+    result = run([f"resume={run_dir}"], tmp_path, logger=logger)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(reference("cartpole")))
+    if logger == "wandb":  # the same wandb run continues (a second offline segment of that id)
+        runs = offline_runs(run_dir)
+        assert [rid for rid, _ in runs] == [run_id, run_id]
+        exits = [r.exit for r in runs[1][1] if r.WhichOneof("record_type") == "exit"]
+        assert len(exits) == 1 and exits[0].exit_code == 0
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    # One long iteration (a 4096-step rollout and 10 epochs) so the first signal has work to finish.
+    run_dir = tmp_path / "run"
+    proc = start_cli(["env=pendulum", "total_timesteps=40960", "algo.num_envs=1", "algo.num_steps=4096",
+                      "algo.minibatch_size=64", "algo.num_epochs=10", "eval.every=0", "progress=true",
+                      f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "SIGTERM again: exiting at once" in err
+    assert "Traceback" not in err
+    assert len(read_metrics(run_dir)) == 1  # the second iteration was abandoned, not finished
+    assert checkpoint.list_checkpoints(run_dir) == []  # checkpoint.every=10: none was due yet
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. NaN/Inf: stop with where it happened, exit 3, the last good checkpoint untouched
+
+NAN_RUN = ["env=cartpole", "algo.num_envs=2", "algo.num_steps=32", "algo.minibatch_size=32", "algo.num_epochs=2",
+           "eval.episodes=1", "checkpoint.every=1", "progress=false"]
+
+
+def test_divergence_keeps_the_last_good_checkpoint_byte_for_byte(tmp_path):
+    # A KL penalty whose beta is multiplied by 1e40 after each iteration: iteration 1 is sound and
+    # checkpointed with beta = 1e40, which is inf in float32, so iteration 2's loss is non-finite.
+    run_dir = tmp_path / "run"
+    diverging = [*NAN_RUN, "loss=klpen", "loss.factor=1e40", "loss.kl_target=1e-12"]
+    first = run([*diverging, "total_timesteps=64", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (good,) = checkpoint.list_checkpoints(run_dir)
+    assert checkpoint.load(good)["loss"]["beta"] == 1e40
+    digest, rows = sha256(good), (run_dir / "metrics.jsonl").read_text()
+
+    result = run([f"resume={run_dir}", "total_timesteps=256"], tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert "non-finite policy_loss at iteration 2" in line and str(good) in line
+    assert checkpoint.list_checkpoints(run_dir) == [good]  # nothing written after the bad update
+    assert sha256(good) == digest
+    assert (run_dir / "metrics.jsonl").read_text() == rows  # the failed iteration logged nothing
+
+
+def test_divergence_on_the_first_iteration_says_no_checkpoint_exists(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run([*NAN_RUN, "algo.learning_rate=1e30", "total_timesteps=256", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert "training diverged: non-finite" in line and "at iteration 1" in line
+    assert "no checkpoint had been written" in line
+    assert "Traceback" not in result.stderr
+    assert checkpoint.list_checkpoints(run_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces: env state, metrics truncation, atomic writes
+
+def _random_actions(space: gym.Space, n: int, steps: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if isinstance(space, gym.spaces.Discrete):
+        return [rng.integers(space.n, size=n) for _ in range(steps)]
+    return [rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32) for _ in range(steps)]
+
+
+def _rollout(envs: TrainingEnvs, actions) -> list:
+    out = []
+    for a in actions:
+        obs, reward, terminated, truncated, valid, finished = envs.step(a)
+        out.append((obs.copy(), reward.copy(), terminated.copy(), truncated.copy(), valid.copy(), finished))
+    return out
+
+
+@pytest.mark.parametrize("env_id,kwargs", [("CartPole-v1", {}), ("Pendulum-v1", {"max_episode_steps": 30}),
+                                           ("Hopper-v5", {"max_episode_steps": 40})])
+def test_env_state_restores_exactly_mid_episode(env_id, kwargs):
+    cfg = EnvConfig(id=env_id, normalize_obs=True, normalize_reward=True, **kwargs)
+    original = TrainingEnvs(cfg, 3, 0.99, seed=1)
+    actions = _random_actions(original.single_action_space, 3, 160, seed=2)
+    _rollout(original, actions[:77])  # several episodes end and restart; others are mid-way
+    state = checkpoint._from_storable(checkpoint._to_storable(original.state_dict()))  # as stored on disk
+    expected = _rollout(original, actions[77:])
+
+    restored = TrainingEnvs(cfg, 3, 0.99, seed=999)  # other seed: everything must come from the state
+    assert restored.load_state_dict(state, reseed=0) is True
+    got = _rollout(restored, actions[77:])
+    for (a, b) in zip(expected, got):
+        for x, y in zip(a[:5], b[:5]):
+            np.testing.assert_array_equal(x, y)
+        assert a[5] == b[5]  # finished episodes' returns and lengths
+    original.close()
+    restored.close()
+
+
+def test_async_envs_resume_with_fresh_episodes():
+    cfg = EnvConfig(id="CartPole-v1", vectorization="async")
+    envs = TrainingEnvs(cfg, 2, 0.99, seed=1)
+    try:
+        assert not envs.exact_state_supported
+        _rollout(envs, _random_actions(envs.single_action_space, 2, 30, seed=0))
+        state = envs.state_dict()
+        assert "sub_envs" not in state
+        assert envs.load_state_dict(state, reseed=5) is False
+        assert not envs.next_is_reset.any() and not envs.episodes.returns.any()
+        _rollout(envs, _random_actions(envs.single_action_space, 2, 5, seed=1))  # continues
+    finally:
+        envs.close()
+
+
+def test_global_rng_round_trip():
+    state = checkpoint._from_storable(checkpoint._to_storable(checkpoint.capture_global_rng()))
+    import random
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoint.restore_global_rng(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_truncate_metrics_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "x": i}) + "\n" for i in range(1, 6)) + '{"iteration": 6, "x')
+    assert checkpoint.truncate_metrics(path, 3) == 3
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert checkpoint.truncate_metrics(path, 3) == 0
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch):
+    first = checkpoint.save(tmp_path, 1, {"w": torch.ones(3)}, keep=2)
+    digest = sha256(first)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device") as info:
+        checkpoint.save(tmp_path, 2, {"w": torch.zeros(3)}, keep=2)
+    assert len(str(info.value).splitlines()) == 1
+    assert checkpoint.list_checkpoints(tmp_path) == [first] and sha256(first) == digest
+    assert sorted(p.name for p in checkpoint.checkpoint_dir(tmp_path).iterdir()) == [first.name]  # no temp left
+
+
+def test_checkpoints_are_pruned_to_keep_and_stale_temp_files_removed(tmp_path):
+    directory = checkpoint.checkpoint_dir(tmp_path)
+    directory.mkdir()
+    (directory / ".ckpt_00000004.pt.tmp").write_bytes(b"torn write of a killed run")
+    for i in range(1, 6):
+        checkpoint.save(tmp_path, i, {"i": i}, keep=2)
+    assert sorted(p.name for p in directory.iterdir()) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    assert checkpoint.load(checkpoint.latest(tmp_path))["i"] == 5
