@@ -1,6 +1,8 @@
 """Deterministic evaluation on a separate env, with the training normalisation frozen."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -12,26 +14,41 @@ EVAL_SEED_OFFSET = 1_000_003  # eval episodes never share seeds with training en
 
 
 class Evaluator:
-    def __init__(self, cfg: EnvConfig, episodes: int, seed: int):
-        self.env = make_env(cfg)
+    def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False):
+        self.env = make_env(cfg, render_mode="rgb_array" if record else None)
         self.actions = ActionAdapter(self.env.action_space, cfg.action_mode)
         self.episodes, self.seed = episodes, seed + EVAL_SEED_OFFSET
+        self.record = record  # keep the first episode's frames for the logger's video
+        self.frames: list[np.ndarray] = []
+        self.fps = int(self.env.metadata.get("render_fps") or 30)
 
     @torch.inference_mode()
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
         """Returns of ``episodes`` episodes with the mean action. Episode j always uses seed
         ``seed + j``, so evaluations differ only through the policy."""
         returns = np.zeros(self.episodes)
+        self.frames = []
         for j in range(self.episodes):
             obs, _ = self.env.reset(seed=self.seed + j)
+            self._render(j)
             done = False
             while not done:
                 x = torch.from_numpy(obs_norm(obs[None], update=False))
                 action = policy.distribution(x).mode().numpy()[0]
                 obs, reward, terminated, truncated, _ = self.env.step(self.actions(action))
+                self._render(j)
                 returns[j] += float(reward)
                 done = terminated or truncated
         return returns
+
+    def _render(self, episode: int) -> None:
+        if not self.record or episode != 0:
+            return
+        try:
+            self.frames.append(self.env.render())
+        except Exception as err:  # no pygame / no OpenGL: evaluate on, without video
+            warnings.warn(f"evaluation video disabled: {type(err).__name__}: {err}", stacklevel=2)
+            self.record, self.frames = False, []
 
     def close(self) -> None:
         self.env.close()
