@@ -389,14 +389,13 @@ def cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted before training started; nothing to resume from", file=sys.stderr, flush=True)
         return 128 + 2
-    except OSError as err:  # Hydra creating or writing the output directory
-        if err.errno not in IO_ERRNOS or user_full_error:
-            raise
-        print(f"error: cannot write the output directory: {err.strerror}: {err.filename}", file=sys.stderr,
-              flush=True)
-        return EXIT_BAD_INPUT
     except Exception as err:
-        line = None if user_full_error else hydra_error_line(err, argv)
+        if user_full_error:
+            raise
+        if isinstance(err, OSError) and err.errno in IO_ERRNOS:  # Hydra creating the output directory
+            line = f"cannot write the output directory: {err.strerror}: {err.filename}"
+        else:
+            line = hydra_error_line(err, argv)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr, flush=True)

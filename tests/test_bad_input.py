@@ -85,6 +85,7 @@ CASES = [
      "env.action_mode='rescale' is invalid: expected clip or none for CartPole-v1, whose action space is Discrete"),
     ("typo_in_key", ["algo.nmu_envs=3"], "algo.nmu_envs='3' is invalid: expected a key of algo: adam_eps,"),
     ("unparsable_override", ["seed=[1"], "cannot parse the override 'seed=[1'"),
+    ("unknown_hydra_option", ["hydra/launcher=nope"], "Could not find 'hydra/launcher/nope': expected one of basic"),
     ("bad_interpolation", ["seed=${nope}"], "seed='${nope}' is invalid: expected a resolvable value"),
     ("unwritable_output_dir", ["hydra.run.dir={file}/run"], "Not a directory"),
     ("resume_missing_dir", ["resume={missing}"], "resume='{missing}' is invalid: expected an existing run directory"),
