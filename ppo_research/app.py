@@ -143,8 +143,8 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
 
     config = validate(cfg)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
     check_env(config, cfg)
+    check_run_dir(run_dir)
     state = checkpoint.load(resume_from) if resume_from is not None else None
     logger = instantiate(cfg.logger)
     trainer = Trainer(config, cfg, run_dir, logger, choices, on_evaluation=on_evaluation)
@@ -387,7 +387,8 @@ def cli(argv: list[str]) -> int:
               file=sys.stderr, flush=True)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print("error: interrupted before training started; nothing to resume from", file=sys.stderr, flush=True)
+        print("error: interrupted outside the training loop (before it started, or while closing): "
+              "no checkpoint was written for this stop", file=sys.stderr, flush=True)
         return 128 + 2
     except Exception as err:
         if user_full_error:
