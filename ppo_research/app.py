@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, check_action_space_settings, register_base_config, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment")
+GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment", "paper_setting")
 register_base_config()
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 2, 3, 4

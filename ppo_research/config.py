@@ -231,7 +231,7 @@ def validate(cfg: DictConfig) -> Config:
     if batch % algo.minibatch_size:
         raise ConfigError("algo.minibatch_size", algo.minibatch_size,
                           f"a divisor of the batch size num_envs*num_steps={batch}")
-    for group in ("loss", "advantage"):
+    for group in ("loss", "advantage", "logger"):
         kwargs = check_target_kwargs(group, node[group])
         resolve_target(node[group]["_target_"], group)(**kwargs)  # runs the class's own range checks
     check_target_kwargs("network", node["network"], skip=("obs_space", "action_space"))

@@ -22,11 +22,16 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch: np.ndarray) -> None:
-        b_mean, b_var, b_count = batch.mean(0), batch.var(0), batch.shape[0]
+        n = batch.shape[0]
+        # Called every env step: a single row (one env) skips the batch variance, which is 0.
+        b_mean = batch[0] if n == 1 else batch.mean(0)
         delta = b_mean - self.mean
-        total = self.count + b_count
-        self.mean = self.mean + delta * b_count / total
-        self.var = (self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total
+        total = self.count + n
+        m2 = self.var * self.count + delta * delta * (self.count * n / total)
+        if n > 1:
+            m2 += batch.var(0) * n
+        self.mean = self.mean + delta * (n / total)
+        self.var = m2 / total
         self.count = total
 
     def state_dict(self) -> dict:

@@ -82,7 +82,7 @@ class NullLogger(RunLogger):
 # -- wandb -----------------------------------------------------------------------------------
 
 MODES = ("online", "offline", "disabled")
-NAME_GROUPS = ("loss", "advantage", "env")  # the run name: <loss>-<advantage>-<env>[-<hparams>]-s<seed>
+NAME_GROUPS = ("paper_setting", "loss", "advantage", "env")  # run name: [<paper_setting>-]<loss>-<advantage>-<env>[-<hparams>]-s<seed>
 HPARAM_GROUPS = ("loss", "advantage")  # overridden keys of these groups join the run name
 RUN_ID_FILE = "run_id"  # in <run_dir>/wandb/: lets a resumed run continue the same wandb run
 

@@ -37,6 +37,7 @@ from .evaluation import Evaluator
 from .loggers import MetricsFile, RunLogger, write_json_atomic
 from .losses import PolicyBatch, PolicyLoss
 from .networks import ActorCritic
+from .optim import FlatAdam
 from .rollout import Rollout, RolloutCollector
 
 
@@ -88,6 +89,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _k3(log_ratio: torch.Tensor) -> float:
+    """The k3 estimate of KL(pi_old || pi): mean of (r - 1) - log r."""
+    return ((log_ratio.exp() - 1.0) - log_ratio).mean().item()
+
+
 def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
 
@@ -110,9 +116,9 @@ class Trainer:
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, cfg.seed)
         self.policy: ActorCritic = instantiate(raw.network, obs_space=self.envs.single_observation_space,
                                                action_space=self.envs.single_action_space)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=algo.learning_rate, eps=algo.adam_eps)
+        self.optimizer = FlatAdam(self.policy, lr=algo.learning_rate, eps=algo.adam_eps)
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
-        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed)
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=logger.wants_video)
         self.config_dict = OmegaConf.to_container(raw, resolve=True)
         self.choices = choices
 
@@ -135,20 +141,26 @@ class Trainer:
             beta_used = self.loss.log_values()
 
             rollout, episodes = self.collector.collect()                                  # 1
+            collected = time.perf_counter()
             advantages = self.estimator(rollout.rewards, rollout.values, rollout.next_values,
                                         rollout.terminated, rollout.episode_end, rollout.valid)  # 2
             batch = Batch.from_rollout(rollout, advantages)
             stats = self.update(batch)                                                    # 3
             self.loss.observe_kl(stats["kl"], "iteration")                               # 4
+            updated = time.perf_counter()
 
             self.iteration += 1
             self.global_step += self.batch_size
             row = self._iteration_row(stats, episodes, lr, beta_used, rollout, advantages)
             if self._eval_due():
+                eval_start = time.perf_counter()
                 row.update(self._evaluate())
+                row["time_eval_s"] = time.perf_counter() - eval_start
             self.elapsed += time.perf_counter() - start  # end to end: rollout, update, evaluation
             row["time_s"] = self.elapsed
             row["sps"] = self.global_step / self.elapsed
+            row["time_rollout_s"] = collected - start  # where this iteration's time went
+            row["time_update_s"] = updated - collected
             self.metrics.write(row)
             self.logger.log(row, step=self.global_step)
             if cfg.progress:
@@ -168,9 +180,7 @@ class Trainer:
         if algo.normalize_advantage == "batch":
             batch.advantages = _standardise(batch.advantages)
         n, mb = len(batch), algo.minibatch_size
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
-        steps = 0
-        clip_eps = self.loss.epsilon if self.loss.epsilon is not None else 0.2
+        terms, log_ratios = [], []  # per minibatch, reduced once at the end (no sync per step)
         stop = False
         for epoch in range(algo.num_epochs):
             order = torch.randperm(n)
@@ -182,25 +192,20 @@ class Trainer:
                 entropy = pb.dist.entropy().mean()
                 total = policy_loss + algo.vf_coef * value_loss - algo.ent_coef * entropy
                 if not torch.isfinite(total):
-                    self._raise_non_finite(policy_loss, value_loss, entropy, epoch, steps)
+                    self._raise_non_finite(policy_loss, value_loss, entropy, epoch, len(terms))
 
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 total.backward()
                 if algo.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), algo.max_grad_norm)
+                    self.optimizer.clip_grad_norm(algo.max_grad_norm)
                 self.optimizer.step()
 
-                with torch.no_grad():
-                    approx_kl = ((pb.ratio - 1.0) - pb.log_ratio).mean().item()  # k3, pre-step
-                    sums["policy_loss"] += policy_loss.item()
-                    sums["value_loss"] += value_loss.item()
-                    sums["entropy"] += entropy.item()
-                    sums["clip_fraction"] += ((pb.ratio - 1.0).abs() > clip_eps).float().mean().item()
-                    sums["approx_kl"] += approx_kl
-                    if self.loss.adapt_every == "minibatch":
+                terms.append(torch.stack([policy_loss, value_loss, entropy]).detach())
+                log_ratios.append(pb.log_ratio.detach())  # pre-step, as PPO reports them
+                if self.loss.adapt_every == "minibatch":
+                    with torch.no_grad():
                         self.loss.observe_kl(self.loss.divergence(pb).mean().item(), "minibatch")
-                steps += 1
-                if algo.target_kl is not None and approx_kl > 1.5 * algo.target_kl:
+                if algo.target_kl is not None and _k3(log_ratios[-1]) > 1.5 * algo.target_kl:
                     stop = True
                     break
             if self.loss.adapt_every == "epoch":
@@ -208,9 +213,13 @@ class Trainer:
             if stop:
                 break
         self._check_parameters()
-        stats = {k: v / max(steps, 1) for k, v in sums.items()}
+        policy_loss, value_loss, entropy = torch.stack(terms).mean(0).tolist()
+        log_ratio = torch.cat(log_ratios)
+        clip_eps = self.loss.epsilon if self.loss.epsilon is not None else 0.2
+        stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                 "clip_fraction": ((log_ratio.exp() - 1.0).abs() > clip_eps).float().mean().item(),
+                 "approx_kl": _k3(log_ratio), "epochs": epoch + 1}
         stats.update(self._measure(batch))
-        stats["epochs"] = epoch + 1
         return stats
 
     # -- pieces of the update ------------------------------------------------------------------
@@ -291,6 +300,8 @@ class Trainer:
     def _evaluate(self) -> dict:
         returns = self.evaluator(self.policy, self.envs.obs_norm)
         self.last_eval = returns
+        if self.evaluator.frames:
+            self.logger.log_video(np.stack(self.evaluator.frames), step=self.global_step, fps=self.evaluator.fps)
         return {"eval_return": float(returns.mean()), "eval_return_std": float(returns.std())}
 
     def _print_progress(self, row: dict) -> None:
