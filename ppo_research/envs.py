@@ -13,6 +13,11 @@ import numpy as np
 from .config import ConfigError, EnvConfig
 
 
+def _clip(x: np.ndarray, low, high) -> np.ndarray:
+    """np.clip's result for finite values, without its Python wrapper (called every env step)."""
+    return np.minimum(np.maximum(x, low), high)
+
+
 class RunningMeanStd:
     """Running mean and variance (parallel-batch update of Chan et al.)."""
 
@@ -55,7 +60,7 @@ class ObsNormalizer:
             self.stats.update(obs)
         out = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
         if self.clip is not None:
-            out = np.clip(out, -self.clip, self.clip)
+            out = _clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
 
 
@@ -75,7 +80,7 @@ class RewardScaler:
         self.discounted[episode_end] = 0.0
         out = rewards / np.sqrt(self.stats.var + 1e-8)
         if self.clip is not None:
-            out = np.clip(out, -self.clip, self.clip)
+            out = _clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
 
     def state_dict(self) -> dict:
@@ -116,7 +121,7 @@ class ActionAdapter:
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         if self.mode == "clip":
-            return np.clip(actions, self.low, self.high)
+            return _clip(actions, self.low, self.high)
         if self.mode == "rescale":
             return self.low + 0.5 * (np.clip(actions, -1.0, 1.0) + 1.0) * (self.high - self.low)
         return actions

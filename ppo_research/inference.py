@@ -103,11 +103,13 @@ class NumpyPolicy:
                 mean, log_std = np.split(head, 2, axis=-1)
                 log_std = np.clip(log_std, self.policy.log_std_min, self.policy.log_std_max)
             else:
-                mean, log_std = head, np.broadcast_to(self.log_std, head.shape)
+                mean, log_std = head, self.log_std
             noise = torch.randn(mean.shape).numpy()  # the torch generator, as the torch path
             action = mean + np.exp(log_std) * noise
-            log_prob = (-0.5 * noise**2 - log_std - _HALF_LOG_2PI).sum(-1)
-            params = np.concatenate([mean, log_std], axis=-1)
+            # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
+            log_prob = -0.5 * (noise * noise).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
+            params = np.empty((len(mean), 2 * mean.shape[-1]), np.float32)
+            params[:, :mean.shape[-1]], params[:, mean.shape[-1]:] = mean, log_std
         else:
             logits = head - head.max(-1, keepdims=True)
             logits = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import dataclasses
 import random
 import signal
 import sys
@@ -81,6 +82,10 @@ class Batch:
 
     def __len__(self) -> int:
         return self.obs.shape[0]
+
+    def permuted(self, order: torch.Tensor) -> "Batch":
+        """The batch in a new order: gathered once per epoch, so minibatches are cheap slices."""
+        return Batch(*(getattr(self, f.name)[order] for f in dataclasses.fields(self)))
 
 
 def seed_everything(seed: int) -> None:
@@ -183,12 +188,12 @@ class Trainer:
         terms, log_ratios = [], []  # per minibatch, reduced once at the end (no sync per step)
         stop = False
         for epoch in range(algo.num_epochs):
-            order = torch.randperm(n)
+            shuffled = batch.permuted(torch.randperm(n))
             for start in range(0, n, mb):
-                idx = order[start:start + mb]
-                pb, value = self._policy_batch(batch, idx)
+                idx = slice(start, start + mb)
+                pb, value = self._policy_batch(shuffled, idx)
                 policy_loss = self.loss(pb)
-                value_loss = self._value_loss(value, batch.values[idx], batch.returns[idx])
+                value_loss = self._value_loss(value, shuffled.values[idx], shuffled.returns[idx])
                 entropy = pb.dist.entropy().mean()
                 total = policy_loss + algo.vf_coef * value_loss - algo.ent_coef * entropy
                 if not torch.isfinite(total):
