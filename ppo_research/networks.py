@@ -68,22 +68,24 @@ def _linear(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
 
 
 class _Heads(ActorCritic):
-    """Shared construction of the policy head (Gaussian or Categorical) and the value head."""
+    """What both MLP variants share: the options (one signature, so one config schema), the
+    policy distribution (Gaussian for Box, Categorical for Discrete) and the value head size.
+    Subclasses build their layers in ``_build``."""
 
     def __init__(
         self,
         obs_space: gym.Space,
         action_space: gym.Space,
-        hidden_sizes: Sequence[int],
-        activation: str,
-        ortho_init: bool,
-        hidden_gain: float,
-        policy_gain: float,
-        value_gain: float,
-        log_std_init: float,
-        state_dependent_std: bool,
-        log_std_min: float,
-        log_std_max: float,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        ortho_init: bool = True,  # orthogonal weights, zero biases; False keeps torch's init
+        hidden_gain: float = math.sqrt(2),
+        policy_gain: float = 0.01,
+        value_gain: float = 1.0,
+        log_std_init: float = 0.0,
+        state_dependent_std: bool = False,
+        log_std_min: float = -20.0,  # log-std clamp, as in the seed
+        log_std_max: float = 2.0,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -117,6 +119,10 @@ class _Heads(ActorCritic):
         else:
             raise ConfigError("env.id", type(action_space).__name__, "Box or Discrete action spaces")
         self._head_out = head_out
+        self._build()
+
+    def _build(self) -> None:
+        raise NotImplementedError
 
     def _mlp(self, n_out: int | None, out_gain: float | None) -> MLP:
         """Hidden layers, then an output layer of ``n_out`` units unless ``n_out`` is None."""
@@ -143,23 +149,7 @@ class _Heads(ActorCritic):
 class MLPActorCritic(_Heads):
     """Separate actor and critic MLPs (the PPO paper's network: 64x64 tanh)."""
 
-    def __init__(
-        self,
-        obs_space: gym.Space,
-        action_space: gym.Space,
-        hidden_sizes: Sequence[int] = (64, 64),
-        activation: str = "tanh",
-        ortho_init: bool = True,
-        hidden_gain: float = math.sqrt(2),
-        policy_gain: float = 0.01,
-        value_gain: float = 1.0,
-        log_std_init: float = 0.0,
-        state_dependent_std: bool = False,
-        log_std_min: float = -20.0,
-        log_std_max: float = 2.0,
-    ):
-        super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
-                         policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
+    def _build(self) -> None:
         self.actor = self._mlp(self._head_out, self._policy_gain)
         self.critic = self._mlp(1, self._value_gain)
         self._init_std_bias(self.actor.layers[-1])
@@ -174,23 +164,7 @@ class MLPActorCritic(_Heads):
 class SharedMLPActorCritic(_Heads):
     """One MLP trunk feeding a policy head and a value head."""
 
-    def __init__(
-        self,
-        obs_space: gym.Space,
-        action_space: gym.Space,
-        hidden_sizes: Sequence[int] = (64, 64),
-        activation: str = "tanh",
-        ortho_init: bool = True,
-        hidden_gain: float = math.sqrt(2),
-        policy_gain: float = 0.01,
-        value_gain: float = 1.0,
-        log_std_init: float = 0.0,
-        state_dependent_std: bool = False,
-        log_std_min: float = -20.0,
-        log_std_max: float = 2.0,
-    ):
-        super().__init__(obs_space, action_space, hidden_sizes, activation, ortho_init, hidden_gain,
-                         policy_gain, value_gain, log_std_init, state_dependent_std, log_std_min, log_std_max)
+    def _build(self) -> None:
         self.trunk = self._mlp(None, None)
         self.policy_head = _linear(self.hidden_sizes[-1], self._head_out, self._policy_gain)
         self.value_head = _linear(self.hidden_sizes[-1], 1, self._value_gain)
