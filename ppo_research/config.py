@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import gymnasium as gym
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -94,10 +96,6 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # validation
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
 
 def _check_type(key: str, value: Any, tp) -> Any:
     """Check ``value`` against annotation ``tp``; ints are accepted where floats belong."""
@@ -234,7 +232,9 @@ def validate(cfg: DictConfig) -> Config:
     for group in ("loss", "advantage", "logger"):
         kwargs = check_target_kwargs(group, node[group])
         resolve_target(node[group]["_target_"], group)(**kwargs)  # runs the class's own range checks
-    check_target_kwargs("network", node["network"], skip=("obs_space", "action_space"))
+    kwargs = check_target_kwargs("network", node["network"], skip=("obs_space", "action_space"))
+    probe = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)  # real spaces come from the env, later
+    resolve_target(node["network"]["_target_"], "network")(obs_space=probe, action_space=probe, **kwargs)
     return config
 
 

@@ -72,11 +72,12 @@ class RewardScaler:
         self.stats = RunningMeanStd(())
         self.discounted = np.zeros(num_envs)
 
-    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return rewards.astype(np.float32)
         self.discounted = self.discounted * self.gamma + rewards
-        self.stats.update(self.discounted)
+        if valid.any():  # a NEXT_STEP reset step is no transition: keep it out of the statistics
+            self.stats.update(self.discounted[valid])
         self.discounted[episode_end] = 0.0
         out = rewards / np.sqrt(self.stats.var + 1e-8)
         if self.clip is not None:
@@ -179,7 +180,7 @@ class TrainingEnvs:
         raw_obs, rewards, terminated, truncated, _ = self.envs.step(self.actions(actions))
         episode_end = terminated | truncated
         finished = self.episodes.step(rewards, episode_end, valid)
-        scaled = self.reward_scaler(rewards, episode_end)
+        scaled = self.reward_scaler(rewards, episode_end, valid)
         self.obs = self.obs_norm(raw_obs, update=True)
         self.next_is_reset = episode_end
         return self.obs, scaled, terminated, truncated, valid, finished

@@ -4,10 +4,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 
 from .config import EnvConfig
 from .envs import ActionAdapter, ObsNormalizer, make_env
+from .inference import rollout_policy
 from .networks import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_003  # eval episodes never share seeds with training envs
@@ -21,11 +21,15 @@ class Evaluator:
         self.record = record  # keep the first episode's frames for the logger's video
         self.frames: list[np.ndarray] = []
         self.fps = int(self.env.metadata.get("render_fps") or 30)
+        self._actor = None
 
-    @torch.inference_mode()
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
         """Returns of ``episodes`` episodes with the mean action. Episode j always uses seed
         ``seed + j``, so evaluations differ only through the policy."""
+        if self._actor is None or self._actor.policy is not policy:
+            self._actor = rollout_policy(policy)  # the cheap numpy path, as in the rollout
+        actor = self._actor
+        actor.sync()
         returns = np.zeros(self.episodes)
         self.frames = []
         for j in range(self.episodes):
@@ -33,8 +37,7 @@ class Evaluator:
             self._render(j)
             done = False
             while not done:
-                x = torch.from_numpy(obs_norm(obs[None], update=False))
-                action = policy.distribution(x).mode().numpy()[0]
+                action = actor.mode(obs_norm(obs[None], update=False))[0]
                 obs, reward, terminated, truncated, _ = self.env.step(self.actions(action))
                 self._render(j)
                 returns[j] += float(reward)

@@ -2,8 +2,9 @@
 
 A batch-1 torch forward of the actor and critic costs ~55 us of dispatch overhead; the same
 maths in numpy costs a few us. ``NumpyPolicy`` mirrors an MLP actor-critic's weights (re-read
-after every update) and samples with torch's global generator, so it draws the same random
-numbers as the torch path and a seed still fixes a run. ``TorchPolicy`` is the fallback for
+after every update) and samples with torch's global generator, so a seed still fixes a run
+(for Gaussians it draws the very numbers the torch path would; Categorical sampling uses
+inverse-CDF on ``torch.rand`` instead of ``torch.multinomial``). ``TorchPolicy`` is the fallback for
 networks it cannot mirror.
 """
 from __future__ import annotations
@@ -45,6 +46,10 @@ class TorchPolicy:
     @torch.inference_mode()
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.policy.value(torch.from_numpy(obs)).numpy()
+
+    @torch.inference_mode()
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy.distribution(torch.from_numpy(obs)).mode().numpy()
 
 
 def _weights(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +122,18 @@ class NumpyPolicy:
             action = np.minimum((np.cumsum(np.exp(logits), -1) < u).sum(-1), logits.shape[-1] - 1)
             log_prob = np.take_along_axis(logits, action[:, None], -1)[:, 0]
             params = logits
-        return action, log_prob.astype(np.float32), value.astype(np.float32), params.astype(np.float32)
+        f32 = np.float32
+        return action, log_prob.astype(f32, copy=False), value.astype(f32, copy=False), params.astype(f32, copy=False)
 
     def value(self, obs: np.ndarray) -> np.ndarray:
-        return self._heads(obs)[1].astype(np.float32)
+        return self._heads(obs)[1].astype(np.float32, copy=False)
+
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action: the Gaussian mean, or the most likely discrete action."""
+        head = self._heads(obs)[0]
+        if not self.gaussian:
+            return head.argmax(-1)
+        return head[:, :head.shape[-1] // 2] if self.policy.state_dependent_std else head
 
 
 def rollout_policy(policy: ActorCritic):

@@ -50,7 +50,8 @@ class PolicyLoss:
         return batch.old_dist.kl(batch.dist)
 
     def observe_kl(self, kl: float, granularity: str) -> None:
-        """Called with the mean divergence after each minibatch, epoch and iteration."""
+        """Called with the mean divergence from pi_old after every iteration, and also after
+        every epoch or minibatch when ``adapt_every`` asks for it."""
 
     def log_values(self) -> dict[str, float]:
         return {}
@@ -114,6 +115,8 @@ class KLPenaltyLoss(PolicyLoss):
     ):
         if beta < 0:
             raise ConfigError("loss.beta", beta, "a value >= 0")
+        if adaptive and beta == 0:
+            raise ConfigError("loss.beta", beta, "a value > 0 when adaptive (halving or doubling 0 stays 0)")
         if kl_target <= 0:
             raise ConfigError("loss.kl_target", kl_target, "a value > 0")
         if adapt_every not in GRANULARITIES:

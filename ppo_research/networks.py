@@ -90,7 +90,7 @@ class _Heads(ActorCritic):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError("network.activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
+        if not hidden_sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_sizes):
             raise ConfigError("network.hidden_sizes", list(hidden_sizes), "a non-empty list of positive ints")
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
             raise ConfigError("env.id", obs_space, "a flat Box observation space")

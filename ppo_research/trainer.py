@@ -94,6 +94,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _minibatch_slices(n: int, size: int) -> list[slice]:
+    """Split n samples into round(n / size) near-equal minibatches.
+
+    n varies with the number of masked reset steps, so fixed-size chunks would leave a ragged
+    last minibatch (possibly of one sample) that Adam would weigh like a full one.
+    """
+    count = max(1, round(n / size))
+    edges = [round(i * n / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _k3(log_ratio: torch.Tensor) -> float:
     """The k3 estimate of KL(pi_old || pi): mean of (r - 1) - log r."""
     return ((log_ratio.exp() - 1.0) - log_ratio).mean().item()
@@ -157,7 +168,7 @@ class Trainer:
             self.iteration += 1
             self.global_step += self.batch_size
             row = self._iteration_row(stats, episodes, lr, beta_used, rollout, advantages)
-            if self._eval_due():
+            if self._due(self.cfg.eval.every):
                 eval_start = time.perf_counter()
                 row.update(self._evaluate())
                 row["time_eval_s"] = time.perf_counter() - eval_start
@@ -171,7 +182,7 @@ class Trainer:
             if cfg.progress:
                 self._print_progress(row)
             stop = self.stop_signal  # read once: a signal may land between the two checks
-            if self._checkpoint_due() or stop:
+            if self._due(self.cfg.checkpoint.every) or stop:
                 self.save_checkpoint()
             if stop and self.iteration < self.num_iterations:
                 raise TrainingInterrupted(stop, self.iteration, self.last_checkpoint)
@@ -184,14 +195,16 @@ class Trainer:
         algo = self.cfg.algo
         if algo.normalize_advantage == "batch":
             batch.advantages = _standardise(batch.advantages)
-        n, mb = len(batch), algo.minibatch_size
+        minibatches = _minibatch_slices(len(batch), algo.minibatch_size)
         terms, log_ratios = [], []  # per minibatch, reduced once at the end (no sync per step)
         stop = False
         for epoch in range(algo.num_epochs):
-            shuffled = batch.permuted(torch.randperm(n))
-            for start in range(0, n, mb):
-                idx = slice(start, start + mb)
+            shuffled = batch.permuted(torch.randperm(len(batch)))
+            for idx in minibatches:
                 pb, value = self._policy_batch(shuffled, idx)
+                if algo.target_kl is not None and _k3(pb.log_ratio.detach()) > 1.5 * algo.target_kl:
+                    stop = True  # the policy has moved far enough: stop before this step
+                    break
                 policy_loss = self.loss(pb)
                 value_loss = self._value_loss(value, shuffled.values[idx], shuffled.returns[idx])
                 entropy = pb.dist.entropy().mean()
@@ -207,12 +220,8 @@ class Trainer:
 
                 terms.append(torch.stack([policy_loss, value_loss, entropy]).detach())
                 log_ratios.append(pb.log_ratio.detach())  # pre-step, as PPO reports them
-                if self.loss.adapt_every == "minibatch":
-                    with torch.no_grad():
-                        self.loss.observe_kl(self.loss.divergence(pb).mean().item(), "minibatch")
-                if algo.target_kl is not None and _k3(log_ratios[-1]) > 1.5 * algo.target_kl:
-                    stop = True
-                    break
+                if self.loss.adapt_every == "minibatch":  # d after this step, on this minibatch
+                    self.loss.observe_kl(self._measure(shuffled, idx)["kl"], "minibatch")
             if self.loss.adapt_every == "epoch":
                 self.loss.observe_kl(self._measure(batch)["kl"], "epoch")
             if stop:
@@ -223,7 +232,7 @@ class Trainer:
         clip_eps = self.loss.epsilon if self.loss.epsilon is not None else 0.2
         stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                  "clip_fraction": ((log_ratio.exp() - 1.0).abs() > clip_eps).float().mean().item(),
-                 "approx_kl": _k3(log_ratio), "epochs": epoch + 1}
+                 "epochs": epoch + 1}
         stats.update(self._measure(batch))
         return stats
 
@@ -234,10 +243,12 @@ class Trainer:
         advantages = batch.advantages[idx]
         if self.cfg.algo.normalize_advantage == "minibatch":
             advantages = _standardise(advantages)
-        pb = PolicyBatch(log_prob=dist.log_prob(batch.actions[idx]), old_log_prob=batch.log_probs[idx],
-                         advantages=advantages, dist=dist,
-                         old_dist=self.policy.distribution_from_params(batch.dist_params[idx]))
-        return pb, value
+        return self._with_old(batch, idx, dist, advantages), value
+
+    def _with_old(self, batch: Batch, idx, dist, advantages) -> PolicyBatch:
+        return PolicyBatch(log_prob=dist.log_prob(batch.actions[idx]), old_log_prob=batch.log_probs[idx],
+                           advantages=advantages, dist=dist,
+                           old_dist=self.policy.distribution_from_params(batch.dist_params[idx]))
 
     def _value_loss(self, value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
         loss = (value - returns).pow(2)
@@ -248,11 +259,11 @@ class Trainer:
         return 0.5 * loss.mean()
 
     @torch.no_grad()
-    def _measure(self, batch: Batch) -> dict:
-        """Full-batch divergence after the update: the d the beta rule acts on, and ratio range."""
-        pb, _ = self._policy_batch(batch, slice(None))
-        return {"kl": self.loss.divergence(pb).mean().item(),
-                "approx_kl_k3": ((pb.ratio - 1.0) - pb.log_ratio).mean().item(),
+    def _measure(self, batch: Batch, idx=slice(None)) -> dict:
+        """Divergence of the current policy from pi_old (default: the whole batch, after the
+        update): the d the beta rule acts on, the k3 estimate, and the ratio range."""
+        pb = self._with_old(batch, idx, self.policy.distribution(batch.obs[idx]), batch.advantages[idx])
+        return {"kl": self.loss.divergence(pb).mean().item(), "approx_kl_k3": _k3(pb.log_ratio),
                 "ratio_min": pb.ratio.min().item(), "ratio_max": pb.ratio.max().item()}
 
     def _set_learning_rate(self) -> float:
@@ -294,12 +305,8 @@ class Trainer:
         row["explained_variance"] = float(explained)
         return row
 
-    def _eval_due(self) -> bool:
-        every = self.cfg.eval.every
-        return self.iteration == self.num_iterations or (every > 0 and self.iteration % every == 0)
-
-    def _checkpoint_due(self) -> bool:
-        every = self.cfg.checkpoint.every
+    def _due(self, every: int) -> bool:
+        """Every ``every`` iterations (0 = never) and always after the last one."""
         return self.iteration == self.num_iterations or (every > 0 and self.iteration % every == 0)
 
     def _evaluate(self) -> dict:

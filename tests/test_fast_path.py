@@ -136,3 +136,15 @@ def test_trainer_minibatch_loss_gradients_and_step_match_plain_pytorch(tmp_path)
             torch.testing.assert_close(fast_p, p, rtol=1e-5, atol=1e-6)
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("net_cls", [MLPActorCritic, SharedMLPActorCritic])
+@pytest.mark.parametrize("space,kwargs", [(gym.spaces.Box(-1, 1, (3,)), {}),
+                                          (gym.spaces.Box(-1, 1, (3,)), {"state_dependent_std": True}),
+                                          (gym.spaces.Discrete(5), {})], ids=["box", "sde", "discrete"])
+def test_numpy_mode_matches_torch_mode(net_cls, space, kwargs):
+    """Evaluation acts with NumpyPolicy.mode: the same deterministic action as the network's."""
+    torch.manual_seed(0)
+    policy = net_cls(OBS, space, policy_gain=1.0, **kwargs)
+    obs = np.random.default_rng(1).normal(size=(16, 11)).astype(np.float32)
+    np.testing.assert_allclose(NumpyPolicy(policy).mode(obs), TorchPolicy(policy).mode(obs), rtol=1e-5, atol=1e-5)

@@ -154,3 +154,14 @@ def test_logged_beta_obeys_the_rule_in_a_real_klpen_run(tmp_path):
     for before, after in zip(rows, rows[1:]):
         assert after["beta"] == pytest.approx(rule.next_beta(before["beta"], before["kl"]))
     assert len({row["beta"] for row in rows}) > 1, "the run never exercised the rule"
+
+
+def test_minibatch_slices_are_near_equal_and_cover_the_batch():
+    from ppo_research.trainer import _minibatch_slices
+
+    for n, size in [(2048, 64), (2038, 64), (65, 64), (97, 64), (5, 64), (4076, 256)]:
+        slices = _minibatch_slices(n, size)
+        lengths = [s.stop - s.start for s in slices]
+        assert sum(lengths) == n and slices[0].start == 0 and slices[-1].stop == n
+        assert max(lengths) - min(lengths) <= 1  # no ragged last minibatch
+        assert len(slices) == max(1, round(n / size))
