@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO, TINY, compose_config, read_metrics, run_cli
 from ppo_research.config import validate
-from test_wandb import wandb_records
+from wandb_files import wandb_records
 
 EXPERIMENTS = sorted((REPO / "conf" / "experiment").glob("*.yaml"))
 

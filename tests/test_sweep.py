@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
 from ppo_research import sweep
-from test_wandb import wandb_records
+from wandb_files import wandb_records
 
 BASE = ["env=cartpole", "logger=none", *TINY]
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
