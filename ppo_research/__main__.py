@@ -1,5 +1,5 @@
 import sys
 
-from .app import cli
+from .run.app import cli
 
 sys.exit(cli(sys.argv[1:]))

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from ppo_research.app import CONF_DIR
+from ppo_research.run.app import CONF_DIR
 
 REPO = CONF_DIR.parent
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from ppo_research import checkpoint
+from ppo_research.run import checkpoint
 
 BASE = ["logger=none", *TINY]  # pendulum, batch = 2 envs x 64 steps = 128
 
@@ -195,7 +195,7 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from conftest import compose_config
-    from ppo_research import app
+    from ppo_research.run import app
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(app.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
@@ -208,7 +208,7 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
 
 def test_a_genuine_bug_keeps_its_traceback(tmp_path):
     """Only expected failures are shortened: an exception from a bug still shows where it came from."""
-    script = ("import sys, ppo_research.app as app\n"
+    script = ("import sys, ppo_research.run.app as app\n"
               "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
               "app.train_from_config = boom\n"
               "sys.exit(app.cli(sys.argv[1:]))\n")

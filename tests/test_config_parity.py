@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from ppo_research.app import CONF_DIR
-from ppo_research.config import resolve_target, validate
+from ppo_research.run.app import CONF_DIR
+from ppo_research.run.config import resolve_target, validate
 
 from conftest import compose_config
 

@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Independent, Normal, kl_divergence
 
-from ppo_research.distributions import Categorical, DiagGaussian
+from ppo_research.algo.distributions import Categorical, DiagGaussian
 
 
 def gaussians(seed=0, batch=32, dim=3):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppo_research.config import ConfigError, EnvConfig
-from ppo_research.envs import ActionAdapter, ObsNormalizer, RunningMeanStd, TrainingEnvs
+from ppo_research.run.config import ConfigError, EnvConfig
+from ppo_research.run.envs import ActionAdapter, ObsNormalizer, RunningMeanStd, TrainingEnvs
 
 import gymnasium as gym
 

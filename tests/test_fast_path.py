@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from ppo_research.config import validate
-from ppo_research.inference import NumpyPolicy, TorchPolicy
-from ppo_research.loggers import NullLogger
-from ppo_research.networks import MLPActorCritic, SharedMLPActorCritic
-from ppo_research.trainer import Batch, Trainer
+from ppo_research.run.config import validate
+from ppo_research.algo.inference import NumpyPolicy, TorchPolicy
+from ppo_research.run.loggers import NullLogger
+from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
+from ppo_research.run.trainer import Batch, Trainer
 
 from conftest import compose_config
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ppo_research.config import ConfigError
-from ppo_research.losses import ClipLoss, CPILoss, KLPenaltyLoss, PolicyBatch
-from ppo_research.networks import MLPActorCritic
+from ppo_research.run.config import ConfigError
+from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PolicyBatch
+from ppo_research.algo.networks import MLPActorCritic
 
 from conftest import compose_config, read_metrics, run_cli, TINY
 
@@ -157,7 +157,7 @@ def test_logged_beta_obeys_the_rule_in_a_real_klpen_run(tmp_path):
 
 
 def test_minibatch_slices_are_near_equal_and_cover_the_batch():
-    from ppo_research.trainer import _minibatch_slices
+    from ppo_research.run.trainer import _minibatch_slices
 
     for n, size in [(2048, 64), (2038, 64), (65, 64), (97, 64), (5, 64), (4076, 256)]:
         slices = _minibatch_slices(n, size)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, compose_config, read_summary, run_cli
-from ppo_research import paper
-from ppo_research.report import Normalization, ReportError
+from ppo_research.tools import paper
+from ppo_research.tools.report import Normalization, ReportError
 
 PAPER_ENV_IDS = {"HalfCheetah-v5", "Hopper-v5", "InvertedDoublePendulum-v5", "InvertedPendulum-v5", "Reacher-v5",
                  "Swimmer-v5", "Walker2d-v5"}
@@ -28,14 +28,14 @@ def read_csv(path: Path) -> list[dict]:
 # -- settings and plans --------------------------------------------------------------------------
 
 def test_setting_names_come_from_loss_values_and_name_what_the_paper_did_not_run():
-    klpen = {"_target_": "ppo_research.losses.KLPenaltyLoss", "beta": 1.0, "kl_target": 0.01, "adaptive": True}
+    klpen = {"_target_": "ppo_research.algo.losses.KLPenaltyLoss", "beta": 1.0, "kl_target": 0.01, "adaptive": True}
     assert paper.setting_of(klpen) == "Adaptive KL, d_targ = 0.01"
     assert paper.setting_of({**klpen, "direction": "reverse"}) == "Adaptive KL, d_targ = 0.01 (direction=reverse)"
     assert paper.setting_of({**klpen, "beta": 2.0}) == "Adaptive KL, d_targ = 0.01 (beta=2.0)"
     # With beta fixed, d_targ is never read: it does not make another setting.
     assert paper.setting_of({**klpen, "adaptive": False, "kl_target": 0.05}) == "Fixed KL, β = 1"
     assert paper.setting_of({**klpen, "adaptive": False, "epsilon": 0.2}) == "Fixed KL, β = 1 (epsilon=0.2)"
-    assert paper.setting_of({"_target_": "ppo_research.losses.ClipLoss", "epsilon": 0.1}) == "Clipping, ε = 0.1"
+    assert paper.setting_of({"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.1}) == "Clipping, ε = 0.1"
 
 
 def test_full_scale_plan_lists_231_jobs_of_the_paper_protocol():
@@ -169,8 +169,8 @@ def fake_run(root: Path, name: str, env_id: str, loss: dict, seed: int, score: f
     return run
 
 
-CLIP = {"_target_": "ppo_research.losses.ClipLoss", "epsilon": 0.2}
-CPI = {"_target_": "ppo_research.losses.CPILoss"}
+CLIP = {"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.2}
+CPI = {"_target_": "ppo_research.algo.losses.CPILoss"}
 
 
 def test_table_numbers_by_hand(tmp_path):

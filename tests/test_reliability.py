@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conftest import REPO, TIMING_KEYS, read_metrics
-from ppo_research import checkpoint
-from ppo_research.config import EnvConfig
-from ppo_research.envs import TrainingEnvs
+from ppo_research.run import checkpoint
+from ppo_research.run.config import EnvConfig
+from ppo_research.run.envs import TrainingEnvs
 
 # Small but long enough (40+ iterations) that a kill lands mid-run; checkpoints every 3
 # iterations, so a kill usually leaves rows past the last checkpoint to be dropped on resume.

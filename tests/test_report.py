@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, read_summary, run_cli
-from ppo_research.report import Normalization, bootstrap_ci, find_runs, group_runs, iqm, summarize, write_report
+from ppo_research.tools.report import Normalization, bootstrap_ci, find_runs, group_runs, iqm, summarize, write_report
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -91,8 +91,8 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
 
 # -- on hand-made runs ----------------------------------------------------------------------------
 
-LOSSES = {"clip": {"_target_": "ppo_research.losses.ClipLoss", "epsilon": 0.2},
-          "klpen": {"_target_": "ppo_research.losses.KLPenaltyLoss", "beta": 1.0, "kl_target": 0.01,
+LOSSES = {"clip": {"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.2},
+          "klpen": {"_target_": "ppo_research.algo.losses.KLPenaltyLoss", "beta": 1.0, "kl_target": 0.01,
                     "epsilon": None}}
 ENVS = {"cartpole": ("CartPole-v1", 0.98), "pendulum": ("Pendulum-v1", 0.99)}
 
@@ -103,7 +103,7 @@ def make_run(path: Path, loss: str = "clip", env: str = "cartpole", seed: int = 
     env_id, gamma = ENVS[env]
     loss_node = dict(LOSSES[loss], **({"epsilon": epsilon} if epsilon is not None else {}))
     config = {"seed": seed, "total_timesteps": total, "progress": False, "env": {"id": env_id},
-              "loss": loss_node, "advantage": {"_target_": "ppo_research.advantages.GAE", "gamma": gamma}}
+              "loss": loss_node, "advantage": {"_target_": "ppo_research.algo.advantages.GAE", "gamma": gamma}}
     overrides = [f"loss={loss}", f"env={env}", f"seed={seed}"] + ([f"loss.epsilon={epsilon}"] if epsilon else [])
     (path / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ppo_research.config import EnvConfig
-from ppo_research.envs import TrainingEnvs
-from ppo_research.networks import MLPActorCritic
-from ppo_research.rollout import RolloutCollector
-from ppo_research.trainer import Batch
+from ppo_research.run.config import EnvConfig
+from ppo_research.run.envs import TrainingEnvs
+from ppo_research.algo.networks import MLPActorCritic
+from ppo_research.run.rollout import RolloutCollector
+from ppo_research.run.trainer import Batch
 
 from conftest import compose_config
 
@@ -77,9 +77,9 @@ def test_reset_transitions_never_reach_the_loss():
 def test_time_limit_only_task_value_bootstraps(tmp_path):
     """Reward 1 forever, cut only by a time limit: V must approach 1/(1-gamma) = 10, not the
     ~6 a termination-style (no bootstrap) target would give."""
-    from ppo_research.config import validate
-    from ppo_research.loggers import NullLogger
-    from ppo_research.trainer import Trainer
+    from ppo_research.run.config import validate
+    from ppo_research.run.loggers import NullLogger
+    from ppo_research.run.trainer import Trainer
 
     class ConstantObsEnv(StepCounterEnv):
         def reset(self, *, seed=None, options=None):

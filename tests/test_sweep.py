@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
-from ppo_research import sweep
+from ppo_research.tools import sweep
 from wandb_files import wandb_records
 
 BASE = ["env=cartpole", "logger=none", *TINY]

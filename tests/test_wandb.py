@@ -17,8 +17,8 @@ from wandb.proto import wandb_internal_pb2 as pb
 
 from conftest import TINY, read_metrics, read_summary, run_cli
 from wandb_files import wandb_records
-from ppo_research.config import ConfigError
-from ppo_research.loggers import WandbLogger, default_group, default_name, HydraContext, sweep_name
+from ppo_research.run.config import ConfigError
+from ppo_research.run.loggers import WandbLogger, default_group, default_name, HydraContext, sweep_name
 
 
 def _key(item) -> str:
@@ -95,7 +95,7 @@ def test_offline_run_holds_config_and_history(tmp_path):
     run = the_offline_run(run_dir)
 
     # the composed groups, nested so wandb can filter by loss._target_, env.id, seed ...
-    assert run.config["loss"]["_target_"] == "ppo_research.losses.KLPenaltyLoss"
+    assert run.config["loss"]["_target_"] == "ppo_research.algo.losses.KLPenaltyLoss"
     assert run.config["loss"]["kl_target"] == 0.01
     assert run.config["advantage"]["lam"] == 0.95
     assert run.config["env"]["id"] == "CartPole-v1"
@@ -178,7 +178,7 @@ def test_bad_logger_mode_fails_before_training(tmp_path):
 
 # -- the logger in-process ----------------------------------------------------------------------
 
-CONFIG = {"seed": 1, "resume": None, "loss": {"_target_": "ppo_research.losses.ClipLoss", "epsilon": 0.2}}
+CONFIG = {"seed": 1, "resume": None, "loss": {"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.2}}
 CHOICES = {"loss": "clip", "advantage": "gae", "env": "pendulum"}
 
 

@@ -28,7 +28,7 @@ from . import checkpoint
 from .checkpoint import CheckpointError
 from .config import ConfigError, check_action_space_settings, register_base_config, validate
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment", "paper_setting")
 register_base_config()
 

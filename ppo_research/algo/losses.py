@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .config import ConfigError
+from ..run.config import ConfigError
 from .distributions import Distribution
 
 GRANULARITIES = ("iteration", "epoch", "minibatch")

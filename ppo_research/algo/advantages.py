@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import ConfigError
+from ..run.config import ConfigError
 
 
 class AdvantageEstimator(Protocol):

@@ -7,8 +7,8 @@ import numpy as np
 
 from .config import EnvConfig
 from .envs import ActionAdapter, ObsNormalizer, make_env
-from .inference import rollout_policy
-from .networks import ActorCritic
+from ..algo.inference import rollout_policy
+from ..algo.networks import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_003  # eval episodes never share seeds with training envs
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from .envs import TrainingEnvs
-from .inference import rollout_policy
-from .networks import ActorCritic
+from ..algo.inference import rollout_policy
+from ..algo.networks import ActorCritic
 
 
 @dataclass

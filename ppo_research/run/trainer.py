@@ -31,14 +31,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
-from .advantages import AdvantageEstimator
+from ..algo.advantages import AdvantageEstimator
 from .config import Config
 from .envs import TrainingEnvs
 from .evaluation import Evaluator
 from .loggers import MetricsFile, RunLogger, write_json_atomic
-from .losses import PolicyBatch, PolicyLoss
-from .networks import ActorCritic
-from .optim import FlatAdam
+from ..algo.losses import PolicyBatch, PolicyLoss
+from ..algo.networks import ActorCritic
+from ..algo.optim import FlatAdam
 from .rollout import Rollout, RolloutCollector
 
 
