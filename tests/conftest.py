@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from ppo_research.run.app import CONF_DIR
+from ppo_research.run.compose import CONF_DIR, compose
 
 REPO = CONF_DIR.parent
 
@@ -35,11 +34,16 @@ def _offline(tmp_path, monkeypatch):
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:
     """The real composed config (all groups), as ``python -m ppo_research <overrides>`` sees it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose(overrides).cfg
+
+
+def build_trainer(overrides: list[str], run_dir: Path):
+    """A Trainer over the real build path (``logger=none`` unless the overrides say otherwise)."""
+    from ppo_research.run.build import build
+    from ppo_research.run.trainer import Trainer
+
+    composed = compose(["logger=none", *overrides])
+    return Trainer(build(composed.cfg, composed.choices), run_dir)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,

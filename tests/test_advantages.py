@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ppo_research.algo.advantages import GAE, MonteCarlo, NStepTD
-from ppo_research.run.config import ConfigError
+from ppo_research.errors import ConfigError
 
 
 def next_step_batch(rng: np.random.Generator, T: int = 40, N: int = 5, p_end: float = 0.12):

@@ -195,13 +195,14 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from conftest import compose_config
-    from ppo_research.run import app
+    from ppo_research.errors import RunDirError
+    from ppo_research.run import train
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(app.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     cfg = compose_config(["logger=none", *TINY, "env=cartpole"])
-    with pytest.raises(app.RunDirError, match=r"has 0\.0 MB free; this run needs about") as info:
-        app.train_from_config(cfg, tmp_path / "run", {"env": "cartpole"})
+    with pytest.raises(RunDirError, match=r"has 0\.0 MB free; this run needs about") as info:
+        train.train_from_config(cfg, tmp_path / "run", {"env": "cartpole"})
     assert len(str(info.value).splitlines()) == 1
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppo_research.run.config import ConfigError, EnvConfig
+from ppo_research.errors import ConfigError
+from ppo_research.run.config import EnvConfig
 from ppo_research.run.envs import ActionAdapter, ObsNormalizer, RunningMeanStd, TrainingEnvs
 
 import gymnasium as gym

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ppo_research.run.config import ConfigError
+from ppo_research.errors import ConfigError
 from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PolicyBatch
 from ppo_research.algo.networks import MLPActorCritic
 
@@ -157,10 +157,10 @@ def test_logged_beta_obeys_the_rule_in_a_real_klpen_run(tmp_path):
 
 
 def test_minibatch_slices_are_near_equal_and_cover_the_batch():
-    from ppo_research.run.trainer import _minibatch_slices
+    from ppo_research.algo.update import minibatch_slices
 
     for n, size in [(2048, 64), (2038, 64), (65, 64), (97, 64), (5, 64), (4076, 256)]:
-        slices = _minibatch_slices(n, size)
+        slices = minibatch_slices(n, size)
         lengths = [s.stop - s.start for s in slices]
         assert sum(lengths) == n and slices[0].start == 0 and slices[-1].stop == n
         assert max(lengths) - min(lengths) <= 1  # no ragged last minibatch

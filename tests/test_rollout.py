@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from ppo_research.algo.batch import Batch
+from ppo_research.algo.inference import rollout_policy
+from ppo_research.algo.networks import MLPActorCritic
+from ppo_research.run.collect import RolloutCollector
 from ppo_research.run.config import EnvConfig
 from ppo_research.run.envs import TrainingEnvs
-from ppo_research.algo.networks import MLPActorCritic
-from ppo_research.run.rollout import RolloutCollector
-from ppo_research.run.trainer import Batch
 
-from conftest import compose_config
+from conftest import build_trainer
 
 
 class StepCounterEnv(gym.Env):
@@ -41,7 +42,7 @@ def collect(num_envs=2, num_steps=12):
     torch.manual_seed(0)
     envs = TrainingEnvs(EnvConfig(id="StepCounter-v0"), num_envs, gamma=0.9, seed=0)
     policy = MLPActorCritic(envs.single_observation_space, envs.single_action_space)
-    rollout, episodes = RolloutCollector(envs, policy, num_steps).collect()
+    rollout, episodes = RolloutCollector(envs, policy, num_steps).collect(rollout_policy(policy))
     return rollout, episodes, policy
 
 
@@ -77,10 +78,6 @@ def test_reset_transitions_never_reach_the_loss():
 def test_time_limit_only_task_value_bootstraps(tmp_path):
     """Reward 1 forever, cut only by a time limit: V must approach 1/(1-gamma) = 10, not the
     ~6 a termination-style (no bootstrap) target would give."""
-    from ppo_research.run.config import validate
-    from ppo_research.run.loggers import NullLogger
-    from ppo_research.run.trainer import Trainer
-
     class ConstantObsEnv(StepCounterEnv):
         def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
@@ -90,11 +87,10 @@ def test_time_limit_only_task_value_bootstraps(tmp_path):
             return np.array([0.0], np.float32), 1.0, False, False, {}
 
     gym.register("ConstantReward-v0", entry_point=ConstantObsEnv, max_episode_steps=20)
-    cfg = compose_config(["env.id=ConstantReward-v0", "env.normalize_obs=false", "env.normalize_reward=false",
+    trainer = build_trainer(["env.id=ConstantReward-v0", "env.normalize_obs=false", "env.normalize_reward=false",
                           "advantage.gamma=0.9", "total_timesteps=16384", "algo.num_envs=2", "algo.num_steps=256",
                           "algo.minibatch_size=128", "algo.learning_rate=3e-3", "algo.anneal_lr=false",
-                          "logger=none", "progress=false", "eval.every=0", "eval.episodes=1", "checkpoint.every=0"])
-    trainer = Trainer(validate(cfg), cfg, tmp_path, NullLogger(), {})
+                             "progress=false", "eval.every=0", "eval.episodes=1", "checkpoint.every=0"], tmp_path)
     try:
         trainer.train()
         with torch.no_grad():

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 
 
 class AdvantageEstimator(Protocol):

@@ -1,37 +1,84 @@
 """Rollout inference: act with pi_old on a few observations at a time, as cheaply as possible.
 
 A batch-1 torch forward of the actor and critic costs ~55 us of dispatch overhead; the same
-maths in numpy costs a few us. ``NumpyPolicy`` mirrors an MLP actor-critic's weights (re-read
-after every update) and samples with torch's global generator, so a seed still fixes a run
-(for Gaussians it draws the very numbers the torch path would; Categorical sampling uses
-inverse-CDF on ``torch.rand`` instead of ``torch.multinomial``). ``TorchPolicy`` is the fallback for
-networks it cannot mirror.
+maths in numpy costs a few us. The contract: a network that wants the fast path declares its
+maths in ``mirror_spec()`` (its linear layers, their activation, its distribution); everything
+else - and any subclass that changes ``distribution()``, ``value()`` or ``forward()`` without
+declaring a spec of its own - runs through ``TorchPolicy``, the network itself. So a user's new
+network is never mirrored with somebody else's maths.
+
+Both paths sample with torch's global generator, so a seed fixes a run (for Gaussians the
+numpy path draws the very numbers the torch path would; Categorical sampling uses inverse-CDF
+on ``torch.rand`` instead of ``torch.multinomial``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
-from .distributions import Categorical, DiagGaussian
-from .networks import ActorCritic, MLPActorCritic, SharedMLPActorCritic
+if TYPE_CHECKING:
+    from .networks import ActorCritic
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
-_NUMPY_ACTIVATIONS = {
+NUMPY_ACTIVATIONS = {
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
     "silu": lambda x: x / (1.0 + np.exp(-x)),
 }
 
+Linear = tuple[np.ndarray, np.ndarray]  # (W [in, out], b [out]): x @ W + b
+
+
+@dataclass
+class MirrorSpec:
+    """A network's maths as numpy can run it: ``trunk`` (shared layers, each followed by the
+    activation), then a policy tower and a value tower (activation between their layers, none
+    after the last). The policy tower's output is the distribution head."""
+
+    trunk: list[Linear]
+    policy: list[Linear]
+    value: list[Linear]
+    activation: str
+    distribution: str  # "gaussian" (head = mean, or [mean | log_std]) or "categorical" (head = logits)
+    log_std: Optional[np.ndarray] = None  # a state-independent Gaussian's log-std, already clamped
+    log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # clamp for a state-dependent log-std
+
+
+#: What a mirror spec stands for: a subclass that redefines any of these without redefining
+#: ``mirror_spec`` too is run by torch.
+MIRRORED_MATHS = ("forward", "distribution", "value", "distribution_from_params", "_make_distribution")
+
+
+def _owner(cls: type, name: str) -> Optional[type]:
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
+def declared_spec(policy: "ActorCritic") -> Optional[MirrorSpec]:
+    """The policy's mirror spec, if it declares one that covers all of its maths."""
+    cls = type(policy)
+    declarer = _owner(cls, "mirror_spec")
+    if declarer is None:
+        return None
+    for name in MIRRORED_MATHS:
+        owner = _owner(cls, name)
+        if owner is not None and not issubclass(declarer, owner):
+            return None  # redefined below the class that declared the spec
+    spec = policy.mirror_spec()
+    if spec is None or spec.activation not in NUMPY_ACTIVATIONS or len(spec.policy) != len(spec.value):
+        return None
+    return spec
+
 
 class TorchPolicy:
     """act(obs) -> (action, log_prob, value, dist_params) with the torch network itself."""
 
-    def __init__(self, policy: ActorCritic):
+    def __init__(self, policy: "ActorCritic"):
         self.policy = policy
 
     def sync(self) -> None:
@@ -52,63 +99,58 @@ class TorchPolicy:
         return self.policy.distribution(torch.from_numpy(obs)).mode().numpy()
 
 
-def _weights(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    return layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy()
-
-
 def _block_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.zeros((a.shape[0] + b.shape[0], a.shape[1] + b.shape[1]), a.dtype)
     out[:a.shape[0], :a.shape[1]], out[a.shape[0]:, a.shape[1]:] = a, b
     return out
 
 
+def fuse(spec: MirrorSpec) -> list[Linear]:
+    """One chain of layers whose last outputs [policy head | value]: the towers side by side
+    (first layer concatenated, deeper ones block-diagonal), which halves the numpy calls per
+    step at no cost in exactness."""
+    towers = [(np.concatenate([wp, wv], 1) if i == 0 else _block_diag(wp, wv), np.concatenate([bp, bv]))
+              for i, ((wp, bp), (wv, bv)) in enumerate(zip(spec.policy, spec.value))]
+    return list(spec.trunk) + towers
+
+
 class NumpyPolicy:
-    """A numpy mirror of ``MLPActorCritic`` / ``SharedMLPActorCritic``.
+    """The numpy mirror of a network that declares a ``MirrorSpec``."""
 
-    Both become one chain of linear layers whose last layer outputs [policy head | value]:
-    separate actor and critic are fused side by side (first layer concatenated, deeper layers
-    block-diagonal), which halves the number of numpy calls per step at no cost in exactness.
-    """
-
-    def __init__(self, policy: ActorCritic):
-        activation = (policy.actor if isinstance(policy, MLPActorCritic) else policy.trunk).activation
-        if activation not in _NUMPY_ACTIVATIONS:
-            raise TypeError(activation)
-        self.policy, self._act = policy, _NUMPY_ACTIVATIONS[activation]
-        self.gaussian = policy._dist_cls is DiagGaussian
+    def __init__(self, policy: "ActorCritic"):
+        self.policy = policy
         self.sync()
 
     def sync(self) -> None:
-        """Re-read the weights (call after every update)."""
-        p = self.policy
-        if isinstance(p, MLPActorCritic):
-            pairs = [(_weights(a), _weights(c)) for a, c in zip(p.actor.layers, p.critic.layers)]
-            self.layers = [(np.concatenate([wa, wc], 1) if i == 0 else _block_diag(wa, wc), np.concatenate([ba, bc]))
-                           for i, ((wa, ba), (wc, bc)) in enumerate(pairs)]
-        else:
-            (wp, bp), (wv, bv) = _weights(p.policy_head), _weights(p.value_head)
-            self.layers = [_weights(layer) for layer in p.trunk.layers] + [
-                (np.concatenate([wp, wv], 1), np.concatenate([bp, bv]))]
+        """Re-read the weights: theta_old <- theta for the next rollout."""
+        spec = declared_spec(self.policy)
+        if spec is None:
+            raise TypeError(f"{type(self.policy).__name__} declares no numpy mirror")
+        self.spec, self.layers = spec, fuse(spec)
+        self._act = NUMPY_ACTIVATIONS[spec.activation]
+        self.gaussian = spec.distribution == "gaussian"
+        self.state_dependent_std = self.gaussian and spec.log_std is None
         self.head_size = self.layers[-1][0].shape[1] - 1
-        if self.gaussian and p.log_std is not None:
-            self.log_std = p.log_std.detach().clamp(p.log_std_min, p.log_std_max).numpy().copy()
 
     def _heads(self, obs: np.ndarray):
         x = obs
+        last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
             x = x @ w + b
-            if i < len(self.layers) - 1:
+            if i < last:
                 x = self._act(x)
         return x[:, :self.head_size], x[:, self.head_size]
+
+    def _mean_log_std(self, head: np.ndarray):
+        if self.state_dependent_std:
+            mean, log_std = np.split(head, 2, axis=-1)
+            return mean, np.clip(log_std, *self.spec.log_std_bounds)
+        return head, self.spec.log_std
 
     def act(self, obs: np.ndarray):
         head, value = self._heads(obs)
         if self.gaussian:
-            if self.policy.state_dependent_std:
-                mean, log_std = np.split(head, 2, axis=-1)
-                log_std = np.clip(log_std, self.policy.log_std_min, self.policy.log_std_max)
-            else:
-                mean, log_std = head, self.log_std
+            mean, log_std = self._mean_log_std(head)
             noise = torch.randn(mean.shape).numpy()  # the torch generator, as the torch path
             action = mean + np.exp(log_std) * noise
             # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
@@ -131,16 +173,9 @@ class NumpyPolicy:
     def mode(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic action: the Gaussian mean, or the most likely discrete action."""
         head = self._heads(obs)[0]
-        if not self.gaussian:
-            return head.argmax(-1)
-        return head[:, :head.shape[-1] // 2] if self.policy.state_dependent_std else head
+        return self._mean_log_std(head)[0] if self.gaussian else head.argmax(-1)
 
 
-def rollout_policy(policy: ActorCritic):
-    """The fastest exact rollout path available for ``policy``."""
-    if isinstance(policy, (MLPActorCritic, SharedMLPActorCritic)):
-        try:
-            return NumpyPolicy(policy)
-        except TypeError:  # an activation numpy does not mirror (e.g. GELU)
-            pass
-    return TorchPolicy(policy)
+def rollout_policy(policy: "ActorCritic"):
+    """The fastest exact rollout path ``policy`` allows: its numpy mirror if it declares one."""
+    return NumpyPolicy(policy) if declared_spec(policy) is not None else TorchPolicy(policy)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 from .distributions import Distribution
 
 GRANULARITIES = ("iteration", "epoch", "minibatch")

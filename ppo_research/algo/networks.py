@@ -6,7 +6,7 @@ The observation and action spaces are passed at build time by the trainer
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 from .distributions import Categorical, DiagGaussian, Distribution
+from .inference import MirrorSpec
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
 
@@ -35,6 +36,11 @@ class ActorCritic(nn.Module):
     def distribution_from_params(self, params: torch.Tensor) -> Distribution:
         """Rebuild a distribution from ``Distribution.params()`` stored in the rollout."""
         return self._dist_cls.from_params(params)
+
+    def mirror_spec(self) -> Optional[MirrorSpec]:
+        """This network's maths for the numpy rollout path (``inference.MirrorSpec``), or None
+        to act with torch. Declare one only for maths the spec describes exactly."""
+        return None
 
 
 class MLP(nn.Module):
@@ -57,6 +63,10 @@ class MLP(nn.Module):
             if i < last or self.activate_last:
                 x = self._act(x)
         return x
+
+
+def _numpy(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy()
 
 
 def _linear(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
@@ -135,6 +145,16 @@ class _Heads(ActorCritic):
             with torch.no_grad():  # start the log-std half at log_std_init
                 head.bias[self.action_dim:] = float(self._log_std_init)
 
+    def _spec(self, trunk: list, policy: list, value: list) -> MirrorSpec:
+        gaussian = self._dist_cls is DiagGaussian
+        log_std = None
+        if gaussian and not self.state_dependent_std:
+            log_std = self.log_std.detach().clamp(self.log_std_min, self.log_std_max).numpy().copy()
+        return MirrorSpec(trunk=[_numpy(layer) for layer in trunk], policy=[_numpy(layer) for layer in policy],
+                          value=[_numpy(layer) for layer in value], activation=self.activation,
+                          distribution="gaussian" if gaussian else "categorical", log_std=log_std,
+                          log_std_bounds=(self.log_std_min, self.log_std_max))
+
     def _make_distribution(self, head_out: torch.Tensor) -> Distribution:
         if self._dist_cls is Categorical:
             return Categorical(head_out)
@@ -160,6 +180,9 @@ class MLPActorCritic(_Heads):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
 
+    def mirror_spec(self) -> MirrorSpec:
+        return self._spec([], list(self.actor.layers), list(self.critic.layers))
+
 
 class SharedMLPActorCritic(_Heads):
     """One MLP trunk feeding a policy head and a value head."""
@@ -180,6 +203,9 @@ class SharedMLPActorCritic(_Heads):
         features = self.trunk(obs)  # one trunk pass for both heads
         return (self._make_distribution(self._head(self.policy_head, features)),
                 self._head(self.value_head, features).squeeze(-1))
+
+    def mirror_spec(self) -> MirrorSpec:
+        return self._spec(list(self.trunk.layers), [self.policy_head], [self.value_head])
 
     @staticmethod
     def _head(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+
 FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and run-id state for exact resume
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 _TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used or written; ``str()`` is a single line."""
 
 
 def _to_storable(obj: Any) -> Any:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from .config import ConfigError, EnvConfig
+from ..errors import ConfigError
+from .config import EnvConfig
 
 
 def _clip(x: np.ndarray, low, high) -> np.ndarray:
@@ -103,12 +104,14 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
                                             f"{str(err).splitlines()[0]})") from None
 
 
-def check_env(cfg: EnvConfig) -> None:
-    """Fail fast on an unknown id without building the env."""
+def probe_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
+    """The env's observation and action spaces, from one env that is made but never reset:
+    an unknown id or a bad keyword fails here, before any training env starts."""
+    env = make_env(cfg)
     try:
-        gym.spec(cfg.id)
-    except gym.error.Error as err:
-        raise ConfigError("env.id", cfg.id, f"a registered gymnasium id ({str(err).splitlines()[0]})") from None
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
 
 
 class ActionAdapter:
@@ -159,7 +162,6 @@ class TrainingEnvs:
 
     def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seed: int):
         self.cfg = cfg
-        check_env(cfg)
         make = lambda: make_env(cfg)  # noqa: E731
         vec_cls = gym.vector.SyncVectorEnv if cfg.vectorization == "sync" else gym.vector.AsyncVectorEnv
         self.envs = vec_cls([make for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
@@ -285,7 +287,8 @@ def _sub_env_state(env: gym.Env) -> dict:
 
 
 def _load_sub_env_state(env: gym.Env, state: dict) -> None:
-    from .checkpoint import CheckpointError, make_generator
+    from ..errors import CheckpointError
+    from .checkpoint import make_generator
 
     chain = _wrapper_chain(env)
     if [type(w).__name__ for w in chain] != list(state["classes"]):

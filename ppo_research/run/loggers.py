@@ -1,6 +1,6 @@
 """Run loggers. Each class is one `logger=` option; the local files are always written.
 
-``metrics.jsonl`` and ``summary.json`` are the contract in DESIGN.md; wandb mirrors them.
+``metrics.jsonl`` and ``summary.json`` are the contract (README, "What a run writes"); wandb mirrors them.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def _first_line(err: BaseException) -> str:
 class WandbLogger(RunLogger):
     """Weights & Biases, offline unless ``mode`` or WANDB_MODE says otherwise.
 
-    The run lives in ``<run_dir>/wandb/`` (DESIGN.md's file contract), so ``wandb sync`` of
+    The run lives in ``<run_dir>/wandb/`` (the run directory holds everything of the run), so ``wandb sync`` of
     that folder uploads it later unchanged. Tracker trouble never stops training: a failed
     online start falls back to offline with one warning; a failed offline start or a failed
     ``log`` continues without wandb, the local files are written regardless.
@@ -173,7 +173,7 @@ class WandbLogger(RunLogger):
         upload_checkpoint: bool = False,
         settings: Optional[dict] = None,
     ):
-        from .config import ConfigError  # one-line config errors, like every other group
+        from ..errors import ConfigError  # one-line config errors, like every other group
 
         if mode is not None and mode not in MODES:
             raise ConfigError("logger.mode", mode, f"null or one of {', '.join(MODES)}")

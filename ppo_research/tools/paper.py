@@ -396,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except Exception as err:  # Hydra / config errors about the overrides: one line
         from ..run.app import hydra_error_line
-        from ..run.config import ConfigError
+        from ..errors import ConfigError
 
         overrides = list(getattr(args, "overrides", []))
         line = str(err) if isinstance(err, ConfigError) else hydra_error_line(err, overrides)

@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from ..run.app import CONF_DIR, GROUPS, check_group_choices, group_options, train_from_config
-from ..run.config import ConfigError, validate
+from ..errors import ConfigError
+from ..run.config import validate
 
 HOST = socket.gethostname()
 # Always prepended to a trial's overrides (the spec and the command line may override them):

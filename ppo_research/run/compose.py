@@ -1,0 +1,97 @@
+"""Compose a run's config from command-line overrides: the one place that asks Hydra to.
+
+``python -m ppo_research`` composes through ``@hydra.main``; everything else (the sweep driver,
+the paper planner, the benchmark, the tests) composes here, so every entry point sees the very
+config the command line would.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..errors import EXIT_BAD_INPUT
+from .config import register_base_config
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: The config groups a run is composed of; their choices name a run and describe it.
+GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment", "paper_setting")
+register_base_config()
+
+
+@dataclass
+class Composed:
+    """A composed config (Hydra's own node removed) and the group options chosen for it."""
+
+    cfg: DictConfig
+    choices: dict[str, str]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def choices_of(runtime_choices) -> dict[str, str]:
+    """The run's group choices out of Hydra's ``runtime.choices`` (which also lists hydra/*)."""
+    return {k: v for k, v in runtime_choices.items() if k in GROUPS and v is not None}
+
+
+def check_group_choices(argv: Sequence[str]) -> None:
+    """Reject ``loss=klpn`` before Hydra composes, naming the valid options."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("hydra", "-")):
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key in GROUPS and value not in ("", "null"):
+            options = group_options(key)
+            for choice in value.split(","):
+                if choice not in options:
+                    print(f"error: {key}={choice!r} is not an option of group '{key}': expected one of "
+                          f"{', '.join(options)}", file=sys.stderr, flush=True)
+                    sys.exit(EXIT_BAD_INPUT)
+
+
+def compose(overrides: Sequence[str] = ()) -> Composed:
+    """The config ``python -m ppo_research <overrides>`` would run with."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    choices = choices_of(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return Composed(cfg, choices)
+
+
+def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs ``python -m ppo_research -m <overrides>`` would launch, each as its overrides, in
+    the basic sweeper's order (an experiment's ``hydra.sweeper.params`` first, the command line's
+    sweeps replacing the same keys). Nothing is launched.
+
+    Hydra has no public API for this expansion; this adapter is the one place that uses its
+    internals (the basic sweeper's argument splitting and the MULTIRUN compose that accepts
+    sweep syntax), so a Hydra upgrade that moves them breaks only here.
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN,
+                                   with_log_configuration=False)
+        sweeper = cfg.hydra.sweeper
+        if sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+            raise ValueError(f"only the basic sweeper's grid can be listed; hydra/sweeper is {sweeper.get('_target_')}")
+        arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        arguments += OmegaConf.to_container(cfg.hydra.overrides.task)
+        parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
+        (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for job in batch]

@@ -1,0 +1,103 @@
+"""Step 5 of the loop: what a run records of each iteration and at its end.
+
+``metrics.jsonl`` gets one row per iteration, the tracker a copy of it, stderr a progress line;
+``summary.json`` is written at the end. The statistics that outlive an iteration (recent
+training returns, the last evaluation) live here and go into checkpoints.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..algo.batch import Rollout
+from .loggers import MetricsFile, RunLogger, write_json_atomic
+
+#: the update statistics every metrics row carries, in this order
+UPDATE_KEYS = ("policy_loss", "value_loss", "entropy", "kl", "clip_fraction", "approx_kl_k3", "ratio_min",
+               "ratio_max", "epochs")
+
+
+def explained_variance(rollout: Rollout, advantages: np.ndarray) -> float:
+    """1 - Var[R - V] / Var[R] over the valid steps (nan when the targets do not vary)."""
+    valid = rollout.valid
+    returns = (advantages + rollout.values)[valid]
+    var_returns = returns.var()
+    return float("nan") if var_returns == 0 else float(1.0 - (returns - rollout.values[valid]).var() / var_returns)
+
+
+class RunRecord:
+    def __init__(self, run_dir: Path, logger: RunLogger, num_iterations: int, progress: bool):
+        self.run_dir, self.logger = Path(run_dir), logger
+        self.num_iterations, self.progress = num_iterations, progress
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.last_eval: Optional[np.ndarray] = None
+        self.metrics: Optional[MetricsFile] = None
+
+    def row(self, iteration: int, global_step: int, stats: dict, episodes: list[tuple[float, int]],
+            learning_rate: float, beta: dict, explained: float) -> dict:
+        """The metrics row of one iteration (timings are filled in by the trainer)."""
+        row = {"iteration": iteration, "global_step": global_step, "time_s": None, "sps": None}
+        if episodes:
+            self.recent_returns.extend(r for r, _ in episodes)
+            row["episode_return"] = float(np.mean([r for r, _ in episodes]))
+            row["episode_length"] = float(np.mean([n for _, n in episodes]))
+            row["episodes"] = len(episodes)
+        row.update({k: stats[k] for k in UPDATE_KEYS})
+        row.update(beta)
+        row["learning_rate"] = learning_rate
+        row["explained_variance"] = explained
+        return row
+
+    def evaluation(self, returns: np.ndarray) -> dict:
+        self.last_eval = returns
+        return {"eval_return": float(returns.mean()), "eval_return_std": float(returns.std())}
+
+    def open(self) -> None:
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+
+    def write(self, row: dict) -> None:
+        self.metrics.write(row)
+        self.logger.log(row, step=row["global_step"])
+        if self.progress:
+            print(self.progress_line(row), file=sys.stderr, flush=True)
+
+    def progress_line(self, row: dict) -> str:
+        parts = [f"iter {row['iteration']}/{self.num_iterations}", f"step {row['global_step']}",
+                 f"sps {row['sps']:.0f}"]
+        if "episode_return" in row:
+            parts.append(f"return {row['episode_return']:.1f}")
+        if "eval_return" in row:
+            parts.append(f"eval {row['eval_return']:.1f}")
+        if "beta" in row:
+            parts.append(f"beta {row['beta']:.3g}")
+        parts.append(f"kl {row['kl']:.4f}")
+        return " | ".join(parts)
+
+    def summary(self, global_step: int, iterations: int, elapsed: float) -> dict:
+        recent = list(self.recent_returns)
+        summary = {"global_step": global_step, "iterations": iterations,
+                   "wall_time_s": elapsed, "sps": global_step / max(elapsed, 1e-9),
+                   "train_return": float(np.mean(recent[-20:])) if recent else None,
+                   "train_return_last100": float(np.mean(recent)) if recent else None}
+        if self.last_eval is not None:
+            summary.update(eval_return=float(self.last_eval.mean()), eval_return_std=float(self.last_eval.std()),
+                           eval_episodes=len(self.last_eval))
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        self.logger.summary(summary)
+        return summary
+
+    def state_dict(self) -> dict:
+        return {"recent_returns": list(self.recent_returns), "last_eval": self.last_eval}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent_returns.clear()
+        self.recent_returns.extend(state["recent_returns"])
+        self.last_eval = state["last_eval"]
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
