@@ -40,11 +40,11 @@ def test_action_modes():
 
 def test_unknown_env_id_is_a_config_error():
     with pytest.raises(ConfigError, match="env.id"):
-        TrainingEnvs(EnvConfig(id="NoSuchEnv-v9"), 1, 0.99, 0)
+        TrainingEnvs(EnvConfig(id="NoSuchEnv-v9"), 1, 0.99, [0])
 
 
 def test_reward_scaling_divides_by_return_std():
-    envs = TrainingEnvs(EnvConfig(id="Pendulum-v1", normalize_reward=True, clip_reward=None), 2, 0.99, 0)
+    envs = TrainingEnvs(EnvConfig(id="Pendulum-v1", normalize_reward=True, clip_reward=None), 2, 0.99, [0, 1])
     try:
         scaled = [envs.step(np.zeros((2, 1), np.float32))[1] for _ in range(300)]
         raw_like = np.array(scaled) * np.sqrt(envs.reward_scaler.stats.var + 1e-8)

@@ -277,14 +277,14 @@ def _rollout(envs: TrainingEnvs, actions) -> list:
                                            ("Hopper-v5", {"max_episode_steps": 40})])
 def test_env_state_restores_exactly_mid_episode(env_id, kwargs):
     cfg = EnvConfig(id=env_id, normalize_obs=True, normalize_reward=True, **kwargs)
-    original = TrainingEnvs(cfg, 3, 0.99, seed=1)
+    original = TrainingEnvs(cfg, 3, 0.99, seeds=[1, 2, 3])
     actions = _random_actions(original.single_action_space, 3, 160, seed=2)
     _rollout(original, actions[:77])  # several episodes end and restart; others are mid-way
     state = checkpoint._from_storable(checkpoint._to_storable(original.state_dict()))  # as stored on disk
     expected = _rollout(original, actions[77:])
 
-    restored = TrainingEnvs(cfg, 3, 0.99, seed=999)  # other seed: everything must come from the state
-    assert restored.load_state_dict(state, reseed=0) is True
+    restored = TrainingEnvs(cfg, 3, 0.99, seeds=[999, 1000, 1001])  # other seed: everything must come from the state
+    assert restored.load_state_dict(state, reseed=[0, 1, 2]) is True
     got = _rollout(restored, actions[77:])
     for (a, b) in zip(expected, got):
         for x, y in zip(a[:5], b[:5]):
@@ -296,13 +296,13 @@ def test_env_state_restores_exactly_mid_episode(env_id, kwargs):
 
 def test_async_envs_resume_with_fresh_episodes():
     cfg = EnvConfig(id="CartPole-v1", vectorization="async")
-    envs = TrainingEnvs(cfg, 2, 0.99, seed=1)
+    envs = TrainingEnvs(cfg, 2, 0.99, seeds=[1, 2])
     try:
         assert not envs.exact_state_supported
         _rollout(envs, _random_actions(envs.single_action_space, 2, 30, seed=0))
         state = envs.state_dict()
         assert "sub_envs" not in state
-        assert envs.load_state_dict(state, reseed=5) is False
+        assert envs.load_state_dict(state, reseed=[5, 6]) is False
         assert not envs.next_is_reset.any() and not envs.episodes.returns.any()
         _rollout(envs, _random_actions(envs.single_action_space, 2, 5, seed=1))  # continues
     finally:

@@ -40,7 +40,7 @@ gym.register("StepCounter-v0", entry_point=StepCounterEnv, max_episode_steps=5)
 
 def collect(num_envs=2, num_steps=12):
     torch.manual_seed(0)
-    envs = TrainingEnvs(EnvConfig(id="StepCounter-v0"), num_envs, gamma=0.9, seed=0)
+    envs = TrainingEnvs(EnvConfig(id="StepCounter-v0"), num_envs, gamma=0.9, seeds=list(range(num_envs)))
     policy = MLPActorCritic(envs.single_observation_space, envs.single_action_space)
     rollout, episodes = RolloutCollector(envs, policy, num_steps).collect(rollout_policy(policy))
     return rollout, episodes, policy

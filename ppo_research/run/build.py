@@ -1,7 +1,7 @@
 """Build a run's parts from its composed config: checks first, then each part once, in order.
 
     config   typed settings (schema, types, ranges, the groups' constructor arguments)
-    seed     python, numpy and torch seeded before anything draws from them
+    seed     python, numpy and torch seeded (run/seeds.py) before anything draws from them
     loss, advantage estimator, logger            (their own range checks run here)
     env spaces -> action-space settings -> network   (one env is made to read the spaces,
                                                       never reset)
@@ -11,22 +11,18 @@ trainer then adds what needs live envs (the vector envs, the optimizer, the roll
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..algo.advantages import AdvantageEstimator
 from ..algo.losses import PolicyLoss
 from ..algo.networks import ActorCritic
-from ..errors import ConfigError
-from .config import Config, check_action_space_settings, validate
+from .config import Config, check_action_space_settings, construct, validate
 from .envs import probe_spaces
 from .loggers import RunLogger
+from .seeds import seed_globals
 
 
 @dataclass
@@ -42,37 +38,18 @@ class RunParts:
     logger: RunLogger
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _instantiate(node: DictConfig, group: str, **kwargs) -> Any:
-    """Hydra's instantiate, with a config error raised inside a constructor unwrapped."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:
-        cause = err
-        while cause is not None and not isinstance(cause, ConfigError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        raise cause from None
-
-
 def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     """Check ``cfg`` and build the run's parts; raises ConfigError naming the first bad value."""
     config = validate(cfg)
     torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
-    loss = _instantiate(cfg.loss, "loss")
-    estimator = _instantiate(cfg.advantage, "advantage")
-    logger = _instantiate(cfg.logger, "logger")
+    seed_globals(config.seed)
+    loss = construct(config.loss)  # the constructors' own range checks run here
+    estimator = construct(config.advantage)
+    logger = construct(config.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     obs_space, action_space = probe_spaces(config.env)
     check_action_space_settings(config, resolved["network"], action_space)
-    network = _instantiate(cfg.network, "network", obs_space=obs_space, action_space=action_space)
+    network = construct(config.network, obs_space=obs_space, action_space=action_space)
     return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger)
 
 

@@ -81,7 +81,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    # Groups selecting an implementation by _target_; checked against the constructor.
+    # Groups selecting an implementation by _target_; after validation, {_target_, **typed kwargs}.
     loss: Any = None
     advantage: Any = None
     network: Any = None
@@ -181,6 +181,12 @@ def resolve_target(path: str, key: str):
         raise ConfigError(f"{key}._target_", path, "an importable class") from None
 
 
+def construct(node: dict, **runtime_kwargs):
+    """Build the class a validated group node names (``validate`` typed its arguments)."""
+    kwargs = {k: v for k, v in node.items() if k != "_target_"}
+    return resolve_target(node["_target_"], "_target_")(**kwargs, **runtime_kwargs)
+
+
 def check_target_kwargs(group: str, node: dict, skip: tuple[str, ...] = ()) -> dict:
     """Check a ``_target_`` node's keys and value types against the constructor's signature."""
     if not isinstance(node, dict) or "_target_" not in node:
@@ -223,9 +229,9 @@ def validate(cfg: DictConfig) -> Config:
     if batch % algo.minibatch_size:
         raise ConfigError("algo.minibatch_size", algo.minibatch_size,
                           f"a divisor of the batch size num_envs*num_steps={batch}")
-    for group in ("loss", "advantage", "logger"):
-        check_target_kwargs(group, node[group])
-    check_target_kwargs("network", node["network"], skip=("obs_space", "action_space"))
+    for group in ("loss", "advantage", "logger", "network"):  # typed, ready to construct
+        skip = ("obs_space", "action_space") if group == "network" else ()
+        setattr(config, group, {"_target_": node[group]["_target_"], **check_target_kwargs(group, node[group], skip)})
     return config
 
 

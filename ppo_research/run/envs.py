@@ -160,7 +160,7 @@ class TrainingEnvs:
     reset step (action ignored, reward 0). ``step`` reports it through ``valid = False``.
     """
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seed: int):
+    def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seeds: list[int]):
         self.cfg = cfg
         make = lambda: make_env(cfg)  # noqa: E731
         vec_cls = gym.vector.SyncVectorEnv if cfg.vectorization == "sync" else gym.vector.AsyncVectorEnv
@@ -172,7 +172,7 @@ class TrainingEnvs:
         self.reward_scaler = RewardScaler(num_envs, gamma, cfg.normalize_reward, cfg.clip_reward)
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
-        raw, _ = self.envs.reset(seed=seed)
+        raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/seeds.py)
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
 
@@ -209,12 +209,12 @@ class TrainingEnvs:
             state["sub_envs"] = [_sub_env_state(env) for env in self.envs.envs]
         return state
 
-    def load_state_dict(self, state: dict, reseed: int) -> bool:
+    def load_state_dict(self, state: dict, reseed: list[int]) -> bool:
         """Restore the statistics, and the envs exactly where the checkpoint allows it.
 
         Returns False when the envs could not be restored exactly (async vectorisation, or an
-        env whose internals are not plain data, e.g. Box2D): they are then reset with seeds
-        from ``reseed`` and the run continues correctly, but not bit-for-bit as if uninterrupted.
+        env whose internals are not plain data, e.g. Box2D): they are then reset with the seeds
+        ``reseed`` and the run continues correctly, but not bit-for-bit as if uninterrupted.
         """
         self.obs_norm.stats.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
@@ -229,7 +229,7 @@ class TrainingEnvs:
             self.episodes.lengths = np.asarray(state["episodes"]["lengths"], np.int64).copy()
             return True
         # Fresh episodes: nothing in flight carries over.
-        raw, _ = self.envs.reset(seed=reseed)
+        raw, _ = self.envs.reset(seed=list(reseed))
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(self.num_envs, bool)
         self.episodes = EpisodeTracker(self.num_envs)

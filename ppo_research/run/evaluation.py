@@ -7,25 +7,24 @@ import numpy as np
 
 from .config import EnvConfig
 from .envs import ActionAdapter, ObsNormalizer, make_env
+from .seeds import eval_episode_seed
 from ..algo.inference import rollout_policy
 from ..algo.networks import ActorCritic
-
-EVAL_SEED_OFFSET = 1_000_003  # eval episodes never share seeds with training envs
-
 
 class Evaluator:
     def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False):
         self.env = make_env(cfg, render_mode="rgb_array" if record else None)
         self.actions = ActionAdapter(self.env.action_space, cfg.action_mode)
-        self.episodes, self.seed = episodes, seed + EVAL_SEED_OFFSET
+        self.episodes = episodes
+        self.seeds = [eval_episode_seed(seed, j) for j in range(episodes)]
         self.record = record  # keep the first episode's frames for the logger's video
         self.frames: list[np.ndarray] = []
         self.fps = int(self.env.metadata.get("render_fps") or 30)
         self._actor = None
 
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
-        """Returns of ``episodes`` episodes with the mean action. Episode j always uses seed
-        ``seed + j``, so evaluations differ only through the policy."""
+        """Returns of ``episodes`` episodes with the mean action. Episode j always starts from
+        the run's evaluation stream j (run/seeds.py), so evaluations differ only through the policy."""
         if self._actor is None or self._actor.policy is not policy:
             self._actor = rollout_policy(policy)  # the cheap numpy path, as in the rollout
         actor = self._actor
@@ -33,7 +32,7 @@ class Evaluator:
         returns = np.zeros(self.episodes)
         self.frames = []
         for j in range(self.episodes):
-            obs, _ = self.env.reset(seed=self.seed + j)
+            obs, _ = self.env.reset(seed=self.seeds[j])
             self._render(j)
             done = False
             while not done:

@@ -30,6 +30,7 @@ from .collect import RolloutCollector
 from .envs import TrainingEnvs
 from .evaluation import Evaluator
 from .record import RunRecord, explained_variance
+from .seeds import env_seeds, restart_env_seeds
 from .stops import StopRequests, TrainingInterrupted
 
 
@@ -52,7 +53,7 @@ class Trainer:
         self.batch_size = algo.num_envs * algo.num_steps
         self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
 
-        self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, cfg.seed)
+        self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs))
         self.optimizer = FlatAdam(self.policy, lr=algo.learning_rate, eps=algo.adam_eps)
         self.update = PPOUpdate(self.policy, self.loss, self.optimizer, update_settings(algo))
         self.actor = rollout_policy(self.policy)  # pi_old: the rollout's inference path
@@ -163,7 +164,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss.load_state_dict(state["loss"])
         self.record.load_state_dict(state)
-        exact = self.envs.load_state_dict(state["envs"], reseed=self.cfg.seed + self.iteration * self.cfg.algo.num_envs)
+        reseed = restart_env_seeds(self.cfg.seed, self.iteration, self.cfg.algo.num_envs)
+        exact = self.envs.load_state_dict(state["envs"], reseed=reseed)
         checkpoint.restore_global_rng(state["rng"])  # last: nothing above may draw from it afterwards
         return exact
 
