@@ -1,5 +1,5 @@
-"""`python -m ppo_research.sweep`: the Optuna study driver (ppo_research/tools/sweep)."""
-from .tools.sweep import main
+"""`python -m ppo_research.sweep`: the Optuna study driver (ppo_research/tools/sweep/)."""
+from .tools.sweep.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,7 +13,8 @@ import yaml
 
 from conftest import REPO, TINY, compose_config, read_summary, run_cli
 from ppo_research.tools import paper
-from ppo_research.tools.report import Normalization, ReportError
+from ppo_research.tools.report import Normalization
+from ppo_research.tools.results import ResultsError
 
 PAPER_ENV_IDS = {"HalfCheetah-v5", "Hopper-v5", "InvertedDoublePendulum-v5", "InvertedPendulum-v5", "Reacher-v5",
                  "Swimmer-v5", "Walker2d-v5"}
@@ -197,7 +198,7 @@ def test_table_refuses_mixed_protocols_and_missing_baselines(tmp_path):
     fake_run(tmp_path / "runs", "1", "A-v0", CPI, 0, 2.0, steps=2000)
     baselines = tmp_path / "random.json"
     baselines.write_text(json.dumps({"random": {"A-v0": 0.0}}))
-    with pytest.raises(ReportError, match="differ in total_timesteps"):
+    with pytest.raises(ResultsError, match="differ in total_timesteps"):
         paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", curves=False)
     baselines.write_text(json.dumps({"random": {"B-v0": 0.0}}))
     res = run_cli(["table", str(tmp_path / "runs"), "--baselines", str(baselines), "--no-curves"], cwd=tmp_path,

@@ -8,11 +8,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from conftest import TINY, read_summary, run_cli
-from ppo_research.tools.report import Normalization, bootstrap_ci, find_runs, group_runs, iqm, summarize, write_report
+from ppo_research.tools.report import Normalization, group_runs, summarize, write_report
+from ppo_research.tools.results import RUN_FILE, find_runs, read_run
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -67,6 +70,53 @@ def test_report_of_a_multirun_matches_the_runs_summaries(tmp_path):
         assert rows[variant]["final_key"] == "train_return"
         assert float(rows[variant]["final_mean"]) == pytest.approx(np.mean([s["train_return"] for s in summaries]))
     assert "final return [train_return]" in (out / "train" / "summary.md").read_text()
+
+
+def test_report_of_an_optuna_study_folder(tmp_path):
+    """A study's trial runs (no Hydra: described by the trainer's run.json) are runs like any
+    other: one variant per trial, named by its sampled value."""
+    spec = {"study": "tiny", "overrides": ["env=cartpole", "logger=none", *TINY], "trials": 2,
+            "params": {"loss.epsilon": {"low": 0.1, "high": 0.3}}, "sampler": {"name": "RandomSampler", "seed": 0}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    proc = run_cli(["tiny.yaml"], cwd=tmp_path, timeout=180, module="ppo_research.sweep")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study_dir, out = tmp_path / "outputs" / "sweeps" / "tiny", tmp_path / "report"
+    run_dirs = sorted(study_dir.glob("trials/*/s0"))
+    assert len(run_dirs) == 2 and not list(study_dir.rglob(".hydra"))
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'study.db'}").get_trials()
+    for trial, run_dir in zip(trials, run_dirs):  # each run says what it is
+        described = json.loads((run_dir / RUN_FILE).read_text())
+        assert described["config"]["loss"]["epsilon"] == trial.params["loss.epsilon"]
+        assert described["choices"]["loss"] == "clip" and "seed=0" in described["overrides"]
+
+    proc = run_cli([str(study_dir), "--out", str(out)], cwd=tmp_path, timeout=60, module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["variant"]: row for row in read_csv(out / "summary.csv")}
+    assert set(rows) == {f"loss.epsilon={t.params['loss.epsilon']}" for t in trials}
+    for trial, run_dir in zip(trials, run_dirs):
+        row = rows[f"loss.epsilon={trial.params['loss.epsilon']}"]
+        assert (row["env"], row["n_seeds"], row["seeds"]) == ("CartPole-v1", "1", "0")
+        assert float(row["final_mean"]) == pytest.approx(read_summary(run_dir)["eval_return"]) == trial.value
+    assert len((out / "summary.md").read_text().splitlines()) == 4 + 2  # note, blank, header, rule + 2 rows
+    assert is_png(out / "curves.png")
+
+
+def test_run_json_describes_a_run_before_hydra_files(tmp_path):
+    run = make_run(tmp_path / "run", loss="clip", epsilon=0.1)
+    assert read_run(run).config["loss.epsilon"] == 0.1 and read_run(run).choices["loss"] == "clip"
+    described = {"config": {"seed": 3, "env": {"id": "CartPole-v1"}, "loss": {**LOSSES["klpen"]}},
+                 "choices": {"loss": "klpen", "env": "cartpole", "hydra/launcher": "basic"},
+                 "overrides": ["loss=klpen", "seed=3"]}
+    (run / RUN_FILE).write_text(json.dumps(described))
+    read = read_run(run)
+    assert (read.seed, read.choices, read.overrides) == (3, {"loss": "klpen", "env": "cartpole"}, ["loss=klpen", "seed=3"])
+    assert read.values("loss") == {k: v for k, v in LOSSES["klpen"].items()} and read.summary["eval_return"] == 1.0
+
+
+def test_the_results_layer_reads_the_file_the_trainer_writes():
+    from ppo_research.run import train
+
+    assert RUN_FILE == train.RUN_FILE
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unfinished", "bad final key"])
@@ -177,12 +227,3 @@ def test_normalized_scores_random_zero_best_one(tmp_path):
     by = {(r["env"], r["variant"]): r["normalized_mean"] for r in rows}
     assert by[("CartPole-v1", "loss=clip")] == pytest.approx((110.0 - 10.0) / 200.0)
     assert math.isnan(by[("Pendulum-v1", "loss=clip")])
-
-
-def test_statistics():
-    assert iqm([1.0, 2.0, 3.0, 100.0]) == pytest.approx(2.5)
-    assert iqm([5.0]) == 5.0
-    assert bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
-    assert bootstrap_ci([4.0]) == (4.0, 4.0)
-    low, high = bootstrap_ci(np.arange(20.0))
-    assert low < 9.5 < high and high - low < 10

@@ -16,7 +16,10 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
-from ppo_research.tools import sweep
+from ppo_research.tools.sweep.cli import main as sweep_main
+from ppo_research.tools.sweep.space import check_search_space
+from ppo_research.tools.sweep.spec import SpecError, load_spec
+from ppo_research.tools.sweep.storage import make_storage
 from wandb_files import wandb_records
 
 BASE = ["env=cartpole", "logger=none", *TINY]
@@ -41,7 +44,7 @@ def study_dir(tmp_path: Path, study: str = "tiny") -> Path:
 
 def load(tmp_path: Path, study: str = "tiny", storage: str | None = None) -> optuna.Study:
     url = storage or f"sqlite:///{study_dir(tmp_path, study) / 'study.db'}"
-    return optuna.load_study(study_name=study, storage=sweep.make_storage(url))
+    return optuna.load_study(study_name=study, storage=make_storage(url))
 
 
 def wandb_run_record(run_dir: Path):
@@ -191,13 +194,6 @@ def test_objective_averages_normalised_scores_over_envs(tmp_path):
     assert len(json.loads((study_dir(tmp_path) / "best.json").read_text())["reproduce"]) == 2
 
 
-def test_aggregates():
-    assert sweep.aggregate([1.0, 2.0, 3.0], "mean") == 2.0
-    assert sweep.aggregate([5.0, 1.0, 100.0, 2.0], "median") == 3.5
-    # IQM of 8 runs drops the 2 lowest and 2 highest
-    assert sweep.aggregate([-100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1000.0], "iqm") == 3.5
-
-
 @pytest.mark.parametrize("params, message", [
     ({"loss.epsilon": {"low": 0.4, "high": 0.1}}, "search space: loss.epsilon: low=0.4 > high=0.1"),
     ({"loss.epsilonn": {"low": 0.1, "high": 0.3}}, "unknown parameter 'loss.epsilonn'"),
@@ -207,8 +203,8 @@ def test_aggregates():
 ])
 def test_bad_search_space_is_one_line_error(tmp_path, params, message):
     spec = write_spec(tmp_path, params=params)
-    with pytest.raises(sweep.SpecError, match=re.escape(message)):
-        sweep.check_search_space(sweep.load_spec(spec, out_dir=tmp_path / "outputs" / "sweeps"))
+    with pytest.raises(SpecError, match=re.escape(message)):
+        check_search_space(load_spec(spec, out_dir=tmp_path / "outputs" / "sweeps"))
 
 
 def test_bad_search_space_cli_exits_nonzero_with_one_line(tmp_path):
@@ -222,16 +218,16 @@ def test_bad_search_space_cli_exits_nonzero_with_one_line(tmp_path):
 def test_continuing_with_a_different_spec_is_refused(tmp_path, capsys):
     spec = write_spec(tmp_path)
     out = str(tmp_path / "outputs" / "sweeps")
-    assert sweep.main([str(spec), "--trials", "0", "--out", out]) == 0
-    assert sweep.main([str(spec), "--trials", "0", "--out", out, "algo.num_epochs=3"]) == 2
+    assert sweep_main([str(spec), "--trials", "0", "--out", out]) == 0
+    assert sweep_main([str(spec), "--trials", "0", "--out", out, "algo.num_epochs=3"]) == 2
     assert "was created with a different spec" in capsys.readouterr().err
-    assert sweep.main([str(spec), "--trials", "0", "--out", out, "--study", "other", "algo.num_epochs=3"]) == 0
+    assert sweep_main([str(spec), "--trials", "0", "--out", out, "--study", "other", "algo.num_epochs=3"]) == 0
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_specs_load_and_their_search_spaces_validate(path, tmp_path):
-    spec = sweep.load_spec(path, out_dir=tmp_path)
-    sweep.check_search_space(spec)
+    spec = load_spec(path, out_dir=tmp_path)
+    check_search_space(spec)
     assert spec.pruner and spec.trials > 0 and spec.seeds
 
 

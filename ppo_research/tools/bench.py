@@ -32,25 +32,21 @@ PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_
 def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
     """One training run plus raw stepping, in this process."""
     import gymnasium as gym
-    import numpy as np
-    from hydra import compose, initialize_config_dir
 
-    from ..run.app import CONF_DIR, register_base_config
+    from ..run.compose import compose
     from ..run.config import validate
     from ..run.envs import make_env
-    from ..run.loggers import NullLogger
-    from ..run.trainer import Trainer
+    from ..run.loggers import NullLogger  # TODO(lead): build path
+    from ..run.trainer import Trainer  # TODO(lead): build path
 
-    register_base_config()
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
     if num_envs is not None:
         extra += [f"algo.num_envs={num_envs}", f"algo.num_steps={PAPER_BATCH // num_envs}"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=extra + overrides)
-    config = validate(cfg)
+    cfg = compose(extra + overrides).cfg
+    config = validate(cfg)  # TODO(lead): build path
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, cfg, Path(run_dir), NullLogger(), {})
+        trainer = Trainer(config, cfg, Path(run_dir), NullLogger(), {})  # TODO(lead): build path
         try:
             trainer.train()
         finally:

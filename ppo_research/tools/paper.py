@@ -23,9 +23,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..run.app import CONF_DIR
-from .report import (Normalization, ReportError, Run, Variant, bootstrap_ci, find_runs, normalized_table,
-                     summarize, write_csv, write_report)
+from ..run.compose import CONF_DIR
+from .report import Normalization, Variant, normalized_table, summarize, write_csv, write_report
+from .results import ResultsError, Run, find_runs, finished
+from .stats import bootstrap_ci
 
 SCORE_KEY = "train_return_last100"  # the paper's per-run score
 EXPERIMENT = "ppo_paper_table1"
@@ -49,7 +50,7 @@ PUBLISHED = {
 }
 
 
-class PaperError(ReportError):
+class PaperError(ResultsError):
     """Bad input; ``str()`` is the one line the CLI prints."""
 
 
@@ -105,40 +106,27 @@ class Job:
 
 
 def plan(overrides: Sequence[str], compose: bool = True) -> list[Job]:
-    """Expand a multirun like Hydra's basic sweeper does (the experiment's ``hydra.sweeper.params``
-    first, the command line's sweeps replacing the same keys), without launching anything. With
-    ``compose``, every job's config is composed and validated, as the sweeper does before launch."""
-    from hydra import initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict
+    """The jobs ``python -m ppo_research -m <overrides>`` would launch, in its order
+    (``run.compose.expand_multirun``), without launching anything. With ``compose``, every job's
+    config is composed and validated, as the sweeper composes each before launch."""
+    from omegaconf import OmegaConf
 
+    from ..run import compose as composing
     from ..run.config import validate
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
-        hydra = GlobalHydra.instance().hydra  # the object `-m` composes with: MULTIRUN mode accepts sweeps
-        cfg = hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN,
-                                   with_log_configuration=False)
-        sweeper = cfg.hydra.sweeper
-        if sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
-            raise PaperError(f"plan lists the basic sweeper's grid; hydra/sweeper is {sweeper.get('_target_')}")
-        arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        arguments += OmegaConf.to_container(cfg.hydra.overrides.task)
-        parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
-        (batch,) = BasicSweeper.split_arguments(parsed, None)
-        jobs = []
-        for number, job in enumerate(batch):
-            if not compose:
-                jobs.append(Job(number, tuple(job)))
-                continue
-            job_cfg = hydra.compose_config("config", job, run_mode=RunMode.RUN, with_log_configuration=False)
-            with open_dict(job_cfg):
-                job_cfg.pop("hydra")
-            config = validate(job_cfg)
-            loss = OmegaConf.to_container(job_cfg.loss, resolve=True)
-            jobs.append(Job(number, tuple(job), config.env.id, setting_of(loss), config.seed, config.total_timesteps))
+    try:
+        batch = composing.expand_multirun(overrides)
+    except ValueError as err:  # another sweeper than the basic one
+        raise PaperError(f"plan: {err}") from None
+    jobs = []
+    for number, job in enumerate(batch):
+        if not compose:
+            jobs.append(Job(number, tuple(job)))
+            continue
+        cfg = composing.compose(job).cfg
+        config = validate(cfg)
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        jobs.append(Job(number, tuple(job), config.env.id, setting_of(loss), config.seed, config.total_timesteps))
     return jobs
 
 
@@ -165,17 +153,11 @@ def random_returns(env: str, episodes: int, seed: int = 0) -> tuple[str, np.ndar
     """Undiscounted returns of a uniform random policy on the env preset ``env`` (a conf/env name),
     built as training builds it (make_env + ActionAdapter with the preset's settings). Returns the
     gymnasium id and the returns."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
+    from ..run.compose import compose
     from ..run.config import validate
     from ..run.envs import ActionAdapter, make_env
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"env={env}"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    env_cfg = validate(cfg).env
+    env_cfg = validate(compose([f"env={env}"]).cfg).env
     gym_env = make_env(env_cfg)
     space = gym_env.action_space
     adapter = ActionAdapter(space, env_cfg.action_mode)
@@ -248,7 +230,7 @@ def score_table(runs: list[Run], random: Mapping[str, float], n_boot: int = 2000
     check_protocol(runs)
     variants: dict[tuple[str, str], Variant] = {}
     for run in runs:
-        label = setting_of({k[5:]: v for k, v in run.config.items() if k.startswith("loss.")})
+        label = setting_of(run.values("loss"))
         variants.setdefault((run.env, label), Variant(run.env, label)).runs.append(run)
     normalization = Normalization(random=dict(random), reference="best", name="best setting")
     rows = summarize([variants[k] for k in sorted(variants)], SCORE_KEY, normalization, n_boot)
@@ -325,14 +307,7 @@ def write_table(dirs: Sequence[str], baselines: Path, out: Optional[Path] = None
     """Score the runs under ``dirs``; writes table1.md/.csv (and report.py's curves and per-env
     tables with the same normalisation) to ``out`` (default ``<first dir>/paper_table1``)."""
     normalization = Normalization.from_file(baselines)
-    runs = find_runs(dirs)
-    unfinished = [r for r in runs if r.summary is None]
-    if unfinished:
-        print(f"note: skipping {len(unfinished)} unfinished run(s): {', '.join(str(r.path) for r in unfinished)}",
-              file=sys.stderr)
-    runs = [r for r in runs if r.summary is not None]
-    if not runs:
-        raise PaperError(f"no finished runs (with summary.json) under {', '.join(map(str, dirs))}")
+    runs = finished(find_runs(dirs), dirs)
     envs, table, rows = score_table(runs, normalization.random, n_boot)
     text = markdown(envs, table, rows, f"random policy from {Path(baselines).name}")
     out = Path(out) if out is not None else Path(dirs[0]) / "paper_table1"
@@ -391,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(text)
             for path in files.values():
                 print(path)
-    except ReportError as err:
+    except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # Hydra / config errors about the overrides: one line

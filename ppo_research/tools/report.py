@@ -1,10 +1,12 @@
 """Review finished runs without wandb: learning curves and a table per variant.
 
     python -m ppo_research.report outputs/multirun/2026-11-24/12-00-00 [more dirs] [--out DIR]
+    python -m ppo_research.report outputs/sweeps/<study>            # an Optuna study's trial runs
 
-Runs are found under the given directories (a run directory holds ``.hydra/config.yaml`` and
-``metrics.jsonl``), grouped per env by the config values that vary between them (seed is the
-replicate axis), and summarised over seeds with percentile-bootstrap 95% confidence intervals.
+Runs are found under the given directories (``tools.results``: a run directory holds
+``metrics.jsonl`` and ``run.json`` or ``.hydra/config.yaml``), grouped per env by the config
+values that vary between them (seed is the replicate axis), and summarised over seeds with
+percentile-bootstrap 95% confidence intervals (``tools.stats``).
 Writes ``curves.png``, ``summary.md``/``summary.csv`` and, with a normalisation,
 ``normalized.md``/``normalized.csv`` (random policy = 0, a named reference = 1).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -21,95 +23,12 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-GROUPS = ("experiment", "env", "loss", "advantage", "network", "logger")  # label priority order
+from ..run.compose import CONF_DIR, GROUPS
+from .results import FACET, ResultsError, Run, finished, find_runs, load_yaml
+from .stats import aggregate, bootstrap_ci, normalize_score
+
 IGNORED_KEYS = {"seed", "progress", "resume", "logger.name", "logger.group", "logger.tags", "logger.notes"}
-FACET = "env.id"  # one plot panel / table block per env; never averaged across
 MISSING = "<unset>"
-
-
-class ReportError(Exception):
-    """A problem with the input; ``str()`` is the one line the CLI prints."""
-
-
-# -- loading runs --------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    path: Path
-    config: dict  # flattened: "loss.epsilon" -> 0.2, plus "choices.loss" -> "clip"
-    metrics: list[dict]
-    summary: Optional[dict]
-
-    @property
-    def env(self) -> str:
-        return str(self.config.get(FACET, "?"))
-
-    @property
-    def seed(self):
-        return self.config.get("seed")
-
-
-def flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    value = tuple(node) if isinstance(node, list) else node
-    return {prefix.rstrip("."): value}
-
-
-def _load_yaml(path: Path):
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(node, resolve=True)
-    except Exception:  # Hydra-only resolvers (${hydra:...}) cannot resolve outside Hydra
-        return OmegaConf.to_container(node, resolve=False)
-
-
-def read_choices(hydra_dir: Path) -> dict:
-    """Group choices from ``hydra.yaml``; from ``overrides.yaml`` (``loss=klpen``) if it is missing."""
-    hydra_file, overrides_file = hydra_dir / "hydra.yaml", hydra_dir / "overrides.yaml"
-    if hydra_file.is_file():
-        choices = (_load_yaml(hydra_file).get("hydra", {}).get("runtime", {}).get("choices") or {})
-        return {k: v for k, v in choices.items() if k in GROUPS and v is not None}
-    choices = {}
-    for override in (_load_yaml(overrides_file) or []) if overrides_file.is_file() else []:
-        key, sep, value = str(override).lstrip("+~").partition("=")
-        if sep and key in GROUPS:
-            choices[key] = value
-    return choices
-
-
-def load_run(path: Path) -> Run:
-    path = Path(path)
-    config = flatten(_load_yaml(path / ".hydra" / "config.yaml"))
-    config.update({f"choices.{k}": v for k, v in read_choices(path / ".hydra").items()})
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    return Run(path, config, metrics, summary)
-
-
-def find_runs(paths: Sequence[Union[str, Path]]) -> list[Run]:
-    """Every run directory under ``paths`` (a path may itself be a run)."""
-    found = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise ReportError(f"no such directory: {path}")
-        run_dirs = sorted({p.parent.parent for p in path.rglob(".hydra/config.yaml")
-                           if (p.parent.parent / "metrics.jsonl").is_file()})
-        if not run_dirs:
-            raise ReportError(f"no runs under {path} (a run directory holds .hydra/config.yaml and metrics.jsonl)")
-        for run_dir in run_dirs:
-            try:
-                found.append(load_run(run_dir))
-            except Exception as err:  # a half-written or foreign file: name it, no traceback
-                lines = str(err).strip().splitlines()
-                raise ReportError(f"cannot read run {run_dir}: {type(err).__name__}: {lines[0] if lines else ''}")
-    return found
 
 
 # -- grouping into variants ----------------------------------------------------------------------
@@ -137,10 +56,27 @@ def _classes_where_it_varies(key: str, by: list[str], runs: list[Run]) -> set:
     return {cls for cls, vals in values.items() if len(vals) > 1}
 
 
+@functools.lru_cache(maxsize=None)
+def preset_groups() -> tuple[str, ...]:
+    """The groups whose options are presets (``# @package _global_``: env, experiment,
+    paper_setting): an option may set other groups' keys, so its choice may imply them."""
+    def is_preset(group: str) -> bool:
+        files = sorted((CONF_DIR / group).glob("*.yaml"))
+        return bool(files) and all(f.read_text().startswith("# @package _global_") for f in files)
+
+    return tuple(g for g in GROUPS if is_preset(g))
+
+
+def label_groups() -> tuple[str, ...]:
+    """Group choices in the order they name a variant: presets first (they imply the rest)."""
+    return preset_groups() + tuple(g for g in GROUPS if g not in preset_groups())
+
+
 def _explainers(key: str, shown: list[str]) -> list[str]:
-    """What may imply ``key``'s value: the env, the experiment, and the key's own group choice
-    (``loss.epsilon`` by ``loss=``). Not other groups: they would hide a real difference."""
-    allowed = {"choices.env", "choices.experiment"}
+    """What may imply ``key``'s value: the env, the preset groups' choices (experiment,
+    paper_setting), and the key's own group choice (``loss.epsilon`` by ``loss=``). Not other
+    groups: they would hide a real difference."""
+    allowed = {f"choices.{g}" for g in preset_groups()}
     if not key.startswith("choices."):
         allowed.add(f"choices.{key.split('.')[0]}")
     return [FACET] + [k for k in shown if k in allowed and k != key]
@@ -148,10 +84,10 @@ def _explainers(key: str, shown: list[str]) -> list[str]:
 
 def label_keys(runs: list[Run]) -> list[str]:
     """The keys that name variants: varying group choices first, then varying values that
-    their explainers (env, experiment, own group choice) do not already imply."""
+    their explainers (env, preset choices, own group choice) do not already imply."""
     keys = sorted(set().union(*(run.config for run in runs)) - IGNORED_KEYS)
     varying = [k for k in keys if len({repr(run.config.get(k, MISSING)) for run in runs}) > 1]
-    choices = [f"choices.{g}" for g in GROUPS if f"choices.{g}" in varying]
+    choices = [f"choices.{g}" for g in label_groups() if f"choices.{g}" in varying]
     shown: list[str] = []
     for key in choices + [k for k in varying if not k.startswith("choices.") and k != FACET]:
         if not _determined_by(key, _explainers(key, shown), runs):
@@ -183,25 +119,7 @@ def group_runs(runs: list[Run]) -> list[Variant]:
     return [variants[k] for k in sorted(variants)]
 
 
-# -- statistics ----------------------------------------------------------------------------------
-
-def iqm(values) -> float:
-    """Interquartile mean: the mean of the middle half (drops floor(n/4) from each end)."""
-    x = np.sort(np.asarray(values, float))
-    k = int(math.floor(0.25 * len(x)))
-    return float(x[k:len(x) - k].mean())
-
-
-def bootstrap_ci(values, stat=np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap over seeds; with one seed the interval is that value."""
-    x = np.asarray(values, float)
-    if len(x) < 2:
-        return float(x[0]), float(x[0])
-    resamples = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))]
-    stats = np.array([stat(r) for r in resamples]) if stat is not np.mean else resamples.mean(axis=1)
-    lo, hi = np.percentile(stats, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
-
+# -- scores --------------------------------------------------------------------------------------
 
 def final_return(summary: dict, key: str = "auto") -> tuple[float, str]:
     """The score of one run and where it came from. ``auto``: eval_return (deterministic policy)
@@ -210,7 +128,7 @@ def final_return(summary: dict, key: str = "auto") -> tuple[float, str]:
         key = "eval_return" if summary.get("eval_return") is not None else "train_return"
     value = summary.get(key)
     if value is None:
-        raise ReportError(f"summary.json has no {key!r}; choose another --final (e.g. train_return)")
+        raise ResultsError(f"summary.json has no {key!r}; choose another --final (e.g. train_return)")
     return float(value), key
 
 
@@ -232,13 +150,13 @@ class Normalization:
         """YAML or JSON: ``{random: {env_id: score}, reference: best | {env_id: score}, name: ...}``."""
         path = Path(path)
         if not path.is_file():
-            raise ReportError(f"no such normalisation file: {path}")
-        node = _load_yaml(path)
+            raise ResultsError(f"no such normalisation file: {path}")
+        node = load_yaml(path)
         if not isinstance(node, dict) or not isinstance(node.get("random"), dict):
-            raise ReportError(f"{path}: expected a mapping with 'random: {{env_id: score}}'")
+            raise ResultsError(f"{path}: expected a mapping with 'random: {{env_id: score}}'")
         reference = node.get("reference", "best")
         if reference != "best" and not isinstance(reference, dict):
-            raise ReportError(f"{path}: 'reference' must be 'best' or a mapping env_id -> score")
+            raise ResultsError(f"{path}: 'reference' must be 'best' or a mapping env_id -> score")
         return cls({k: float(v) for k, v in node["random"].items()},
                    reference if reference == "best" else {k: float(v) for k, v in reference.items()},
                    str(node.get("name", "best variant" if reference == "best" else "reference")))
@@ -252,10 +170,7 @@ class Normalization:
         return dict(self.reference)
 
     def __call__(self, env: str, score: float, reference: Optional[float]) -> float:
-        low = self.random.get(env)
-        if low is None or reference is None or reference == low:
-            return math.nan
-        return (score - low) / (reference - low)
+        return normalize_score(score, self.random.get(env), reference)
 
 
 def summarize(variants: list[Variant], final: str = "auto", normalization: Optional[Normalization] = None,
@@ -266,14 +181,14 @@ def summarize(variants: list[Variant], final: str = "auto", normalization: Optio
     for v in variants:
         finals = [final_return(r.summary, final) for r in v.runs]
         x = np.array([f for f, _ in finals])
-        mean_ci, iqm_ci = bootstrap_ci(x, n_boot=n_boot), bootstrap_ci(x, iqm, n_boot=n_boot)
+        mean_ci, iqm_ci = bootstrap_ci(x, "mean", n_boot=n_boot), bootstrap_ci(x, "iqm", n_boot=n_boot)
         rows.append({
             "env": v.env, "variant": v.label, "n_seeds": len(x),
             "seeds": " ".join(str(r.seed) for r in v.runs),
             "final_key": "/".join(sorted({k for _, k in finals})),
             "final_mean": float(x.mean()), "final_std": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
             "final_mean_ci_low": mean_ci[0], "final_mean_ci_high": mean_ci[1],
-            "final_iqm": iqm(x), "final_iqm_ci_low": iqm_ci[0], "final_iqm_ci_high": iqm_ci[1],
+            "final_iqm": aggregate(x, "iqm"), "final_iqm_ci_low": iqm_ci[0], "final_iqm_ci_high": iqm_ci[1],
             "steps": float(np.mean([r.summary["global_step"] for r in v.runs])),
             "wall_time_s": float(np.mean([r.summary["wall_time_s"] for r in v.runs])),
             "sps": float(np.mean([r.summary["sps"] for r in v.runs])),
@@ -326,12 +241,8 @@ def variant_curve(variant: Variant, metric: str, smooth: int = 1, n_boot: int = 
     if not len(grid):
         return None
     ys = np.stack([np.interp(grid, x, y) for x, y in curves])  # (seeds, steps)
-    mean = ys.mean(axis=0)
-    if len(ys) < 2:
-        return grid, mean, mean, mean
-    idx = np.random.default_rng(0).integers(0, len(ys), size=(n_boot, len(ys)))
-    boot = ys[idx].mean(axis=1)
-    return grid, mean, np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    low, high = bootstrap_ci(ys, "mean", n_boot=n_boot)
+    return grid, ys.mean(axis=0), low, high
 
 
 def plot_curves(variants: list[Variant], path: Path, metric: str = "episode_return", smooth: int = 1) -> Path:
@@ -427,14 +338,7 @@ def write_report(paths: Sequence[Union[str, Path]], out: Optional[Union[str, Pat
                  curve: str = "episode_return", smooth: int = 1, normalization: Optional[Normalization] = None,
                  n_boot: int = 2000) -> dict[str, Path]:
     """Find, group and summarise the runs under ``paths``; returns the files written."""
-    runs = find_runs(paths)
-    unfinished = [r for r in runs if r.summary is None]
-    if unfinished:
-        print(f"note: skipping {len(unfinished)} unfinished run(s) without summary.json: "
-              f"{', '.join(str(r.path) for r in unfinished)}", file=sys.stderr)
-    runs = [r for r in runs if r.summary is not None]
-    if not runs:
-        raise ReportError(f"no finished runs (with summary.json) under {', '.join(map(str, paths))}")
+    runs = finished(find_runs(paths), paths)
     variants = group_runs(runs)
     rows = summarize(variants, final, normalization, n_boot)
     out = Path(out) if out is not None else Path(paths[0]) / "report"
@@ -456,7 +360,7 @@ def write_report(paths: Sequence[Union[str, Path]], out: Optional[Union[str, Pat
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ppo_research.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", help="run or multirun directories")
+    parser.add_argument("dirs", nargs="+", help="run, multirun or Optuna study directories")
     parser.add_argument("--out", help="output directory (default: <first dir>/report)")
     parser.add_argument("--final", default="auto",
                         help="summary.json key scored as the final return: auto (eval_return, else train_return), "
@@ -474,10 +378,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         if args.smooth < 1 or args.bootstrap < 1:
-            raise ReportError("--smooth and --bootstrap must be at least 1")
+            raise ResultsError("--smooth and --bootstrap must be at least 1")
         normalization = Normalization.from_file(args.normalize) if args.normalize else None
         files = write_report(args.dirs, args.out, args.final, args.curve, args.smooth, normalization, args.bootstrap)
-    except ReportError as err:
+    except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in files.values():

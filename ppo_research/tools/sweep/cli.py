@@ -1,0 +1,68 @@
+"""Optuna studies over PPO hyperparameters.
+
+    python -m ppo_research.sweep sweeps/<spec>.yaml [hydra overrides] [--trials N] [--workers N]
+                                 [--storage URL] [--study NAME] [--out DIR]
+
+A spec (YAML, see docs/sweeps.md) names the study, the Hydra overrides every trial runs with, the
+search space, the objective, the trial budget, the seeds per trial, the sampler and the pruner.
+The study lives in a persistent storage (default: SQLite at <out>/<study>/study.db), so running
+the command again continues it. Each worker is one process running trials in turn against the
+shared storage; more machines join by running the same command with the same ``--storage``.
+
+Trial budget: ``trials`` counts trials that ended because of the objective - complete, pruned or
+failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is marked FAIL with
+``interrupted`` and does not count, so a re-run fills its place.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional
+
+import optuna
+
+from ...errors import EXIT_BAD_INPUT, ConfigError
+from .space import check_search_space
+from .spec import Spec, SpecError, load_spec
+from .storage import create_study
+from .study_report import write_report
+from .workers import run_workers
+
+
+def run(spec: Spec) -> dict:
+    """Create or continue the study, run the workers, and write the report."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_search_space(spec)
+    spec.study_dir.mkdir(parents=True, exist_ok=True)
+    study = create_study(spec)
+    print(f"study {spec.study}: {spec.trials} trials, {spec.workers} worker(s), storage {spec.storage}", flush=True)
+    start = time.perf_counter()
+    run_workers(spec)
+    result = write_report(spec, study)
+    print(f"done in {time.perf_counter() - start:.0f}s: {result['counts']}; "
+          f"best {result.get('best_value')} with {result.get('best_params')}; report in {spec.study_dir} "
+          f"(runs: python -m ppo_research.report {spec.study_dir})", flush=True)
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ppo_research.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("spec", help="study spec, e.g. sweeps/gae_lambda.yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to the spec's for every trial")
+    parser.add_argument("--trials", type=int, help="trial budget (total over all workers and re-runs)")
+    parser.add_argument("--workers", type=int, help="worker processes on this machine")
+    parser.add_argument("--storage", help="optuna storage URL (sqlite:///, postgresql://, journal:<path>)")
+    parser.add_argument("--study", help="study name (default: the spec's)")
+    parser.add_argument("--out", default="outputs/sweeps", help="folder holding <study>/ (default outputs/sweeps)")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        spec = load_spec(args.spec, args.overrides, args.trials, args.workers, args.storage, args.study, args.out)
+        run(spec)
+    except (SpecError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to continue the study", file=sys.stderr, flush=True)
+        return 130
+    return 0

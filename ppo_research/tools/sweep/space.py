@@ -1,0 +1,41 @@
+"""The search space against the config: every parameter must be a key of the composed config,
+and each bound (or choice) must pass the run layer's checks, so a bad space fails before the
+study starts rather than as N failed trials."""
+from __future__ import annotations
+
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from ...errors import ConfigError
+from ...run.compose import GROUPS, check_group_choices, compose, group_options
+from .spec import Spec, SpecError, format_value
+
+
+def checked_config(overrides: list[str], what: str):
+    """Compose ``overrides`` and run every check a run would; a failure is a one-line SpecError."""
+    from ...run.build import check  # torch: imported when needed, so `--help` stays fast
+
+    try:
+        cfg = compose(overrides).cfg
+        check(cfg)
+    except (ConfigError, HydraException) as err:
+        raise SpecError(f"{what}: {str(err).splitlines()[0]}") from None
+    return cfg
+
+
+def check_search_space(spec: Spec) -> None:
+    for env in spec.env_runs():
+        base = spec.run_overrides({}, env)
+        check_group_choices(base)
+        cfg = checked_config(base, "overrides")
+        for p in spec.params:
+            if p.key in GROUPS:
+                bad = [c for c in p.probe_values() if c not in group_options(p.key)]
+                if p.kind != "categorical" or bad:
+                    raise SpecError(f"search space: {p.key} is a config group: use choices from "
+                                    f"{', '.join(group_options(p.key))}")
+                continue
+            if OmegaConf.select(cfg, p.key, default=KeyError) is KeyError:
+                raise SpecError(f"search space: unknown parameter {p.key!r} (not a key of the composed config)")
+            for value in p.probe_values():
+                checked_config(spec.run_overrides({p.key: value}, env), f"search space: {p.key}={format_value(value)}")

@@ -1,0 +1,57 @@
+"""Where a study lives: the optuna storage behind a URL, and the study created (or continued) in it.
+
+``journal:<path>`` is an append-only journal file (fine on NFS); anything else is a SQLAlchemy
+URL (``sqlite:///...``, ``postgresql://...``). The study is created once, before any worker
+starts, and carries the spec's fingerprint so a changed spec cannot continue it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+
+from .spec import Spec, SpecError
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):].removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # Workers write concurrently; wait for SQLite's file lock instead of failing at once.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+def create_study(spec: Spec) -> optuna.Study:
+    """Create (or load) the study once, before any worker starts, and check it is the same study."""
+    storage = make_storage(spec.storage)
+    for attempt in range(3):  # two machines creating the same fresh storage may collide once
+        try:
+            study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
+                                        load_if_exists=True)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec.fingerprint())
+        for params in spec.enqueue:
+            study.enqueue_trial(params)
+    elif json.dumps(stored, sort_keys=True) != json.dumps(spec.fingerprint(), sort_keys=True):
+        raise SpecError(f"study {spec.study!r} in {spec.storage} was created with a different spec "
+                        f"(overrides, search space, seeds or objective); pass --study NAME to start a new one")
+    if study.direction.name.lower() != spec.direction:
+        raise SpecError(f"study {spec.study!r} has direction {study.direction.name.lower()}, "
+                        f"spec says {spec.direction}")
+    return study
+
+
+def load_study(spec: Spec) -> optuna.Study:
+    return optuna.load_study(study_name=spec.study, storage=make_storage(spec.storage))

@@ -1,0 +1,128 @@
+"""The study's report: every trial (CSV + Markdown), the best one, importances, the history plot.
+
+    <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs,
+                                    params, last reported step, duration, error
+    <study>/best.json               best trial, value, params, counts, importances, reproduce commands
+    <study>/best_overrides.txt      the best config as Hydra overrides (one line)
+    <study>/history.png             optimisation history
+
+The per-run scores come from the trials themselves (``<metric>/<run>`` attributes, so trials run
+on other machines count too); their aggregate and interval from ``tools.stats``. The trial runs
+on this machine are ordinary run directories: ``python -m ppo_research.report <study folder>``
+gives their curves and per-variant table.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..results import find_run_dirs
+from ..stats import bootstrap_ci
+from .spec import Spec, param_overrides
+from .trial import run_name, trial_dir
+
+
+def trial_label(t: optuna.trial.FrozenTrial) -> str:
+    if t.state == TrialState.FAIL:
+        return "FAIL" if "error" in t.user_attrs else ("SKIPPED" if "skipped" in t.user_attrs else "INTERRUPTED")
+    return t.state.name
+
+
+def run_scores(spec: Spec, t: optuna.trial.FrozenTrial) -> list[float]:
+    """The (normalised) score of each run the trial finished, in seed/env order."""
+    scores = []
+    for seed in spec.seeds:
+        for env in spec.env_runs():
+            value = t.user_attrs.get(f"{spec.metric}/{run_name(env, seed)}")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                scores.append(spec.normalise(env, value))
+    return scores
+
+
+def trial_rows(spec: Spec, trials: list) -> tuple[list[str], list[list]]:
+    keys = [p.key for p in spec.params]
+    header = ["number", "state", "value", *keys, "runs", "ci_low", "ci_high", "last_step", "duration_s", "error"]
+    rows = []
+    for t in trials:
+        steps = t.intermediate_values
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        scores = run_scores(spec, t) if t.state == TrialState.COMPLETE else []
+        low, high = bootstrap_ci(scores, spec.aggregate) if scores else (None, None)
+        rows.append([t.number, trial_label(t), t.value, *[t.params.get(k) for k in keys], len(scores), low, high,
+                     max(steps) if steps else None, None if duration is None else round(duration, 1),
+                     t.user_attrs.get("error") or t.user_attrs.get("interrupted") or ""])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(v: Any) -> str:
+        return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/"))
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(spec: Spec, study: optuna.Study) -> dict:
+    """Best params, all trials (CSV + Markdown), importances, history plot, best overrides."""
+    out = spec.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    trials = [t for t in study.get_trials(deepcopy=False) if trial_label(t) != "SKIPPED"]
+    header, rows = trial_rows(spec, trials)
+    with open(out / "trials.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    (out / "trials.md").write_text(markdown_table(header, rows))
+
+    result: dict = {"study": spec.study, "storage": spec.storage, "direction": spec.direction,
+                    "metric": spec.metric, "aggregate": spec.aggregate, "seeds": spec.seeds,
+                    "counts": {s: sum(trial_label(t) == s for t in trials)
+                               for s in ("COMPLETE", "PRUNED", "FAIL", "INTERRUPTED")}}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        scores = run_scores(spec, best)
+        base = spec.overrides + param_overrides(best.params)
+        commands = [" ".join(["python -m ppo_research", *spec.run_overrides(best.params, e, s)])
+                    for e in spec.env_runs() for s in spec.seeds]
+        result.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                      best_value_ci=list(bootstrap_ci(scores, spec.aggregate)) if scores else None,
+                      best_overrides=base, reproduce=commands,
+                      best_runs=[str(p) for p in find_run_dirs(trial_dir(spec, best.number))]
+                      if trial_dir(spec, best.number).is_dir() else [])
+        (out / "best_overrides.txt").write_text(" ".join(base) + "\n")
+    result["importances"] = importances(study, complete)
+    (out / "best.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if complete:
+        plot_history(study, out / "history.png")
+    return result
+
+
+def importances(study: optuna.Study, complete: list) -> dict:
+    if len(complete) < 3 or len({t.value for t in complete}) < 2:
+        return {"note": f"needs >= 3 complete trials with different values; have {len(complete)} complete, "
+                        f"{len({t.value for t in complete})} distinct value(s)"}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except Exception as err:  # e.g. a parameter that never varied
+        return {"note": f"not computed: {type(err).__name__}: {err}"}
+
+
+def plot_history(study: optuna.Study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backend is flagged experimental
+        ax = plot_optimization_history(study)
+    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(ax.figure)

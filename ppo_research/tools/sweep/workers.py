@@ -1,0 +1,173 @@
+"""Workers: processes that run trials in turn against the shared storage until the budget is used.
+
+The budget counts trials that ended because of the objective (COMPLETE, PRUNED, FAIL with an
+error). A RUNNING trial whose worker is gone is marked FAIL ``interrupted`` and does not count:
+on this machine the worker's process id tells, elsewhere a heartbeat (``alive_at``) older than
+3 x ``heartbeat_s``. A worker claims a trial only if fewer than ``trials`` counted or running
+trials are numbered before it, so the count is exact with any number of workers and machines.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import warnings
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
+from .storage import load_study
+from .trial import Interrupted, run_trial
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def classify(t: optuna.trial.FrozenTrial, grace_s: float, now: float) -> str:
+    """done (counts toward the budget) | alive | dead | other (enqueued, interrupted, skipped)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return "done"
+    if t.state == TrialState.FAIL:
+        return "done" if "error" in t.user_attrs else "other"
+    if t.state != TrialState.RUNNING:
+        return "other"
+    attrs = t.user_attrs
+    if attrs.get("host") == HOST and "pid" in attrs and not _pid_alive(attrs["pid"]):
+        return "dead"  # same machine: the worker process is gone
+    last = attrs.get("alive_at") or t.datetime_start.timestamp()
+    return "dead" if now - last > grace_s else "alive"  # other machines: heartbeat too old
+
+
+def fail_dead(study: optuna.Study, trials: list, grace_s: float) -> None:
+    storage, now = study._storage, time.time()
+    for t in trials:
+        if classify(t, grace_s, now) == "dead":
+            try:
+                storage.set_trial_user_attr(t._trial_id, "interrupted", "worker process gone")
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                print(f"trial {t.number}: worker gone, marked FAIL (interrupted, not counted)", flush=True)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                pass  # another worker got there first
+
+
+def budget(study: optuna.Study, grace_s: float) -> tuple[int, int]:
+    """(done, alive) trials right now, after failing trials whose worker died."""
+    trials = study.get_trials(deepcopy=False)
+    fail_dead(study, trials, grace_s)
+    now = time.time()
+    kinds = [classify(t, grace_s, now) for t in study.get_trials(deepcopy=False)]
+    return kinds.count("done"), kinds.count("alive")
+
+
+class Heartbeat:
+    """Refresh the trial's ``alive_at`` so workers elsewhere can tell it is still running."""
+
+    def __init__(self, trial: optuna.Trial, every_s: float):
+        self.trial, self.every_s, self.stop = trial, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.trial.set_user_attr("alive_at", time.time())
+            except Exception:  # the trial finished meanwhile
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: float = 1.0) -> None:
+    """Run trials until the budget is used: ask, claim, train, tell; repeat."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = load_study(spec)
+    study.sampler = make_sampler(spec, worker, len(study.get_trials(deepcopy=False)))
+    study.pruner = make_pruner(spec)
+    grace = 3 * spec.heartbeat_s
+    while True:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return  # the sweep command was killed: stop with it
+        done, alive = budget(study, grace)
+        if done >= spec.trials:
+            return
+        if done + alive >= spec.trials:  # the last trials run elsewhere; wait in case one dies
+            time.sleep(poll_s)
+            continue
+        trial = study.ask()
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("alive_at", time.time())
+        # Exact count despite races: only trials numbered before this one may take the budget.
+        now = time.time()
+        ahead = sum(classify(t, grace, now) in ("done", "alive")
+                    for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        if ahead >= spec.trials:
+            trial.set_user_attr("skipped", "budget taken by a concurrent worker")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        start = time.perf_counter()
+        note = ""
+        try:
+            with Heartbeat(trial, spec.heartbeat_s):
+                value = run_trial(spec, trial, parent_pid)
+        except optuna.TrialPruned as err:
+            state = study.tell(trial, state=TrialState.PRUNED).state
+            note = str(err)
+        except Interrupted:
+            trial.set_user_attr("interrupted", "sweep command gone")
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", "keyboard interrupt")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # NonFiniteError, ConfigError, env errors: record and go on
+            note = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            trial.set_user_attr("error", note)
+            state = study.tell(trial, state=TrialState.FAIL).state
+        else:
+            state = study.tell(trial, value).state
+            note = f"value={value:.4g}"
+        print(f"[worker {worker}] trial {trial.number} {state.name} {note} "
+              f"{' '.join(param_overrides(trial.params))} ({time.perf_counter() - start:.1f}s)", flush=True)
+
+
+def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
+    try:
+        work(spec, worker, parent_pid)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(spec: Spec) -> None:
+    """``spec.workers`` workers on this machine; returns when all have stopped."""
+    if spec.workers == 1:
+        work(spec, 0)
+        return
+    # spawn, not fork: each worker starts clean (no torch threads or storage connections copied)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=False)
+             for i in range(spec.workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"worker exit codes {[p.exitcode for p in procs]}")
