@@ -84,7 +84,7 @@ class Worker:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
-    def wait(self, timeout: float = 180) -> int:
+    def wait(self, timeout: float = 360) -> int:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -132,7 +132,7 @@ def load(url: str) -> optuna.Study:
 
 def test_three_workers_sharing_only_the_storage_url_use_exactly_the_budget(pg, tmp_path, workers):
     url = pg.create_database("three_workers")
-    spec = write_spec(tmp_path, trials=6, total_timesteps=2048)
+    spec = write_spec(tmp_path, trials=6, total_timesteps=1024)
     create_study(tmp_path, spec, url, workers)
     team = [start(workers, tmp_path, f"pg-worker-{i}", spec, url) for i in range(3)]  # all at once
     for w in team:
@@ -159,9 +159,10 @@ def test_three_workers_sharing_only_the_storage_url_use_exactly_the_budget(pg, t
 
 def test_worker_killed_mid_trial_is_recorded_and_the_budget_stays_exact(pg, tmp_path, workers):
     url = pg.create_database("killed_worker")
-    spec = write_spec(tmp_path, trials=4, total_timesteps=8192)  # ~2-4 s per trial
-    create_study(tmp_path, spec, url, workers)
-    victim = start(workers, tmp_path, "pg-worker-a", spec, url)
+    spec = write_spec(tmp_path, trials=4, total_timesteps=4096)  # 32 iterations, a few seconds per trial
+    victim = start(workers, tmp_path, "pg-worker-a", spec, url)  # creates the study, then trains
+    assert pg_server.wait_until(lambda: f"study {STUDY}:" in victim.log.read_text() or victim.proc.poll() is not None,
+                                180), victim.output()
     other = start(workers, tmp_path, "pg-worker-b", spec, url)
     study = load(url)
 
@@ -171,7 +172,7 @@ def test_worker_killed_mid_trial_is_recorded_and_the_budget_stays_exact(pg, tmp_
         return running[0].number if running and (victim.run_dir(running[0].number) / "metrics.jsonl").exists() \
             else None
 
-    assert pg_server.wait_until(lambda: victim_training() is not None or victim.proc.poll() is not None, 90), \
+    assert pg_server.wait_until(lambda: victim_training() is not None or victim.proc.poll() is not None, 180), \
         victim.output()
     killed = victim_training()
     assert killed is not None, f"the victim never trained mid-trial:\n{victim.output()}"
