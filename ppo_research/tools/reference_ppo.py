@@ -1,0 +1,258 @@
+"""Reference PPO: a straightforward single-file implementation with standard PyTorch components.
+
+The benchmark times this file side by side with ppo_research as a speed reference. It is PPO
+(Schulman et al. 2017) written the plain way: ``nn.Sequential`` actor and critic, a state-independent
+log-std parameter, ``torch.distributions``, Adam, GAE, the clipped surrogate objective and
+K epochs of shuffled minibatches, on a gymnasium ``SyncVectorEnv`` with gymnasium's standard
+wrappers. It depends on nothing else in the package.
+
+Defaults are the PPO paper's MuJoCo settings: one env, 2048 steps per rollout, 10 epochs,
+minibatch 64, Adam 3e-4, gamma 0.99, lambda 0.95, clip 0.2, value coefficient 0.5, no entropy bonus,
+gradient norm clipped at 0.5.
+
+    python -m ppo_research.tools.reference_ppo --env HalfCheetah-v5 --steps 20480 --seed 0
+
+prints one JSON line: ``{"global_step", "wall_time_s", "sps", "train_return"}``. SPS is end-to-end
+training throughput (rollout and update) over the training loop; environment construction is not
+timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import deque
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions import Categorical, Normal
+
+DEFAULTS = {
+    "learning_rate": 3e-4,
+    "anneal_lr": False,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_coef": 0.2,
+    "vf_coef": 0.5,
+    "ent_coef": 0.0,
+    "max_grad_norm": 0.5,
+    "norm_adv": True,
+}
+
+
+def make_env(env_id: str, gamma: float = 0.99):
+    """A thunk for SyncVectorEnv; continuous-control envs get the usual normalisation wrappers."""
+
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: records the raw return
+        if isinstance(env.action_space, gym.spaces.Box):
+            env = gym.wrappers.ClipAction(env)
+            env = gym.wrappers.NormalizeObservation(env)
+            env = gym.wrappers.TransformObservation(
+                env, lambda obs: np.clip(obs, -10.0, 10.0), env.observation_space)
+            env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+            env = gym.wrappers.TransformReward(env, lambda r: float(np.clip(r, -10.0, 10.0)))
+        return env
+
+    return thunk
+
+
+def layer(in_dim: int, out_dim: int, gain: float = np.sqrt(2)) -> nn.Linear:
+    linear = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.constant_(linear.bias, 0.0)
+    return linear
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim: int, action_space: gym.Space):
+        super().__init__()
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        out_dim = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
+        self.critic = nn.Sequential(
+            layer(obs_dim, 64), nn.Tanh(),
+            layer(64, 64), nn.Tanh(),
+            layer(64, 1, gain=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer(obs_dim, 64), nn.Tanh(),
+            layer(64, 64), nn.Tanh(),
+            layer(64, out_dim, gain=0.01),
+        )
+        if self.continuous:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def dist(self, obs: torch.Tensor):
+        out = self.actor(obs)
+        if self.continuous:
+            return Normal(out, self.log_std.exp().expand_as(out))
+        return Categorical(logits=out)
+
+    def evaluate(self, obs: torch.Tensor, action: torch.Tensor | None = None):
+        """Action (sampled if not given), its log-prob, the entropy and the value."""
+        dist = self.dist(obs)
+        if action is None:
+            action = dist.sample()
+        if self.continuous:
+            return action, dist.log_prob(action).sum(-1), dist.entropy().sum(-1), self.value(obs)
+        return action, dist.log_prob(action), dist.entropy(), self.value(obs)
+
+
+def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, num_steps: int = 2048,
+          num_epochs: int = 10, minibatch_size: int = 64, **kw) -> dict:
+    unknown = set(kw) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown arguments: {sorted(unknown)}")
+    args = {**DEFAULTS, **kw}
+    gamma, lam, clip_coef = args["gamma"], args["gae_lambda"], args["clip_coef"]
+
+    torch.set_num_threads(1)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, gamma) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # done step returns the reset obs
+    )
+    envs.action_space.seed(seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+
+    agent = Agent(obs_dim, envs.single_action_space)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args["learning_rate"], eps=1e-5)
+
+    batch_size = num_envs * num_steps
+    num_iterations = max(1, total_timesteps // batch_size)
+    action_shape = envs.single_action_space.shape
+
+    obs_buf = torch.zeros((num_steps, num_envs, obs_dim))
+    actions_buf = torch.zeros((num_steps, num_envs) + action_shape)
+    logprobs_buf = torch.zeros((num_steps, num_envs))
+    rewards_buf = torch.zeros((num_steps, num_envs))
+    dones_buf = torch.zeros((num_steps, num_envs))
+    values_buf = torch.zeros((num_steps, num_envs))
+
+    recent_returns: deque[float] = deque(maxlen=20)
+    global_step = 0
+    next_obs, _ = envs.reset(seed=seed)
+    next_obs = torch.as_tensor(next_obs, dtype=torch.float32).reshape(num_envs, obs_dim)
+    start = time.perf_counter()
+
+    for iteration in range(num_iterations):
+        if args["anneal_lr"]:
+            frac = 1.0 - iteration / num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args["learning_rate"]
+
+        # Rollout.
+        for step in range(num_steps):
+            global_step += num_envs
+            obs_buf[step] = next_obs
+            with torch.no_grad():
+                action, logprob, _, value = agent.evaluate(next_obs)
+            actions_buf[step] = action
+            logprobs_buf[step] = logprob
+            values_buf[step] = value
+
+            obs, reward, terminated, truncated, info = envs.step(action.numpy())
+            reward = torch.as_tensor(reward, dtype=torch.float32)
+            done = np.logical_or(terminated, truncated)
+            if done.any():
+                final = info["final_info"]
+                for i in np.flatnonzero(final.get("_episode", np.zeros(num_envs, bool))):
+                    recent_returns.append(float(final["episode"]["r"][i]))
+                # A time-limit truncation is not a real end: bootstrap from the final observation.
+                for i in np.flatnonzero(np.logical_and(truncated, ~terminated)):
+                    final_obs = torch.as_tensor(info["final_obs"][i], dtype=torch.float32).reshape(1, obs_dim)
+                    with torch.no_grad():
+                        reward[i] += gamma * agent.value(final_obs)[0]
+            rewards_buf[step] = reward
+            dones_buf[step] = torch.as_tensor(done, dtype=torch.float32)
+            next_obs = torch.as_tensor(obs, dtype=torch.float32).reshape(num_envs, obs_dim)
+
+        # GAE. dones_buf[t] says the episode ended at step t, so nothing flows back from t + 1.
+        with torch.no_grad():
+            next_value = agent.value(next_obs)
+        advantages = torch.zeros_like(rewards_buf)
+        last_gae = torch.zeros(num_envs)
+        for t in reversed(range(num_steps)):
+            next_v = next_value if t == num_steps - 1 else values_buf[t + 1]
+            not_done = 1.0 - dones_buf[t]
+            delta = rewards_buf[t] + gamma * next_v * not_done - values_buf[t]
+            last_gae = delta + gamma * lam * not_done * last_gae
+            advantages[t] = last_gae
+        returns = advantages + values_buf
+
+        b_obs = obs_buf.reshape(batch_size, obs_dim)
+        b_actions = actions_buf.reshape((batch_size,) + action_shape)
+        if not continuous:
+            b_actions = b_actions.long()
+        b_logprobs = logprobs_buf.reshape(-1)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+
+        # K epochs of shuffled minibatches.
+        for _ in range(num_epochs):
+            perm = torch.randperm(batch_size)
+            for lo in range(0, batch_size, minibatch_size):
+                idx = perm[lo:lo + minibatch_size]
+                _, new_logprob, entropy, new_value = agent.evaluate(b_obs[idx], b_actions[idx])
+                ratio = (new_logprob - b_logprobs[idx]).exp()
+
+                adv = b_advantages[idx]
+                if args["norm_adv"] and len(idx) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv).mean()
+                v_loss = 0.5 * ((new_value - b_returns[idx]) ** 2).mean()
+                loss = pg_loss + args["vf_coef"] * v_loss - args["ent_coef"] * entropy.mean()
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args["max_grad_norm"])
+                optimizer.step()
+
+    wall_time = time.perf_counter() - start
+    envs.close()
+    return {
+        "global_step": global_step,
+        "wall_time_s": wall_time,
+        "sps": global_step / max(wall_time, 1e-9),
+        "train_return": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--steps", type=int, default=20480, help="total environment steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--num-steps", type=int, default=2048, help="steps per env per rollout")
+    parser.add_argument("--num-epochs", type=int, default=10)
+    parser.add_argument("--minibatch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"])
+    parser.add_argument("--anneal-lr", action="store_true")
+    parser.add_argument("--gamma", type=float, default=DEFAULTS["gamma"])
+    parser.add_argument("--gae-lambda", type=float, default=DEFAULTS["gae_lambda"])
+    parser.add_argument("--clip-coef", type=float, default=DEFAULTS["clip_coef"])
+    parser.add_argument("--vf-coef", type=float, default=DEFAULTS["vf_coef"])
+    parser.add_argument("--ent-coef", type=float, default=DEFAULTS["ent_coef"])
+    parser.add_argument("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"])
+    a = parser.parse_args(argv)
+    result = train(a.env, a.steps, seed=a.seed, num_envs=a.num_envs, num_steps=a.num_steps,
+                   num_epochs=a.num_epochs, minibatch_size=a.minibatch_size, learning_rate=a.lr,
+                   anneal_lr=a.anneal_lr, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_coef=a.clip_coef,
+                   vf_coef=a.vf_coef, ent_coef=a.ent_coef, max_grad_norm=a.max_grad_norm)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
