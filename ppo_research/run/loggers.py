@@ -74,6 +74,11 @@ class RunLogger:
     def run_id(self) -> Optional[str]:
         return None
 
+    def upload_hint(self) -> Optional[str]:
+        """A command that uploads what this tracker kept locally (offline wandb: ``wandb sync``),
+        for the run's end line; None when there is nothing to upload."""
+        return None
+
 
 class NullLogger(RunLogger):
     """``logger=none``: local files only; wandb is never imported."""
@@ -183,9 +188,14 @@ class WandbLogger(RunLogger):
         self.group, self.name, self.tags, self.notes, self.job_type = group, name, tags, notes, job_type
         self.init_timeout, self.upload_checkpoint = float(init_timeout), upload_checkpoint
         self.wants_video = bool(video)
+        if self.wants_video:  # before any env is made: mujoco reads its GL backend on import
+            from .video import prepare_rendering
+
+            prepare_rendering()
         self.settings = dict(settings or {})
         self._run = None
         self._run_dir: Optional[Path] = None
+        self._offline_dir: Optional[Path] = None  # the offline-run-* folder to `wandb sync`
         self._warned = False
 
     # -- start -------------------------------------------------------------------------------
@@ -212,6 +222,7 @@ class WandbLogger(RunLogger):
     def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
         self._run_dir = Path(run_dir)
         self._warned = False
+        self._offline_dir = None
         try:
             import wandb
 
@@ -224,6 +235,10 @@ class WandbLogger(RunLogger):
         self._run = self._init(wandb, kwargs)
         if self._run is None:
             return
+        try:
+            self._offline_dir = Path(self._run.dir).parent if self._run.offline else None
+        except Exception:  # an unusual run object: no hint, nothing else lost
+            self._offline_dir = None
         try:
             self._run.define_metric("global_step")
             self._run.define_metric("*", step_metric="global_step")  # x-axis = env steps, as metrics.jsonl
@@ -334,6 +349,22 @@ class WandbLogger(RunLogger):
     def run_id(self) -> Optional[str]:
         return None if self._run is None else self._run.id
 
+    def upload_hint(self) -> Optional[str]:
+        if self._offline_dir is None:
+            return None
+        return f"wandb sync {_shell_path(self._offline_dir)}"
+
+
+def _shell_path(path: Path) -> str:
+    """``path`` relative to the working directory when under it (shorter to copy), quoted if needed."""
+    import shlex
+
+    try:
+        path = Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return shlex.quote(str(path))
+
 
 def previous_run_id(run_dir: Path, config: dict) -> Optional[str]:
     """The wandb id recorded by an earlier segment of this run, when the config resumes it."""
@@ -359,3 +390,194 @@ def write_gif(frames: np.ndarray, path: Path, fps: int, max_side: int = 256) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimsave(path, frames[:, ::stride, ::stride].astype(np.uint8), duration=1000.0 / fps, loop=0)
     return path
+
+
+# -- TensorBoard -----------------------------------------------------------------------------
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"loss.epsilon": 0.2, ...}; lists become strings (HParams takes scalars)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    key = prefix[:-1]
+    if node is None or isinstance(node, (list, tuple)):
+        return {key: str(node)}
+    if isinstance(node, bool) or isinstance(node, str):
+        return {key: node}
+    if isinstance(node, (int, float)):
+        return {key: float(node)}
+    return {key: str(node)}
+
+
+class TensorBoardLogger(RunLogger):
+    """TensorBoard event files under ``<run_dir>/<log_dir>``, through torch's SummaryWriter.
+
+    Every numeric entry of each ``metrics.jsonl`` row becomes a scalar of the same name at
+    ``global_step``; ``summary.json`` values go under ``summary/``. The hyperparameters are
+    written for the HParams plugin at the start of the run (the flattened resolved config and
+    the group choices, e.g. ``loss.epsilon``, ``choices.loss``) with ``metrics`` as its metric
+    columns, and the session's end status at ``finish``. A resumed run appends a new event file
+    and purges the old events past its checkpoint (SummaryWriter's ``purge_step``). Like wandb,
+    trouble writing events never stops training: one warning, the local files are kept.
+    """
+
+    def __init__(self, log_dir: str = "tensorboard", flush_secs: float = 30.0, hparams: bool = True,
+                 metrics: Optional[list] = None):
+        from ..errors import ConfigError
+
+        if not isinstance(log_dir, str) or not log_dir or Path(log_dir).is_absolute() or ".." in Path(log_dir).parts:
+            raise ConfigError("logger.log_dir", log_dir, "a relative folder name inside the run directory")
+        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or not flush_secs > 0:
+            raise ConfigError("logger.flush_secs", flush_secs, "a number of seconds > 0")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  needs the tensorboard package
+        except ImportError:
+            raise ConfigError("logger", "tensorboard", 'the tensorboard package installed: pip install -e ".[tensorboard]"'
+                              ) from None
+        self.log_dir, self.flush_secs, self.hparams = log_dir, float(flush_secs), bool(hparams)
+        self.metrics = list(metrics) if metrics else ["eval_return", "episode_return"]
+        self._writer = None
+        self._pending: Optional[tuple[dict, dict[str, str]]] = None
+        self._resumed = False
+        self._dir: Optional[Path] = None
+        self._warned = False
+
+    def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
+        # The writer opens at the first row: a resumed run learns only then where it rewound to
+        # (purge_step); the hyperparameters wait for it.
+        self._dir = Path(run_dir) / self.log_dir
+        self._pending = (config, dict(choices))
+        self._resumed = bool(config.get("resume"))
+        self._warned = False
+
+    def _open(self, step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self._dir), purge_step=step if self._resumed else None,
+                               flush_secs=self.flush_secs)
+        if self.hparams and self._pending is not None:
+            from torch.utils.tensorboard.summary import hparams
+
+            config, choices = self._pending
+            values = _flatten({k: v for k, v in config.items() if k not in ("logger", "resume")})
+            values.update({f"choices.{k}": str(v) for k, v in choices.items()})
+            experiment, session_start, _ = hparams(values, {m: None for m in self.metrics})
+            writer.file_writer.add_summary(experiment)
+            writer.file_writer.add_summary(session_start)
+        return writer
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self._dir is None:
+            return
+        try:
+            if self._writer is None:
+                self._writer = self._open(step)
+            for key, value in metrics.items():
+                if key != "global_step" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                        and math.isfinite(value):
+                    self._writer.add_scalar(key, value, global_step=step)
+        except Exception as err:
+            self._fail(f"tensorboard log failed ({_first_line(err)}); continuing without it, local files are kept")
+
+    def summary(self, summary: dict) -> None:
+        if self._writer is None:
+            return
+        step = summary.get("global_step") or 0
+        try:
+            for key, value in summary.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._writer.add_scalar(f"summary/{key}", value, global_step=step)
+        except Exception as err:
+            self._fail(f"tensorboard summary failed ({_first_line(err)}); local summary.json is kept")
+
+    def finish(self, exit_code: int = 0) -> None:
+        writer, self._writer, self._dir = self._writer, None, None
+        if writer is None:
+            return
+        try:
+            if self.hparams:
+                writer.file_writer.add_summary(_session_end(exit_code == 0))
+            writer.close()
+        except Exception as err:
+            self._fail(f"tensorboard finish failed ({_first_line(err)}); local files are kept")
+
+    def _fail(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            _log.warning(message)
+        writer, self._writer, self._dir = self._writer, None, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+
+def _session_end(success: bool):
+    """The HParams plugin's session-end summary (torch's helper always says success)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    info = SessionEndInfo(status=Status.Value("STATUS_SUCCESS" if success else "STATUS_FAILURE"))
+    content = HParamsPluginData(session_end_info=info, version=PLUGIN_DATA_VERSION)
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
+                                                                      content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
+
+
+# -- several trackers at once ----------------------------------------------------------------
+
+class MultiLogger(RunLogger):
+    """Fans every call out to several trackers: ``loggers`` maps a name to a logger node
+    (``{_target_: ..., **its options}``), e.g. ``conf/logger/wandb_tensorboard.yaml``; an option
+    is overridden as ``logger.loggers.wandb.mode=online``. The children are checked like any
+    logger group; the local files are written once, by the run, whatever the children do."""
+
+    def __init__(self, loggers: dict):
+        from ..errors import ConfigError
+        from .config import check_target_kwargs, construct
+
+        if not isinstance(loggers, dict) or not loggers:
+            raise ConfigError("logger.loggers", loggers, "a non-empty mapping of name -> logger node")
+        self.loggers: dict[str, RunLogger] = {}
+        for name, node in loggers.items():
+            key = f"logger.loggers.{name}"
+            if isinstance(node, dict) and node.get("_target_") == f"{__name__}.MultiLogger":
+                raise ConfigError(f"{key}._target_", node["_target_"], "a single tracker, not another MultiLogger")
+            kwargs = check_target_kwargs(key, node)
+            self.loggers[name] = construct({"_target_": node["_target_"], **kwargs})
+        self.wants_video = any(child.wants_video for child in self.loggers.values())
+
+    def start(self, run_dir: Path, config: dict, choices: dict[str, str], resume_id: Optional[str] = None) -> None:
+        for child in self.loggers.values():
+            child.start(run_dir, config, choices, resume_id)
+
+    def log(self, metrics: dict, step: int) -> None:
+        for child in self.loggers.values():
+            child.log(metrics, step)
+
+    def log_video(self, frames: np.ndarray, step: int, fps: int = 30) -> None:
+        for child in self.loggers.values():
+            if child.wants_video:
+                child.log_video(frames, step, fps)
+
+    def summary(self, summary: dict) -> None:
+        for child in self.loggers.values():
+            child.summary(summary)
+
+    def finish(self, exit_code: int = 0) -> None:
+        for child in self.loggers.values():
+            child.finish(exit_code)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The first child's id that has one (wandb's): a resumed run continues that run."""
+        return next((i for i in (c.run_id for c in self.loggers.values()) if i is not None), None)
+
+    def upload_hint(self) -> Optional[str]:
+        hints = [h for h in (c.upload_hint() for c in self.loggers.values()) if h]
+        return "; ".join(hints) or None

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..algo.batch import Rollout
+from .console import Progress
 from .loggers import MetricsFile, RunLogger, write_json_atomic
 
 #: the update statistics every metrics row carries, in this order
@@ -36,6 +37,7 @@ class RunRecord:
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.last_eval: Optional[np.ndarray] = None
         self.metrics: Optional[MetricsFile] = None
+        self.console: Optional[Progress] = None  # progress lines, or a bar on a terminal (run/console.py)
 
     def row(self, iteration: int, global_step: int, stats: dict, episodes: list[tuple[float, int]],
             learning_rate: float, beta: dict, explained: float) -> dict:
@@ -63,7 +65,9 @@ class RunRecord:
         self.metrics.write(row)
         self.logger.log(row, step=row["global_step"])
         if self.progress:
-            print(self.progress_line(row), file=sys.stderr, flush=True)
+            if self.console is None:
+                self.console = Progress(self.num_iterations)
+            self.console.update(row["iteration"], self.progress_line(row))
 
     def progress_line(self, row: dict) -> str:
         parts = [f"iter {row['iteration']}/{self.num_iterations}", f"step {row['global_step']}",
@@ -78,6 +82,7 @@ class RunRecord:
         return " | ".join(parts)
 
     def summary(self, global_step: int, iterations: int, elapsed: float) -> dict:
+        self.close_console()  # the bar ends before the run's end line
         recent = list(self.recent_returns)
         summary = {"global_step": global_step, "iterations": iterations,
                    "wall_time_s": elapsed, "sps": global_step / max(elapsed, 1e-9),
@@ -98,6 +103,12 @@ class RunRecord:
         self.recent_returns.extend(state["recent_returns"])
         self.last_eval = state["last_eval"]
 
+    def close_console(self) -> None:
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+
     def close(self) -> None:
+        self.close_console()
         if self.metrics is not None:
             self.metrics.close()

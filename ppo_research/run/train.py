@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from ..errors import CheckpointError, RunDirError
 from . import checkpoint
 from .build import build
+from .console import print_end_line
 from .loggers import write_json_atomic
 
 #: Written into every run directory at the start of each run segment: the run describes itself
@@ -89,6 +90,9 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
             resume_trainer(trainer, state, resume_from)
         summary = trainer.train()
         exit_code = 0
+
+        print_end_line(run_dir, summary, logger)  # run/console.py: the run's one-line end report
+
         return summary
     except TrainingInterrupted as err:
         exit_code = 128 + err.signum
