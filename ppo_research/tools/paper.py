@@ -304,7 +304,7 @@ def markdown(envs: list[str], table: list[dict], rows: list[dict], baselines_nam
 
 def write_table(dirs: Sequence[str], baselines: Path, out: Optional[Path] = None, n_boot: int = 2000,
                 curves: bool = True) -> tuple[str, dict[str, Path]]:
-    """Score the runs under ``dirs``; writes table1.md/.csv (and report.py's curves and per-env
+    """Score the runs under ``dirs``; writes table1.md/.csv (and the local report's curves and per-env
     tables with the same normalisation) to ``out`` (default ``<first dir>/paper_table1``)."""
     normalization = Normalization.from_file(baselines)
     runs = finished(find_runs(dirs), dirs)
@@ -340,7 +340,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="random-policy scores, JSON/YAML {random: {env_id: score}} (default: %(default)s)")
     t.add_argument("--out", help="output directory (default: <first dir>/paper_table1)")
     t.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
-    t.add_argument("--no-curves", action="store_true", help="skip report.py's curves and per-env tables")
+    t.add_argument("--no-curves", action="store_true", help="skip the local report's curves and per-env tables")
     return parser.parse_args(argv)
 
 

@@ -29,9 +29,9 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
 def create_study(spec: Spec) -> optuna.Study:
     """Create (or load) the study once, before any worker starts, and check it is the same study."""
-    storage = make_storage(spec.storage)
     for attempt in range(3):  # two machines creating the same fresh storage may collide once
-        try:
+        try:  # the storage too: RDBStorage creates optuna's tables when it connects
+            storage = make_storage(spec.storage)
             study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
                                         load_if_exists=True)
             break
