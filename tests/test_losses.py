@@ -1,4 +1,5 @@
-"""Policy losses: the seed's clipped/unclipped table, invariants of every loss, the beta rule."""
+"""Policy losses: the seed's clipped/unclipped table, invariants of every loss, the plain policy
+gradient against torch.distributions, the beta rule and what the metrics rows say about beta."""
 from __future__ import annotations
 
 import gymnasium as gym
@@ -8,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from ppo_research.errors import ConfigError
-from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PolicyBatch
+from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss, PolicyBatch
 from ppo_research.algo.networks import MLPActorCritic
 
 from conftest import compose_config, read_metrics, run_cli, TINY
@@ -64,7 +65,7 @@ def test_cpi_and_clip_agree_inside_the_trust_region_only(r, adv):
 
 
 def all_loss_configs():
-    return [("clip", []), ("cpi", []), ("klpen", []), ("klfixed", []),
+    return [("clip", []), ("cpi", []), ("pg", []), ("klpen", []), ("klfixed", []),
             ("klpen", ["loss.direction=reverse"]), ("klpen", ["loss.estimator=k1"]),
             ("klpen", ["loss.estimator=k3"]), ("klpen", ["loss.estimator=k3", "loss.direction=reverse"]),
             ("klpen", ["loss.epsilon=0.2"])]
@@ -143,17 +144,134 @@ def test_out_of_range_loss_parameters_are_rejected(kwargs, key):
 
 
 def test_logged_beta_obeys_the_rule_in_a_real_klpen_run(tmp_path):
-    """Every iteration: beta_{k+1} = rule(beta_k, kl_k), read back from metrics.jsonl."""
+    """A row's beta is the value at the END of its iteration: beta_k = rule(beta_{k-1}, kl_k),
+    starting from the configured beta, read back from metrics.jsonl."""
     result = run_cli(["loss=klpen", "env=cartpole", "logger=none", "total_timesteps=4096",
                       "loss.kl_target=0.003", f"hydra.run.dir={tmp_path}/run", "progress=false"], tmp_path)
     assert result.returncode == 0, result.stderr
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 16
     rule = KLPenaltyLoss(kl_target=0.003)
-    assert rows[0]["beta"] == 1.0
-    for before, after in zip(rows, rows[1:]):
-        assert after["beta"] == pytest.approx(rule.next_beta(before["beta"], before["kl"]))
+    start = 1.0  # loss.beta
+    for row in rows:
+        assert row["beta"] == pytest.approx(rule.next_beta(start, row["kl"]))
+        assert not {"beta_min", "beta_max", "kl_last"} & set(row)  # beta changes only between iterations
+        start = row["beta"]
     assert len({row["beta"] for row in rows}) > 1, "the run never exercised the rule"
+
+
+class RecordingRule(KLPenaltyLoss):
+    """The KL-penalty loss, keeping every (d, beta after) of its rule."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.trace = []
+
+    def observe_kl(self, kl, granularity):
+        super().observe_kl(kl, granularity)
+        if granularity == self.adapt_every:
+            self.trace.append((kl, self.beta))
+
+
+@pytest.mark.parametrize("every", ["epoch", "minibatch"])
+def test_log_values_report_the_iterations_beta_range_and_last_d(every):
+    """With beta adapted within the iteration, log_values() gives the end value, the range of
+    every value beta took (its start included) and the last d the rule saw; then restarts."""
+    from ppo_research.algo.batch import Batch
+    from ppo_research.algo.optim import FlatAdam
+    from ppo_research.algo.update import PPOUpdate, UpdateSettings
+
+    torch.manual_seed(0)
+    policy = MLPActorCritic(gym.spaces.Box(-np.inf, np.inf, (4,)), gym.spaces.Box(-1, 1, (2,)), policy_gain=1.0)
+    obs = torch.randn(256, 4)
+    with torch.no_grad():
+        dist, values = policy(obs)
+        actions = dist.sample()
+        batch = Batch(obs, actions, dist.log_prob(actions), dist.params(), values, torch.randn(256),
+                      values + torch.randn(256))
+    loss = RecordingRule(beta=1.0, kl_target=1e-4, adapt_every=every)
+    update = PPOUpdate(policy, loss, FlatAdam(policy, lr=3e-3, eps=1e-5), UpdateSettings(num_epochs=4, minibatch_size=32))
+    update(batch)
+    loss.observe_kl(0.5, "iteration")  # the trainer's call: not this loss's granularity, no change
+    assert len(loss.trace) == (4 if every == "epoch" else 32)
+    betas = [1.0] + [beta for _, beta in loss.trace]
+    assert len(set(betas)) > 2, "the rule should have moved beta both ways or far"
+    logged = loss.log_values()
+    assert logged == {"beta": betas[-1], "beta_min": min(betas), "beta_max": max(betas), "kl_last": loss.trace[-1][0]}
+    again = loss.log_values()  # an iteration in which the rule never ran
+    assert again["beta"] == again["beta_min"] == again["beta_max"] == betas[-1] and np.isnan(again["kl_last"])
+
+
+def test_beta_logged_at_the_end_with_its_range_on_a_minibatch_klpen_run(tmp_path):
+    """metrics.jsonl of `loss=klpen loss.adapt_every=minibatch`: each row's range holds the
+    beta the iteration started from (the previous row's) and the one it ended at, and the end
+    value is one rule step from a value in that range, taken on kl_last."""
+    result = run_cli(["loss=klpen", "loss.adapt_every=minibatch", "env=cartpole", "logger=none",
+                      "total_timesteps=1024", f"hydra.run.dir={tmp_path}/run", "progress=false"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_metrics(tmp_path / "run")
+    rule = KLPenaltyLoss(kl_target=0.01)
+    start = 1.0
+    for row in rows:
+        assert row["beta_min"] <= min(start, row["beta"]) and max(start, row["beta"]) <= row["beta_max"]
+        d = row["kl_last"]
+        before = {row["beta"] / 2: d > 0.015, row["beta"] * 2: d < 0.01 / 1.5, row["beta"]: 0.01 / 1.5 <= d <= 0.015}
+        previous = [b for b, ok in before.items() if ok]
+        assert len(previous) == 1 and rule.next_beta(previous[0], d) == row["beta"]
+        assert row["beta_min"] <= previous[0] <= row["beta_max"]
+        start = row["beta"]
+    assert any(row["beta_max"] > 4 * row["beta_min"] for row in rows), "beta never moved within an iteration"
+
+
+# -- the plain policy gradient (loss=pg) ---------------------------------------------------------
+
+def gaussian_policy_batch(seed=0, n=128):
+    """A batch from a moved Gaussian policy, and what a torch.distributions reference needs."""
+    torch.manual_seed(seed)
+    policy = MLPActorCritic(gym.spaces.Box(-np.inf, np.inf, (5,)), gym.spaces.Box(-1, 1, (3,)), policy_gain=1.0)
+    obs = torch.randn(n, 5)
+    with torch.no_grad():
+        old = policy.distribution(obs)
+        actions = old.sample()
+        old_log_prob, old_params = old.log_prob(actions), old.params()
+    advantages = torch.randn(n)
+    return policy, obs, actions, old_log_prob, old_params, advantages
+
+
+def test_pg_loss_value_and_gradient_match_torch_distributions():
+    policy, obs, actions, old_log_prob, old_params, adv = gaussian_policy_batch()
+    dist = policy.distribution(obs)
+    pb = PolicyBatch(dist.log_prob(actions), old_log_prob, adv, dist, policy.distribution_from_params(old_params))
+    ours = PGLoss()(pb)
+    grads = torch.autograd.grad(ours, list(policy.parameters()), allow_unused=True)
+    mean = policy.actor(obs)
+    reference = -(torch.distributions.Normal(mean, policy.log_std.exp(), validate_args=True)
+                  .log_prob(actions).sum(-1) * adv).mean()
+    ref_grads = torch.autograd.grad(reference, list(policy.parameters()), allow_unused=True)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_pg_gradient_equals_the_cpi_gradient_at_pi_old():
+    """grad E[log pi A] = grad E[r A] at theta = theta_old (r = 1): the two losses differ only
+    once the policy has moved."""
+    policy, obs, actions, old_log_prob, old_params, adv = gaussian_policy_batch(seed=1)
+
+    def grads(loss_cls):
+        dist = policy.distribution(obs)
+        pb = PolicyBatch(dist.log_prob(actions), old_log_prob, adv, dist, policy.distribution_from_params(old_params))
+        return torch.autograd.grad(loss_cls()(pb), [p for p in policy.parameters()], allow_unused=True)
+
+    for g_pg, g_cpi in zip(grads(PGLoss), grads(CPILoss)):
+        if g_pg is not None:
+            torch.testing.assert_close(g_pg, g_cpi, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        policy.log_std.add_(0.3)  # moved: r != 1, the gradients now differ
+    different = [not torch.allclose(a, b) for a, b in zip(grads(PGLoss), grads(CPILoss)) if a is not None]
+    assert any(different)
 
 
 def test_minibatch_slices_are_near_equal_and_cover_the_batch():

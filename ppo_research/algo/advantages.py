@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError
 
@@ -112,3 +113,41 @@ class NStepTD:
                 open_ &= ~stop
             targets[t] = total + discount * bootstrap
         return np.where(valid, targets - values, 0.0).astype(np.float32)
+
+
+class AdvantageRefresh:
+    """A rollout's advantages and value targets re-estimated with the current value function.
+
+    ``algo.recompute_advantages``: the update calls this at the start of every epoch after the
+    first (the first epoch's advantages were just computed with the same network). V is
+    re-evaluated on every stored observation and on the observation after the rollout
+    (``last_obs``), so next_values and the bootstraps of truncated episodes use the current V
+    too; the estimator then runs as in step 2. Returns the valid samples' (advantages, returns =
+    advantages + V_current), flattened in ``Batch.from_rollout``'s order (time-major, then env).
+    """
+
+    def __init__(self, estimator: AdvantageEstimator, rollout, last_obs: np.ndarray, policy):
+        self.estimator, self.rollout, self.policy = estimator, rollout, policy
+        self.last_obs = np.array(last_obs, dtype=np.float32, copy=True)  # obs_T, fixed during the update
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """V_current of the stored observations [T, N] and of obs_T [N]."""
+        r = self.rollout
+        T, N = r.values.shape
+        obs = np.concatenate([r.obs.reshape(T * N, *r.obs.shape[2:]), self.last_obs])
+        with torch.no_grad():
+            v = self.policy.value(torch.from_numpy(obs)).numpy()
+        return v[:T * N].reshape(T, N), v[T * N:]
+
+    def advantages(self) -> tuple[np.ndarray, np.ndarray]:
+        """[T, N] advantages and values, both with the current value function."""
+        r = self.rollout
+        values, last = self.values()
+        next_values = np.concatenate([values[1:], last[None]], axis=0)
+        return self.estimator(r.rewards, values, next_values, r.terminated, r.episode_end, r.valid), values
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        advantages, values = self.advantages()
+        valid = self.rollout.valid
+        adv = advantages[valid]
+        return torch.from_numpy(adv), torch.from_numpy((adv + values[valid]).astype(np.float32))

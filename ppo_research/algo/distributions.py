@@ -1,8 +1,11 @@
-"""Action distributions with closed-form log-prob, entropy and KL.
+"""Action distributions with closed-form log-prob and KL (and entropy, where one exists).
 
 Small hand-written classes instead of ``torch.distributions``: no argument validation and no
 object graph per call on the hot path, and the parameters can be stored in the rollout so the
 analytic KL(pi_old || pi_new) is available to the losses.
+
+``TanhGaussian`` (a Gaussian squashed into (-1, 1)) has no closed-form entropy: its
+``entropy()`` is a one-sample, reparameterised Monte-Carlo estimate (see the class).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Protocol
 import torch
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
 
 
 class Distribution(Protocol):
@@ -68,6 +72,48 @@ class DiagGaussian:
         log_ratio = self.log_std - other.log_std
         mean_term = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
         return 0.5 * (torch.exp(2.0 * log_ratio) + mean_term - 1.0).sum(-1) - log_ratio.sum(-1)
+
+
+def log1m_tanh_sq(u: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for any u."""
+    return 2.0 * (_LOG_2 - u - torch.nn.functional.softplus(-2.0 * u))
+
+
+class TanhGaussian(DiagGaussian):
+    """a = tanh(u) with u ~ N(mean, std^2) per dimension: a Gaussian squashed into (-1, 1).
+
+    ``mean`` and ``log_std`` are those of u; ``params()``/``from_params`` store them as
+    DiagGaussian does.
+
+    - log-prob, by the change of variables: log pi(a) = log N(u) - sum_i log(1 - tanh(u_i)^2),
+      u = atanh(a). Actions are clamped to +-(1 - 1e-6) before atanh (float32 tanh rounds to
+      +-1 beyond |u| ~ 9), so a saturated action's log-prob is that of |u| = atanh(1 - 1e-6) ~ 7.25;
+      the rollout's log pi_old is computed from the stored action the same way, so the ratio
+      pi/pi_old is exactly 1 before the first step.
+    - KL(p || q) is the Gaussians' analytic KL: KL is invariant under the bijection tanh.
+    - entropy has no closed form. ``entropy()`` returns H[N(mean, std)] + sum_i log(1 - tanh(u_i)^2)
+      for one fresh u = mean + std * eps per state (eps from torch's generator): an unbiased
+      estimate of the squashed entropy whose gradient (reparameterised) is unbiased too. It is
+      noisy per state and averages over a minibatch; ``mode()`` is tanh(mean).
+    """
+
+    #: actions are clamped to +-(1 - ACTION_EPS) before atanh
+    ACTION_EPS = 1e-6
+
+    def sample(self) -> torch.Tensor:
+        return torch.tanh(super().sample())
+
+    def mode(self) -> torch.Tensor:
+        return torch.tanh(self.mean)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        bound = 1.0 - self.ACTION_EPS
+        u = torch.atanh(actions.clamp(-bound, bound))
+        return super().log_prob(u) - log1m_tanh_sq(u).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        u = self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+        return super().entropy() + log1m_tanh_sq(u).sum(-1)
 
 
 class Categorical:

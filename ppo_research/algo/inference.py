@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
+from .distributions import TanhGaussian
+
 if TYPE_CHECKING:
     from .networks import ActorCritic
 
@@ -48,11 +50,17 @@ class MirrorSpec:
     distribution: str  # "gaussian" (head = mean, or [mean | log_std]) or "categorical" (head = logits)
     log_std: Optional[np.ndarray] = None  # a state-independent Gaussian's log-std, already clamped
     log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # clamp for a state-dependent log-std
+    # A state-dependent std's transform of the head's second half: log(exp(raw) + std_min)
+    # ("exp"; raw itself when std_min = 0) or log(softplus(raw) + std_min) ("softplus").
+    std_param: str = "exp"
+    std_min: float = 0.0
+    squash: Optional[str] = None  # "tanh": action = tanh(Gaussian sample), log-prob as TanhGaussian's
 
 
 #: What a mirror spec stands for: a subclass that redefines any of these without redefining
 #: ``mirror_spec`` too is run by torch.
-MIRRORED_MATHS = ("forward", "distribution", "value", "distribution_from_params", "_make_distribution")
+MIRRORED_MATHS = ("forward", "distribution", "value", "distribution_from_params", "_make_distribution",
+                  "action_log_std")
 
 
 def _owner(cls: type, name: str) -> Optional[type]:
@@ -72,6 +80,8 @@ def declared_spec(policy: "ActorCritic") -> Optional[MirrorSpec]:
     spec = policy.mirror_spec()
     if spec is None or spec.activation not in NUMPY_ACTIVATIONS or len(spec.policy) != len(spec.value):
         return None
+    if spec.std_param not in ("exp", "softplus") or spec.squash not in (None, "tanh"):
+        return None  # maths this mirror does not know
     return spec
 
 
@@ -143,8 +153,15 @@ class NumpyPolicy:
 
     def _mean_log_std(self, head: np.ndarray):
         if self.state_dependent_std:
-            mean, log_std = np.split(head, 2, axis=-1)
-            return mean, np.clip(log_std, *self.spec.log_std_bounds)
+            mean, raw = np.split(head, 2, axis=-1)
+            spec = self.spec
+            if spec.std_param == "softplus":
+                log_std = np.log(np.logaddexp(np.float32(0.0), raw) + np.float32(spec.std_min))
+            elif spec.std_min != 0.0:
+                log_std = np.logaddexp(raw, np.float32(math.log(spec.std_min)))
+            else:
+                log_std = raw
+            return mean, np.clip(log_std, *spec.log_std_bounds)
         return head, self.spec.log_std
 
     def act(self, obs: np.ndarray):
@@ -153,8 +170,11 @@ class NumpyPolicy:
             mean, log_std = self._mean_log_std(head)
             noise = torch.randn(mean.shape).numpy()  # the torch generator, as the torch path
             action = mean + np.exp(log_std) * noise
-            # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
-            log_prob = -0.5 * (noise * noise).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
+            if self.spec.squash == "tanh":
+                action, log_prob = _tanh_gaussian(action, mean, log_std)
+            else:
+                # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
+                log_prob = -0.5 * (noise * noise).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
             params = np.empty((len(mean), 2 * mean.shape[-1]), np.float32)
             params[:, :mean.shape[-1]], params[:, mean.shape[-1]:] = mean, log_std
         else:
@@ -173,7 +193,23 @@ class NumpyPolicy:
     def mode(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic action: the Gaussian mean, or the most likely discrete action."""
         head = self._heads(obs)[0]
-        return self._mean_log_std(head)[0] if self.gaussian else head.argmax(-1)
+        if not self.gaussian:
+            return head.argmax(-1)
+        mean = self._mean_log_std(head)[0]
+        return np.tanh(mean) if self.spec.squash == "tanh" else mean
+
+
+def _tanh_gaussian(u: np.ndarray, mean: np.ndarray, log_std: np.ndarray):
+    """(a, log pi(a)) for a = tanh(u): TanhGaussian's maths in float32, the log-prob computed
+    from the clamped action as torch computes it at update time (so the ratio starts at 1)."""
+    f32 = np.float32
+    action = np.tanh(u).astype(f32, copy=False)
+    bound = f32(1.0 - TanhGaussian.ACTION_EPS)
+    x = np.arctanh(np.clip(action, -bound, bound))
+    z = (x - mean) * np.exp(-log_std)
+    gauss = -0.5 * (z * z).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
+    log1m_tanh_sq = 2.0 * (f32(math.log(2.0)) - x - np.logaddexp(f32(0.0), f32(-2.0) * x))
+    return action, gauss - log1m_tanh_sq.sum(-1)
 
 
 def rollout_policy(policy: "ActorCritic"):

@@ -54,6 +54,8 @@ class PolicyLoss:
         every epoch or minibatch when ``adapt_every`` asks for it."""
 
     def log_values(self) -> dict[str, float]:
+        """The loss's state for the metrics row of the iteration that just ended. Called once per
+        iteration, after its ADAPT step; statistics over the iteration restart from here."""
         return {}
 
     def state_dict(self) -> dict:
@@ -84,6 +86,19 @@ class CPILoss(PolicyLoss):
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
         return -(batch.ratio * batch.advantages).mean()
+
+
+class PGLoss(PolicyLoss):
+    """L^PG = E[log pi_theta(a|s) A]: the plain policy gradient, no ratio, clip or penalty.
+
+    Its gradient is E[grad log pi_theta A], the likelihood-ratio (REINFORCE with a baseline)
+    estimator, which equals L^CPI's gradient at theta = theta_old. With ``algo.num_epochs`` > 1
+    every later step takes that gradient at the current theta on pi_old's samples with no
+    importance correction (use num_epochs=1 for the textbook on-policy estimator).
+    """
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        return -(batch.log_prob * batch.advantages).mean()
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -139,6 +154,7 @@ class KLPenaltyLoss(PolicyLoss):
         self.low_threshold, self.high_threshold, self.factor = low_threshold, high_threshold, factor
         self.beta_min, self.beta_max = beta_min, beta_max
         self.epsilon = epsilon
+        self._restart_window()
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
         if self.epsilon is None:
@@ -161,6 +177,14 @@ class KLPenaltyLoss(PolicyLoss):
     def observe_kl(self, kl: float, granularity: str) -> None:
         if granularity == self.adapt_every:
             self.beta = self.next_beta(self.beta, kl)
+            self._low, self._high = min(self._low, self.beta), max(self._high, self.beta)
+            self._kl_last = kl
+
+    def _restart_window(self) -> None:
+        """Start an iteration's record of beta: its range (from the current value) and the
+        last d the rule saw."""
+        self._low = self._high = self.beta
+        self._kl_last = float("nan")
 
     def next_beta(self, beta: float, d: float) -> float:
         """The adaptive rule: one step of beta given the measured divergence d."""
@@ -175,10 +199,19 @@ class KLPenaltyLoss(PolicyLoss):
         return beta
 
     def log_values(self) -> dict[str, float]:
-        return {"beta": self.beta}
+        """``beta``: its value at the end of the iteration (what the next iteration starts from).
+        When beta adapts within an iteration (adapt_every = epoch | minibatch) also ``beta_min``
+        and ``beta_max``, the range of the values it took in the iteration (its starting value
+        included), and ``kl_last``, the last d the rule saw (nan if the rule never ran)."""
+        values = {"beta": self.beta}
+        if self.adapt_every in ("epoch", "minibatch"):
+            values.update(beta_min=self._low, beta_max=self._high, kl_last=self._kl_last)
+        self._restart_window()
+        return values
 
     def state_dict(self) -> dict:
         return {"beta": self.beta}
 
     def load_state_dict(self, state: dict) -> None:
         self.beta = float(state["beta"])
+        self._restart_window()

@@ -15,10 +15,36 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .distributions import Categorical, DiagGaussian, Distribution
+from .distributions import Categorical, DiagGaussian, Distribution, TanhGaussian
 from .inference import MirrorSpec
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
+STD_PARAMS = ("exp", "softplus")
+SQUASHES = ("none", "tanh")
+
+
+def _std_raw_init(std_param: str, std_init: Optional[float], std_min: float, log_std_init: float) -> float:
+    """The free std parameter's initial value (``raw``) that gives the initial std.
+
+    The initial std is ``std_init``, or exp(log_std_init) when std_init is None (today's
+    default: log_std_init = 0, std 1). exp: std = exp(raw) + std_min, so raw = log(std - std_min);
+    softplus: std = softplus(raw) + std_min, so raw = log(expm1(std - std_min)).
+    """
+    if std_param not in STD_PARAMS:
+        raise ConfigError("network.std_param", std_param, f"one of {', '.join(STD_PARAMS)}")
+    if std_min < 0:
+        raise ConfigError("network.std_min", std_min, "a value >= 0")
+    if std_init is not None and log_std_init != 0.0:
+        raise ConfigError("network.std_init", std_init, f"null when network.log_std_init={log_std_init} is set "
+                                                        "(both give the initial std: set one)")
+    if std_init is None and std_param == "exp" and std_min == 0.0:
+        return float(log_std_init)  # exactly today's initial log-std
+    std = math.exp(log_std_init) if std_init is None else std_init
+    if not std > std_min:
+        key, value = ("network.std_init", std_init) if std_init is not None else ("network.log_std_init", log_std_init)
+        raise ConfigError(key, value, f"an initial std above network.std_min={std_min}")
+    excess = std - std_min
+    return math.log(excess) if std_param == "exp" else math.log(math.expm1(excess))
 
 
 class ActorCritic(nn.Module):
@@ -94,8 +120,12 @@ class _Heads(ActorCritic):
         value_gain: float = 1.0,
         log_std_init: float = 0.0,
         state_dependent_std: bool = False,
-        log_std_min: float = -20.0,  # log-std clamp, as in the seed
+        log_std_min: float = -20.0,  # clamp of the final log-std, as in the seed
         log_std_max: float = 2.0,
+        std_param: str = "exp",  # std = exp(raw) + std_min, or softplus(raw) + std_min
+        std_init: Optional[float] = None,  # initial std; None = exp(log_std_init)
+        std_min: float = 0.0,  # added to the transformed std
+        squash: str = "none",  # "tanh": actions are tanh of the Gaussian sample (TanhGaussian)
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -112,20 +142,31 @@ class _Heads(ActorCritic):
         self._value_gain = value_gain if ortho_init else None
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.state_dependent_std = state_dependent_std
+        self.std_param, self.std_min, self.squash = std_param, float(std_min), squash
+        self._std_raw_init = _std_raw_init(std_param, std_init, std_min, log_std_init)
+        if squash not in SQUASHES:
+            raise ConfigError("network.squash", squash, f"one of {', '.join(SQUASHES)}")
 
+        # The free std parameter (state-independent case): ``log_std`` for exp, ``std_raw`` for
+        # softplus (the softplus input), None otherwise.
+        self.log_std = self.std_raw = None
         if isinstance(action_space, gym.spaces.Box):
-            self._dist_cls = DiagGaussian
+            self._dist_cls = TanhGaussian if squash == "tanh" else DiagGaussian
             self.action_dim = int(np.prod(action_space.shape))
             head_out = 2 * self.action_dim if state_dependent_std else self.action_dim
-            self.log_std = None if state_dependent_std else nn.Parameter(
-                torch.full((self.action_dim,), float(log_std_init)))
-            self._log_std_init = log_std_init
+            if not state_dependent_std:
+                free = nn.Parameter(torch.full((self.action_dim,), self._std_raw_init))
+                if std_param == "exp":
+                    self.log_std = free
+                else:
+                    self.std_raw = free
         elif isinstance(action_space, gym.spaces.Discrete):
             self._dist_cls = Categorical
             if state_dependent_std:
                 raise ConfigError("network.state_dependent_std", True, "false for a discrete action space")
+            if squash != "none":
+                raise ConfigError("network.squash", squash, "none for a discrete action space")
             head_out = int(action_space.n)
-            self.log_std = None
         else:
             raise ConfigError("env.id", type(action_space).__name__, "Box or Discrete action spaces")
         self._head_out = head_out
@@ -141,29 +182,42 @@ class _Heads(ActorCritic):
         return MLP(sizes, self.activation, gains, activate_last=n_out is None)
 
     def _init_std_bias(self, head: nn.Linear) -> None:
-        if self.state_dependent_std and self._dist_cls is DiagGaussian:
-            with torch.no_grad():  # start the log-std half at log_std_init
-                head.bias[self.action_dim:] = float(self._log_std_init)
+        if self.state_dependent_std and self._dist_cls is not Categorical:
+            with torch.no_grad():  # start the std half at the initial std
+                head.bias[self.action_dim:] = self._std_raw_init
 
     def _spec(self, trunk: list, policy: list, value: list) -> MirrorSpec:
-        gaussian = self._dist_cls is DiagGaussian
+        gaussian = self._dist_cls is not Categorical
         log_std = None
         if gaussian and not self.state_dependent_std:
-            log_std = self.log_std.detach().clamp(self.log_std_min, self.log_std_max).numpy().copy()
+            with torch.no_grad():
+                log_std = self.action_log_std(self.log_std if self.std_param == "exp" else self.std_raw)
+            log_std = log_std.numpy().copy()
         return MirrorSpec(trunk=[_numpy(layer) for layer in trunk], policy=[_numpy(layer) for layer in policy],
                           value=[_numpy(layer) for layer in value], activation=self.activation,
                           distribution="gaussian" if gaussian else "categorical", log_std=log_std,
-                          log_std_bounds=(self.log_std_min, self.log_std_max))
+                          log_std_bounds=(self.log_std_min, self.log_std_max), std_param=self.std_param,
+                          std_min=self.std_min, squash=None if self.squash == "none" else self.squash)
+
+    def action_log_std(self, raw: torch.Tensor) -> torch.Tensor:
+        """The Gaussian's log-std from the free std parameter or head output ``raw``:
+        log(exp(raw) + std_min) or log(softplus(raw) + std_min), clamped to
+        [log_std_min, log_std_max] (as the seed does, but differentiably: the gradient is zero
+        outside the range). exp with std_min = 0 is raw itself."""
+        if self.std_param == "exp":
+            log_std = raw if self.std_min == 0.0 else torch.logaddexp(raw, torch.tensor(math.log(self.std_min)))
+        else:
+            log_std = torch.log(F.softplus(raw) + self.std_min)
+        return log_std.clamp(self.log_std_min, self.log_std_max)
 
     def _make_distribution(self, head_out: torch.Tensor) -> Distribution:
         if self._dist_cls is Categorical:
             return Categorical(head_out)
         if self.state_dependent_std:
-            mean, log_std = head_out.chunk(2, dim=-1)
+            mean, raw = head_out.chunk(2, dim=-1)
         else:
-            mean, log_std = head_out, self.log_std
-        # Clamp (as the seed does) but differentiably: the gradient is zero outside the range.
-        return DiagGaussian(mean, log_std.clamp(self.log_std_min, self.log_std_max))
+            mean, raw = head_out, (self.log_std if self.std_param == "exp" else self.std_raw)
+        return self._dist_cls(mean, self.action_log_std(raw))
 
 
 class MLPActorCritic(_Heads):

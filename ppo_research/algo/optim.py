@@ -33,9 +33,9 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
 class FlatAdam:
     """Adam (fused) with global grad-norm clipping over a module's flattened parameters."""
 
-    def __init__(self, module: nn.Module, lr: float, eps: float):
+    def __init__(self, module: nn.Module, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
         self.flat = flatten_parameters(module)
-        self.adam = torch.optim.Adam([self.flat], lr=lr, eps=eps, fused=True)
+        self.adam = torch.optim.Adam([self.flat], lr=lr, eps=eps, betas=tuple(betas), fused=True)
 
     @property
     def param_groups(self):

@@ -5,11 +5,16 @@ module owns what every loss shares: the value loss, the entropy bonus, advantage
 standardisation, gradient clipping, early stopping on KL and the divergence measurements.
 
     loss = policy term + c_v * value loss - c_e * entropy
+
+The value loss is 0.5 (V - R)^2 or the Huber loss of V - R (quadratic within huber_delta,
+linear beyond), optionally against V clipped around V_old (the max of the two). With
+``recompute_advantages`` the advantages and targets are re-estimated with the current value
+function at the start of every epoch after the first (``advantages.AdvantageRefresh``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -34,7 +39,18 @@ class UpdateSettings:
     max_grad_norm: Optional[float] = 0.5
     clip_value_loss: Optional[float] = None
     normalize_advantage: str = "minibatch"  # off | batch | minibatch
-    target_kl: Optional[float] = None  # stop the epochs before a minibatch whose k3 KL exceeds 1.5x this
+    # stop the epochs before any minibatch whose k3 estimate of KL(pi_old || pi), measured on that
+    # minibatch before its step, exceeds 1.5 x target_kl
+    target_kl: Optional[float] = None
+    value_loss: str = "mse"  # mse: 0.5 (V - R)^2 | huber: Huber loss with huber_delta
+    huber_delta: float = 1.0
+    recompute_advantages: bool = False  # re-estimate advantages with the current V each epoch after the first
+
+
+VALUE_LOSSES = ("mse", "huber")
+
+#: what the update returns, instead of statistics, for a batch with no sample
+SKIPPED = {"update_skipped": True, "epochs": 0}
 
 
 def minibatch_slices(n: int, size: int) -> list[slice]:
@@ -53,25 +69,49 @@ def kl_k3(log_ratio: torch.Tensor) -> float:
     return ((log_ratio.exp() - 1.0) - log_ratio).mean().item()
 
 
+def huber(error: torch.Tensor, delta: float) -> torch.Tensor:
+    """Elementwise Huber loss: 0.5 e^2 for |e| <= delta, delta (|e| - delta / 2) beyond."""
+    abs_error = error.abs()
+    return torch.where(abs_error <= delta, 0.5 * error.pow(2), delta * (abs_error - 0.5 * delta))
+
+
 def standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
 
 
 class PPOUpdate:
     def __init__(self, policy: ActorCritic, loss: PolicyLoss, optimizer: FlatAdam, settings: UpdateSettings):
+        if settings.value_loss not in VALUE_LOSSES:
+            raise ValueError(f"value_loss={settings.value_loss!r}: expected one of {VALUE_LOSSES}")
         self.policy, self.loss, self.optimizer, self.settings = policy, loss, optimizer, settings
 
-    def __call__(self, batch: Batch) -> dict:
+    def __call__(self, batch: Batch, refresh: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor]]] = None) -> dict:
         """K epochs over ``batch``; returns the mean loss terms, the epochs run, and the
-        divergence of the updated policy from pi_old over the whole batch."""
+        divergence of the updated policy from pi_old over the whole batch.
+
+        ``refresh`` (needed with ``recompute_advantages``) returns the batch's (advantages,
+        returns) re-estimated with the current value function. A batch with no sample (every env
+        was on a reset step: possible only with num_steps = 1) takes no step and returns
+        ``SKIPPED``. If target_kl stops the update before its first step, the loss terms and
+        clip_fraction are nan (none was computed) and the policy is unchanged.
+        """
         s = self.settings
+        if len(batch) == 0:
+            return dict(SKIPPED)
+        if s.recompute_advantages and refresh is None:
+            raise ValueError("recompute_advantages needs a refresh (advantages.AdvantageRefresh)")
         if s.normalize_advantage == "batch":
             batch.advantages = standardise(batch.advantages)
         minibatches = minibatch_slices(len(batch), s.minibatch_size)
         terms, log_ratios = [], []  # per minibatch, reduced once at the end (no sync per step)
         stop = False
         for epoch in range(s.num_epochs):
+            if epoch > 0 and s.recompute_advantages:
+                batch.advantages, batch.returns = refresh()
+                if s.normalize_advantage == "batch":
+                    batch.advantages = standardise(batch.advantages)
             shuffled = batch.permuted(torch.randperm(len(batch)))
+            steps_before = len(terms)
             for idx in minibatches:
                 pb, value = self.policy_batch(shuffled, idx)
                 if s.target_kl is not None and kl_k3(pb.log_ratio.detach()) > 1.5 * s.target_kl:
@@ -89,7 +129,7 @@ class PPOUpdate:
                 log_ratios.append(pb.log_ratio.detach())  # pre-step, as PPO reports them
                 if self.loss.adapt_every == "minibatch":  # d after this step, on this minibatch
                     self.loss.observe_kl(self.divergence(shuffled, idx)["kl"], "minibatch")
-            if self.loss.adapt_every == "epoch":
+            if self.loss.adapt_every == "epoch" and len(terms) > steps_before:  # only after an epoch that stepped
                 self.loss.observe_kl(self.divergence(batch)["kl"], "epoch")
             if stop:
                 break
@@ -119,8 +159,15 @@ class PPOUpdate:
         return pb, value
 
     def value_loss(self, value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        clip = s.clip_value_loss
+        if s.value_loss == "huber":
+            loss = huber(value - returns, s.huber_delta)
+            if clip is not None:
+                clipped = old_value + (value - old_value).clamp(-clip, clip)
+                loss = torch.max(loss, huber(clipped - returns, s.huber_delta))
+            return loss.mean()
         loss = (value - returns).pow(2)
-        clip = self.settings.clip_value_loss
         if clip is not None:
             clipped = old_value + (value - old_value).clamp(-clip, clip)
             loss = torch.max(loss, (clipped - returns).pow(2))
@@ -135,6 +182,9 @@ class PPOUpdate:
                 "ratio_min": pb.ratio.min().item(), "ratio_max": pb.ratio.max().item()}
 
     def _summarise(self, terms: list, log_ratios: list) -> dict:
+        if not terms:  # target_kl stopped before the first step: nothing was computed
+            nan = float("nan")
+            return {"policy_loss": nan, "value_loss": nan, "entropy": nan, "clip_fraction": nan}
         policy_loss, value_loss, entropy = torch.stack(terms).mean(0).tolist()
         log_ratio = torch.cat(log_ratios)
         clip_eps = self.loss.epsilon if self.loss.epsilon is not None else DEFAULT_CLIP_REPORT

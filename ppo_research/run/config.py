@@ -37,12 +37,17 @@ class AlgoConfig:
     learning_rate: float = field(default=3e-4, metadata=_in(0, None, True))  # Adam step size
     anneal_lr: bool = False  # linearly decay the learning rate to 0 over the run
     adam_eps: float = field(default=1e-5, metadata=_in(0, None, True))  # Adam epsilon
+    adam_beta1: float = field(default=0.9, metadata=_in(0, 1, False, True))  # Adam's first-moment decay (momentum)
+    adam_beta2: float = field(default=0.999, metadata=_in(0, 1, False, True))  # Adam's second-moment decay
     max_grad_norm: Optional[float] = field(default=0.5, metadata=_in(0, None, True))  # global grad-norm clip; null = off
     vf_coef: float = field(default=0.5, metadata=_in(0))  # weight of the value loss
     ent_coef: float = field(default=0.0, metadata=_in(0))  # weight of the entropy bonus
     clip_value_loss: Optional[float] = field(default=None, metadata=_in(0, None, True))  # clip V around old V; null = off
+    value_loss: str = field(default="mse", metadata={"choices": ("mse", "huber")})  # 0.5 (V - R)^2, or Huber with huber_delta
+    huber_delta: float = field(default=1.0, metadata=_in(0, None, True))  # Huber: quadratic for |V - R| <= delta, linear beyond
     normalize_advantage: str = field(default="minibatch", metadata={"choices": ("off", "batch", "minibatch")})  # where advantages are standardised
-    target_kl: Optional[float] = field(default=None, metadata=_in(0, None, True))  # stop the epochs early when KL exceeds it; null = off
+    recompute_advantages: bool = False  # re-estimate advantages and targets with the current V at the start of each epoch after the first
+    target_kl: Optional[float] = field(default=None, metadata=_in(0, None, True))  # stop the epochs before any minibatch whose k3 estimate of KL(pi_old || pi), taken on that minibatch before its step, exceeds 1.5 x target_kl; null = off
 
 
 @dataclass
@@ -238,13 +243,25 @@ def validate(cfg: DictConfig) -> Config:
 def check_action_space_settings(config: Config, network: dict, action_space) -> None:
     """Settings that only mean something for one kind of action space, checked against the env's.
 
-    Continuous-only (Box): a state-dependent Gaussian std, and ``env.action_mode=rescale`` (maps
-    [-1, 1] onto the Box bounds). Discrete-only: none exist yet; add them here.
+    Continuous-only (Box): a state-dependent Gaussian std, a tanh-squashed policy, and
+    ``env.action_mode=rescale`` (maps [-1, 1] onto the Box bounds). A tanh-squashed policy acts in
+    (-1, 1), so on a Box whose bounds are not [-1, 1] it needs ``env.action_mode=rescale``.
+    Discrete-only: none exist yet; add them here.
     """
+    import numpy as np
     from gymnasium import spaces
 
     kind = type(action_space).__name__
+    squash = network.get("squash", "none")
+    if isinstance(action_space, spaces.Box) and squash == "tanh" and config.env.action_mode != "rescale" \
+            and not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+        raise ConfigError("env.action_mode", config.env.action_mode,
+                          f"rescale with network.squash=tanh on {config.env.id}, whose action bounds are not "
+                          "[-1, 1] (tanh actions lie in (-1, 1))")
     if isinstance(action_space, spaces.Discrete):
+        if squash != "none":
+            raise ConfigError("network.squash", squash,
+                              f"none for {config.env.id}, whose action space is {kind} (a Gaussian-policy option)")
         if network.get("state_dependent_std"):
             raise ConfigError("network.state_dependent_std", network["state_dependent_std"],
                               f"false for {config.env.id}, whose action space is {kind} (a Gaussian-policy option)")

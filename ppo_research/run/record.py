@@ -17,14 +17,20 @@ from ..algo.batch import Rollout
 from .console import Progress
 from .loggers import MetricsFile, RunLogger, write_json_atomic
 
-#: the update statistics every metrics row carries, in this order
+#: the update statistics every metrics row carries, in this order (a skipped update: only epochs = 0)
 UPDATE_KEYS = ("policy_loss", "value_loss", "entropy", "kl", "clip_fraction", "approx_kl_k3", "ratio_min",
                "ratio_max", "epochs")
+
+#: why an iteration can take no update step, as the one-time warning says
+NO_VALID_SAMPLE = ("no valid sample: every env was on the reset step that follows an episode end "
+                   "(possible only with algo.num_steps=1)")
 
 
 def explained_variance(rollout: Rollout, advantages: np.ndarray) -> float:
     """1 - Var[R - V] / Var[R] over the valid steps (nan when the targets do not vary)."""
     valid = rollout.valid
+    if not valid.any():
+        return float("nan")
     returns = (advantages + rollout.values)[valid]
     var_returns = returns.var()
     return float("nan") if var_returns == 0 else float(1.0 - (returns - rollout.values[valid]).var() / var_returns)
@@ -37,19 +43,35 @@ class RunRecord:
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.last_eval: Optional[np.ndarray] = None
         self.metrics: Optional[MetricsFile] = None
+        self._warned_skip = False  # the no-valid-sample warning is printed once per run
         self.console: Optional[Progress] = None  # progress lines, or a bar on a terminal (run/console.py)
 
     def row(self, iteration: int, global_step: int, stats: dict, episodes: list[tuple[float, int]],
-            learning_rate: float, beta: dict, explained: float) -> dict:
-        """The metrics row of one iteration (timings are filled in by the trainer)."""
+            learning_rate: float, loss_values: dict, explained: float) -> dict:
+        """The metrics row of one iteration (timings are filled in by the trainer).
+
+        ``loss_values``: the loss's state at the end of the iteration (``beta``, and for beta
+        adapted within the iteration ``beta_min``/``beta_max``/``kl_last``). An iteration whose
+        update was skipped (``stats["update_skipped"]``: no valid sample) has
+        ``update_skipped: true``, ``epochs: 0`` and no other update statistic; the first such
+        iteration of a run also prints one warning line to stderr."""
         row = {"iteration": iteration, "global_step": global_step, "time_s": None, "sps": None}
         if episodes:
             self.recent_returns.extend(r for r, _ in episodes)
             row["episode_return"] = float(np.mean([r for r, _ in episodes]))
             row["episode_length"] = float(np.mean([n for _, n in episodes]))
             row["episodes"] = len(episodes)
-        row.update({k: stats[k] for k in UPDATE_KEYS})
-        row.update(beta)
+        if stats.get("update_skipped"):
+            row["update_skipped"] = True
+            row["epochs"] = 0
+            if not self._warned_skip:
+                self._warned_skip = True
+                print(f"warning: iteration {iteration} had {NO_VALID_SAMPLE}; its update was skipped and its "
+                      "metrics row says update_skipped=true (later ones only in their rows)",
+                      file=sys.stderr, flush=True)
+        else:
+            row.update({k: stats[k] for k in UPDATE_KEYS})
+        row.update(loss_values)
         row["learning_rate"] = learning_rate
         row["explained_variance"] = explained
         return row
@@ -78,7 +100,10 @@ class RunRecord:
             parts.append(f"eval {row['eval_return']:.1f}")
         if "beta" in row:
             parts.append(f"beta {row['beta']:.3g}")
-        parts.append(f"kl {row['kl']:.4f}")
+        if row.get("update_skipped"):
+            parts.append("update skipped (no valid sample)")
+        else:
+            parts.append(f"kl {row['kl']:.4f}")
         return " | ".join(parts)
 
     def summary(self, global_step: int, iterations: int, elapsed: float) -> dict:

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..algo.advantages import AdvantageRefresh
 from ..algo.batch import Batch
 from ..algo.inference import rollout_policy
 from ..algo.optim import FlatAdam
@@ -38,7 +39,8 @@ def update_settings(algo) -> UpdateSettings:
     return UpdateSettings(num_epochs=algo.num_epochs, minibatch_size=algo.minibatch_size, vf_coef=algo.vf_coef,
                           ent_coef=algo.ent_coef, max_grad_norm=algo.max_grad_norm,
                           clip_value_loss=algo.clip_value_loss, normalize_advantage=algo.normalize_advantage,
-                          target_kl=algo.target_kl)
+                          target_kl=algo.target_kl, value_loss=algo.value_loss, huber_delta=algo.huber_delta,
+                          recompute_advantages=algo.recompute_advantages)
 
 
 class Trainer:
@@ -54,7 +56,8 @@ class Trainer:
         self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
 
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs))
-        self.optimizer = FlatAdam(self.policy, lr=algo.learning_rate, eps=algo.adam_eps)
+        self.optimizer = FlatAdam(self.policy, lr=algo.learning_rate, eps=algo.adam_eps,
+                                  betas=(algo.adam_beta1, algo.adam_beta2))
         self.update = PPOUpdate(self.policy, self.loss, self.optimizer, update_settings(algo))
         self.actor = rollout_policy(self.policy)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
@@ -75,23 +78,26 @@ class Trainer:
             while self.iteration < self.num_iterations:
                 start = time.perf_counter()
                 lr = self.schedule_learning_rate()
-                beta = self.loss.log_values()
 
                 self.actor.sync()                                                     # theta_old <- theta
                 rollout, episodes = self.collector.collect(self.actor)                # 1. COLLECT
                 collected = time.perf_counter()
                 advantages = self.estimator(rollout.rewards, rollout.values, rollout.next_values,
                                             rollout.terminated, rollout.episode_end, rollout.valid)  # 2. ADVANTAGES
+                refresh = (AdvantageRefresh(self.estimator, rollout, self.envs.obs, self.policy)
+                           if self.cfg.algo.recompute_advantages else None)  # V_current each epoch
                 try:
-                    stats = self.update(Batch.from_rollout(rollout, advantages))      # 3. UPDATE
+                    stats = self.update(Batch.from_rollout(rollout, advantages), refresh)  # 3. UPDATE
                 except NonFiniteError as err:
                     raise err.at_iteration(self.iteration + 1) from None
-                self.loss.observe_kl(stats["kl"], "iteration")                         # 4. ADAPT
+                if not stats.get("update_skipped"):  # skipped: no valid sample, no step, no d
+                    self.loss.observe_kl(stats["kl"], "iteration")                     # 4. ADAPT
+                loss_values = self.loss.log_values()  # beta at the end of the iteration
                 updated = time.perf_counter()
 
                 self.iteration += 1                                                    # 5. RECORD
                 self.global_step += self.batch_size
-                row = self.record.row(self.iteration, self.global_step, stats, episodes, lr, beta,
+                row = self.record.row(self.iteration, self.global_step, stats, episodes, lr, loss_values,
                                       explained_variance(rollout, advantages))
                 self.record_iteration(row, start, collected, updated)
         return self.record.summary(self.global_step, self.iteration, self.elapsed)
