@@ -62,6 +62,21 @@ def is_terminal(stream: IO[str]) -> bool:
         return False
 
 
+def terminal_columns(stream: IO[str]) -> int:
+    """The terminal's width, 0 when it does not say (a pseudo-terminal nobody sized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def _fallback_columns() -> int:
+    try:
+        return max(40, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return 120
+
+
 class Progress:
     """Per-iteration progress: plain lines, or a tqdm bar when ``stream`` is a terminal."""
 
@@ -81,8 +96,10 @@ class Progress:
         if self._bar is None:
             from tqdm import tqdm
 
+            columns = terminal_columns(self.stream)
             self._bar = tqdm(total=self.total, initial=iteration - 1, file=self.stream, unit="it",
-                             desc=self.prefix.strip() or "train", dynamic_ncols=True, leave=True)
+                             desc=self.prefix.strip() or "train", leave=True,
+                             **({"dynamic_ncols": True} if columns else {"ncols": _fallback_columns()}))
         # the bar shows the iteration count and rate; the rest of the line is its postfix
         stats = line.split(" | ", 1)[1] if " | " in line else line
         self._bar.set_postfix_str(stats, refresh=False)

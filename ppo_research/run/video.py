@@ -16,6 +16,7 @@ single line naming what to install, instead of a backend's traceback or SDL's ow
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,9 @@ def check_writer(path: Path) -> None:
 def render_frame(env) -> np.ndarray:
     """One ``rgb_array`` frame of ``env``, or a RenderError saying what is missing."""
     try:
-        frame = env.render()
+        with warnings.catch_warnings():  # backends warn on their way to failing (GLFW: "no display")
+            warnings.simplefilter("ignore")
+            frame = env.render()
     except Exception as err:  # DependencyNotInstalled (pygame), mujoco.FatalError, GL errors, ...
         raise RenderError(_render_failure(env, err)) from None
     if frame is None or np.ndim(frame) != 3:

@@ -15,7 +15,7 @@ Box spaces, int64 [batch] for Discrete ones.
     onnx    an ONNX model (``torch.onnx.export`` of the ``torch.export`` program); run it with
             ``onnxruntime.InferenceSession(path).run(None, {"obs": obs})[0]``. The run's
             description is in the model's metadata_props (key ``ppo_research``, JSON).
-    torch   a ``torch.export`` program (``torch.export.save``); run it with
+    torch   a ``torch.export`` program (``torch.export.save``, a ``.pt2`` file); run it with
             ``torch.export.load(path).module()(obs)``. The description is the extra file
             ``ppo_research.json``.
 
@@ -113,6 +113,8 @@ def write(loaded: LoadedRun, fmt: str, out: Path) -> tuple[Path, dict]:
     out = Path(out)
     if not out.parent.exists():
         raise PlayError(f"cannot write {out}: directory {out.parent} does not exist")
+    if fmt == "torch" and out.suffix != ".pt2":
+        raise PlayError(f"cannot write {out}: torch.export programs are files ending in .pt2")
     if fmt == "onnx":
         _require("onnx", "onnxscript")
     env = loaded.make_env()
