@@ -123,3 +123,22 @@ def test_bad_tensorboard_settings_are_one_line(tmp_path, override, expected):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def test_resume_from_an_earlier_checkpoint_purges_the_rewound_events(tmp_path):
+    """A run resumed from iteration 2 of 4 (its last checkpoint lost): the first segment's events
+    at iterations 3-4 are purged (SummaryWriter's purge_step), the curves hold each step once,
+    with the resumed values."""
+    run_dir = tmp_path / "run"
+    first = run_cli(["logger=tensorboard", *RUN, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir / "checkpoints" / "ckpt_00000004.pt").unlink()
+    second = run_cli([f"resume={run_dir}"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "from iteration 2 (global step 256)" in second.stderr
+    rows = read_metrics(run_dir)
+    acc = accumulate(run_dir / "tensorboard")
+    for key in ("kl", "policy_loss", "episode_return"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [r["global_step"] for r in rows if key in r], key
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows if key in r], rel=1e-6), key
