@@ -4,6 +4,7 @@ deterministic policy without ppo_research."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, read_summary, run_cli
+from conftest import REPO, TINY, read_summary, run_cli
 from ppo_research.tools import export as export_tool
 from ppo_research.tools.play import PlayError, load_run, play
 
@@ -169,6 +170,23 @@ def test_video_of_a_classic_control_episode(runs, tmp_path, suffix):
         assert 2 <= len(frames) <= length + 1  # GIF writers merge identical consecutive frames
     _assert_moving(frames)
     assert f"video of episode 0 ({length + 1} frames): {path}" in result.stdout
+
+
+@pytest.mark.parametrize("blocked, video, message", [
+    ("pygame", "v.mp4", "error: cannot render CartPole-v1 (DependencyNotInstalled: pygame is not installed"),
+    ("imageio_ffmpeg", "v.mp4", "error: writing an MP4 needs the imageio-ffmpeg package, which is not installed"),
+])
+def test_a_missing_video_package_is_one_line(runs, tmp_path, blocked, video, message):
+    """The package made unimportable (as if not installed): one line naming the extra, exit 2,
+    no file written, nothing on stdout."""
+    code = (f"import sys; sys.modules[{blocked!r}] = None; from ppo_research.tools.play import main; "
+            f"raise SystemExit(main([{str(runs['cartpole'])!r}, '--episodes', '1', '--video', {video!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message) and 'pip install -e ".[video]"' in lines[0], result.stderr
+    assert result.stdout == "" and not (tmp_path / video).exists()
 
 
 def test_video_of_a_mujoco_episode(tmp_path):

@@ -57,11 +57,14 @@ def check_writer(path: Path) -> None:
     if suffix == ".mp4":
         try:
             import imageio_ffmpeg
-
+        except ImportError:
+            raise RenderError(f"writing an MP4 needs the imageio-ffmpeg package, which is not installed: "
+                              f"{EXTRA_HINT}, or write a .gif") from None
+        try:
             imageio_ffmpeg.get_ffmpeg_exe()
-        except (ImportError, RuntimeError) as err:
-            raise RenderError(f"writing an MP4 needs imageio-ffmpeg ({_first_line(err)}): {EXTRA_HINT}, "
-                              "or write a .gif") from None
+        except RuntimeError as err:  # the wheel's ffmpeg binary is missing
+            raise RenderError(f"writing an MP4 needs imageio-ffmpeg's ffmpeg binary ({_first_line(err)}): "
+                              f"{EXTRA_HINT}, or write a .gif") from None
     if not Path(path).parent.exists():
         raise RenderError(f"cannot write video {path}: directory {Path(path).parent} does not exist")
 
