@@ -209,10 +209,6 @@ def test_crashing_trial_is_fail_and_the_study_goes_on(pg, tmp_path, workers):
     assert "FAIL" in (w.out / STUDY / "trials.md").read_text()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "ppo_research.sweep: workers started at the same moment against an empty PostgreSQL database "
-    "race to create optuna's tables; make_storage() (RDBStorage constructor) runs outside "
-    "create_study()'s retry loop, so the losers die with DuplicateTable/UniqueViolation"))
 def test_workers_started_at_once_on_an_empty_database(pg, tmp_path, workers):
     url = pg.create_database("simultaneous")
     spec = write_spec(tmp_path, trials=0, total_timesteps=256, enqueue=[{"loss.epsilon": 0.2}])

@@ -1,7 +1,7 @@
 """Actor-critic networks. Each class is one `network=` option.
 
 The observation and action spaces are passed at build time by the trainer
-(``instantiate(cfg.network, obs_space=..., action_space=...)``), never written into the config.
+(``run/build.py``: the spaces are keyword arguments of the constructor), never written into the config.
 """
 from __future__ import annotations
 

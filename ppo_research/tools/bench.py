@@ -34,19 +34,19 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
     import gymnasium as gym
 
     from ..run.compose import compose
-    from ..run.config import validate
+    from ..run.build import build
     from ..run.envs import make_env
-    from ..run.loggers import NullLogger  # TODO(lead): build path
-    from ..run.trainer import Trainer  # TODO(lead): build path
+    from ..run.trainer import Trainer
 
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
     if num_envs is not None:
         extra += [f"algo.num_envs={num_envs}", f"algo.num_steps={PAPER_BATCH // num_envs}"]
-    cfg = compose(extra + overrides).cfg
-    config = validate(cfg)  # TODO(lead): build path
+    composed = compose(extra + overrides)
+    parts = build(composed.cfg, composed.choices)
+    config = parts.config
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, cfg, Path(run_dir), NullLogger(), {})  # TODO(lead): build path
+        trainer = Trainer(parts, Path(run_dir))
         try:
             trainer.train()
         finally:
