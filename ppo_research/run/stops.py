@@ -1,5 +1,6 @@
 """Stop requests: SIGINT/SIGTERM finish the current iteration and checkpoint; a second signal
-exits at once."""
+exits at once. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
+(SIGUSR2 by default) stops the same way and then requeues the job (run/preemption.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,11 @@ from typing import Optional
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped training cleanly at an iteration boundary, after a checkpoint.
+    """A signal stopped training cleanly at an iteration boundary, after a checkpoint.
 
     A KeyboardInterrupt, so ``except Exception`` (Hydra's job runner, optuna's trial runner)
     lets it through: a stop request ends a multirun or a study instead of becoming a failed job.
+    A stop by a submitit job's warning signal is followed by a requeue (``preemption.after_stop``).
     """
 
     def __init__(self, signum: int, iteration: int, checkpoint: Path):
@@ -24,8 +26,13 @@ class TrainingInterrupted(KeyboardInterrupt):
                          f"checkpoint {checkpoint}")
 
 
+def _say(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 class StopRequests:
-    """Remembers the first SIGINT/SIGTERM; the trainer honours it between iterations."""
+    """Remembers the first stop signal; the trainer honours it between iterations."""
 
     def __init__(self):
         self.signal: Optional[int] = None
@@ -35,19 +42,38 @@ class StopRequests:
         if threading.current_thread() is not threading.main_thread():
             yield  # Python delivers signals to the main thread only
             return
+        from . import preemption
+
+        warning = preemption.job_warning()  # None unless this is a submitit job that can requeue
+        warn = warning.signum if warning is not None else None
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
+            if signum == warn:
+                if self.signal == warn:
+                    return  # already stopping for a requeue
+                again = self.signal is not None
+                self.signal = signum  # a pending SIGTERM/SIGINT stop becomes a stop-and-requeue
+                _say(f"\n{name}: the job's time limit or a preemption is near: "
+                     f"{'after this iteration' if again else 'finishing the current iteration, then'} writing a "
+                     f"checkpoint and requeueing the job\n")
+                return
+            if self.signal is not None and self.signal == warn and signum == signal.SIGTERM:
+                # SLURM follows its warning with SIGTERM when it ends the job anyway (KillWait
+                # seconds before SIGKILL): cutting the iteration short would lose the checkpoint.
+                _say(f"\n{name}: already stopping after this iteration to requeue the job\n")
+                return
             if self.signal is not None:
-                sys.stderr.write(f"\n{name} again: exiting at once, without a checkpoint\n")
-                sys.stderr.flush()
+                _say(f"\n{name} again: exiting at once, without a checkpoint\n")
                 os._exit(128 + signum)
             self.signal = signum
-            sys.stderr.write(f"\n{name}: finishing the current iteration, then writing a checkpoint "
-                             f"(send it again to exit at once)\n")
-            sys.stderr.flush()
+            _say(f"\n{name}: finishing the current iteration, then writing a checkpoint "
+                 f"(send it again to exit at once)\n")
 
         previous = {s: signal.signal(s, handler) for s in signals}
+        if warning is not None and warn not in previous:
+            previous[warn] = signal.signal(warn, handler)
+        preemption.arm(warning)  # kept after the loop: the requeue happens once the run is closed
         try:
             yield
         finally:

@@ -1,0 +1,179 @@
+"""Time limits and preemption of SLURM jobs (Hydra's submitit launcher): stop at the next
+iteration boundary with a checkpoint, requeue the job, and resume the run in place when the
+requeued job starts. docs/cluster.md, "Time limits and preemption", says how to configure it.
+
+How the pieces fit:
+
+- submitit asks SLURM for a warning signal ``signal_delay_s`` seconds before the job's end
+  (``#SBATCH --signal=USR2@<delay>``; SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says
+  otherwise) and installs its own handler for it in the job: that handler pickles the same call
+  again (the launcher's ``checkpoint()``), runs ``scontrol requeue <job>`` and exits.
+- While the trainer loops, ``StopRequests`` (run/stops.py) takes that signal over
+  (``job_warning``/``arm``): the iteration in progress is finished, a checkpoint is written and
+  ``TrainingInterrupted`` ends the run, as for SIGTERM. Once the run is closed (files flushed,
+  wandb finished), ``after_stop`` hands over to submitit's handler. Outside the training loop
+  (start-up, closing) the signal reaches submitit's handler directly: the job is requeued at once
+  and the run's newest checkpoint, if any, is where it continues.
+- The requeued job runs the same Hydra job again, in the same run directory.
+  ``resumes_requeued`` recognises it (a marker naming this job, written before requeueing, or
+  SLURM's restart count) and the job resumes from the directory's newest checkpoint, appending
+  to the same ``metrics.jsonl`` and continuing the same wandb run (its id is in the checkpoint).
+
+Nothing here acts outside a submitit job: a plain ``python -m ppo_research`` run never
+auto-resumes, and a fresh job in a new directory starts fresh.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+#: Written into the run directory just before the job requeues itself; the requeued job whose
+#: submitit job id it names resumes the run (and removes it).
+MARKER = ".requeue.json"
+#: The run's files an attempt that wrote no checkpoint leaves behind (run/owner.py RUN_FILES
+#: without summary.json, which only a finished run has): set aside before starting over.
+_UNFINISHED_SUFFIX = ".before_requeue"
+
+
+@dataclass
+class JobWarning:
+    """The job's time-limit/preemption warning: its signal and submitit's handler of it."""
+
+    signum: int
+    handler: Callable[[int, Any], None]
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+_armed: Optional[JobWarning] = None  # set while (and after) the trainer listens for the warning
+
+
+def job_warning() -> Optional[JobWarning]:
+    """In a submitit job whose runner handles the warning signal: that signal and submitit's
+    handler; otherwise None (a plain run, a test, an optuna worker)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    env_module = sys.modules.get("submitit.core.job_environment")  # loaded by the job runner
+    if env_module is None:
+        return None
+    try:
+        signum = env_module.JobEnvironment._usr_sig()  # SIGUSR2, or SUBMITIT_PREEMPT_SIGNAL
+    except (RuntimeError, AttributeError):
+        return None
+    handler = signal.getsignal(signum)
+    if not isinstance(getattr(handler, "__self__", None), env_module.SignalHandler):
+        return None  # not submitit's requeueing handler: leave the signal alone
+    return JobWarning(int(signum), handler)
+
+
+def arm(warning: Optional[JobWarning]) -> None:
+    """Remember whose handler requeues the job (StopRequests calls this when it takes over)."""
+    global _armed
+    _armed = warning
+
+
+def job_id() -> Optional[str]:
+    """This process's submitit job id (``<array id>_<task>`` for an array task), or None."""
+    executor = os.environ.get("SUBMITIT_EXECUTOR")
+    if executor == "slurm" or (executor is None and os.environ.get("SLURM_JOB_ID")):
+        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    if executor == "local":
+        return os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def after_stop(err) -> Optional[str]:
+    """What a submitit job does after a signal stopped its run cleanly (``err``: the
+    TrainingInterrupted, seen once the run is closed: files flushed, wandb finished).
+
+    - The job's warning signal: requeue the job through submitit's handler, which exits the
+      process. If submitit does not requeue it (``max_num_timeout`` used up, ``scontrol`` failed),
+      returns one line saying so; the checkpoint stays for a resume by hand.
+    - SIGTERM/SIGINT in a submitit job (``scancel``, ``scontrol requeue``, a preemption without
+      the warning): one line and exit status 128 + N; if SLURM requeues the job, the requeued job
+      resumes the run (``resumes_requeued``).
+    - Anything else (not a submitit job): None, and the caller goes on as before.
+    """
+    warning = _armed
+    run_dir = Path(err.checkpoint).parent.parent
+    job = job_id()
+    if warning is None or err.signum != warning.signum:
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # the job ends here: a line, not a KeyboardInterrupt traceback
+            print(f"{err}; if SLURM requeues job {job}, it resumes from there (else: python -m ppo_research "
+                  f"resume={run_dir})", file=sys.stderr, flush=True)
+            raise SystemExit(128 + err.signum)
+        return None
+    marker = run_dir / MARKER
+    try:
+        marker.write_text(json.dumps({"job_id": job, "iteration": err.iteration, "checkpoint": str(err.checkpoint),
+                                      "signal": warning.name}) + "\n", encoding="utf-8")
+    except OSError:
+        pass  # SLURM's restart count still identifies the requeued job
+    print(f"{warning.name}: time limit or preemption ahead; requeueing job {job} through submitit (the requeued "
+          f"job resumes {run_dir} from {Path(err.checkpoint).name})", file=sys.stderr, flush=True)
+    try:
+        warning.handler(warning.signum, None)  # submitit: dump the call again, requeue, sys.exit
+        why = "submitit did not requeue it"
+    except Exception as failure:  # noqa: BLE001 - submitit's UncompletedJobError, a failing scontrol
+        why = _first_line(failure)
+    marker.unlink(missing_ok=True)
+    return (f"{warning.name}: job {job} not requeued ({why}); the run stopped after iteration {err.iteration} "
+            f"with checkpoint {err.checkpoint}; continue it with: python -m ppo_research resume={run_dir}")
+
+
+def _requeued_job(run_dir: Path) -> Optional[str]:
+    """Why this process is a requeued attempt of the job that wrote ``run_dir`` (None: it is not)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    job = job_id()
+    try:
+        marked = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marked = None
+    if isinstance(marked, dict) and job is not None and marked.get("job_id") == job:
+        return f"job {job} was requeued after {marked.get('signal', 'a warning signal')}"
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    if restarts.isdigit() and int(restarts) > 0:
+        return f"SLURM job {job} was requeued (restart {restarts})"
+    return None
+
+
+def resumes_requeued(run_dir: Path) -> bool:
+    """Whether this job is a requeued attempt of the run in ``run_dir`` that must continue it:
+    a submitit job that requeued itself (the marker names it) or that SLURM restarted
+    (``SLURM_RESTART_COUNT`` > 0), in a directory holding a run. An attempt that got no
+    checkpoint written leaves files but nothing to resume: they are set aside and the run starts
+    over. Anything else (a fresh job, a new directory, a plain run) gets False."""
+    from . import checkpoint
+    from .owner import holds_a_run
+
+    run_dir = Path(run_dir)
+    if not holds_a_run(run_dir):
+        return False
+    why = _requeued_job(run_dir)
+    if why is None:
+        return False
+    (run_dir / MARKER).unlink(missing_ok=True)
+    if checkpoint.latest(run_dir) is None:
+        for name in ("run.json", "metrics.jsonl"):
+            path = run_dir / name
+            if path.exists():
+                path.replace(path.with_name(name + _UNFINISHED_SUFFIX))
+        print(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
+              f"kept as *{_UNFINISHED_SUFFIX})", file=sys.stderr, flush=True)
+        return False
+    print(f"{why}: resuming {run_dir} in place from its newest checkpoint", file=sys.stderr, flush=True)
+    return True
