@@ -83,7 +83,7 @@ CASES = [
      "network.state_dependent_std=True is invalid: expected false for CartPole-v1, whose action space is Discrete"),
     ("rescale_on_discrete", ["env=cartpole", "env.action_mode=rescale"],
      "env.action_mode='rescale' is invalid: expected clip or none for CartPole-v1, whose action space is Discrete"),
-    ("typo_in_key", ["algo.nmu_envs=3"], "algo.nmu_envs='3' is invalid: expected a key of algo: adam_eps,"),
+    ("typo_in_key", ["algo.nmu_envs=3"], "algo.nmu_envs='3' is invalid: expected a key of algo: adam_beta1, adam_beta2, adam_eps,"),
     ("unparsable_override", ["seed=[1"], "cannot parse the override 'seed=[1'"),
     ("unknown_hydra_option", ["hydra/launcher=nope"], "Could not find 'hydra/launcher/nope': expected one of basic"),
     ("bad_interpolation", ["seed=${nope}"], "seed='${nope}' is invalid: expected a resolvable value"),
