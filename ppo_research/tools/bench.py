@@ -9,6 +9,11 @@ Each measurement runs in a fresh process (so peak RSS is that run's own) with lo
 the preset's settings otherwise; the table gives medians over --repeats. Training SPS is end to
 end (rollout, advantages, update, metrics.jsonl) and excludes only evaluation episodes.
 The raw env SPS steps the same vector env with random actions: the limit the trainer can reach.
+
+Every repeat of a case also times ``tools/reference_ppo.py`` - a straightforward single-file
+PyTorch PPO - at the preset's sizes (envs, horizon, epochs, minibatch, learning rate, gamma,
+lambda), right after the framework's run: ``x ref`` is the median of the per-repeat ratios,
+the figure to quote, since absolute SPS depends on the machine (``--no-reference`` skips it).
 """
 from __future__ import annotations
 
@@ -77,9 +82,28 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
+def measure_reference(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
+    """The reference PPO at the sizes the framework's run of ``env`` uses, in this process."""
+    from ..run.compose import compose
+    from ..run.config import validate
+    from . import reference_ppo
+
+    extra = [f"env={env}", "logger=none"]
+    if num_envs is not None:
+        extra += [f"algo.num_envs={num_envs}", f"algo.num_steps={PAPER_BATCH // num_envs}"]
+    cfg = compose(extra + overrides).cfg
+    algo = validate(cfg).algo
+    result = reference_ppo.train(cfg.env.id, steps, num_envs=algo.num_envs, num_steps=algo.num_steps,
+                                 num_epochs=algo.num_epochs, minibatch_size=algo.minibatch_size,
+                                 learning_rate=algo.learning_rate, gamma=cfg.advantage.gamma,
+                                 gae_lambda=cfg.advantage.get("lam", 0.95))
+    return {"reference_sps": result["sps"], "reference_peak_rss_mb":
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str], reference: bool = False) -> dict:
     cmd = [sys.executable, "-m", "ppo_research.bench", "--worker", env, "--steps", str(steps),
-           "--num-envs", str(num_envs or 0), "--", *overrides]
+           "--num-envs", str(num_envs or 0), *(["--reference-worker"] if reference else []), "--", *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: benchmark of {env} failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -93,13 +117,21 @@ def median_row(samples: list[dict]) -> dict:
         row[key + "_all"] = [round(s[key], 1) for s in samples]
     row["ratio"] = row["train_sps"] / row["raw_env_sps"]
     row["repeats"] = len(samples)
+    if all("reference_sps" in s for s in samples):
+        row["reference_sps"] = statistics.median(s["reference_sps"] for s in samples)
+        row["reference_sps_all"] = [round(s["reference_sps"], 1) for s in samples]
+        ratios = [s["train_sps"] / s["reference_sps"] for s in samples]
+        row["vs_reference"] = statistics.median(ratios)
+        row["vs_reference_all"] = [round(r, 2) for r in ratios]
     return row
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | num_envs | train SPS | rollout us/step | update us/step | raw env SPS | train/raw | peak RSS MB |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [f"| {r['env']} | {r['num_envs']} | {r['train_sps']:,.0f} | {r['rollout_us_per_step']:.0f} | "
+    head = ("| case | num_envs | train SPS | reference SPS | x ref | rollout us/step | update us/step | raw env SPS "
+            "| train/raw | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ref = lambda r, key, fmt: format(r[key], fmt) if key in r else "-"  # noqa: E731
+    lines = [f"| {r['env']} | {r['num_envs']} | {r['train_sps']:,.0f} | {ref(r, 'reference_sps', ',.0f')} | "
+             f"{ref(r, 'vs_reference', '.2f')} | {r['rollout_us_per_step']:.0f} | "
              f"{r['update_us_per_step']:.0f} | {r['raw_env_sps']:,.0f} | {r['ratio']:.2f} | {r['peak_rss_mb']:.0f} |"
              for r in rows]
     return "\n".join([head, *lines])
@@ -118,12 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20480, help="env steps per measured run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the table gives medians")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default outputs/bench/<time>.json)")
+    parser.add_argument("--no-reference", action="store_true", help="skip timing the reference PPO beside each run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--num-envs", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.num_envs or None, args.steps, overrides)))
+        run = measure_reference if args.reference_worker else measure
+        print(json.dumps(run(args.worker, args.num_envs or None, args.steps, overrides)))
         return
     if args.steps < 1 or args.repeats < 1:
         raise SystemExit("error: --steps and --repeats must be positive")
@@ -134,8 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         samples = []
         for rep in range(args.repeats):
             samples.append(run_worker(env, num_envs, args.steps, overrides))
-            print(f"{env} num_envs={samples[-1]['num_envs']} run {rep + 1}/{args.repeats}: "
-                  f"{samples[-1]['train_sps']:,.0f} SPS", file=sys.stderr, flush=True)
+            line = f"{env} num_envs={samples[-1]['num_envs']} run {rep + 1}/{args.repeats}: {samples[-1]['train_sps']:,.0f} SPS"
+            if not args.no_reference:  # timed right after, so both see the same machine
+                samples[-1].update(run_worker(env, num_envs, args.steps, overrides, reference=True))
+                line += (f"; reference {samples[-1]['reference_sps']:,.0f} SPS "
+                         f"(x{samples[-1]['train_sps'] / samples[-1]['reference_sps']:.2f})")
+            print(line, file=sys.stderr, flush=True)
         rows.append(median_row(samples))
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "processor": _cpu_model(), "date": datetime.now().isoformat(timespec="seconds")}
