@@ -2,6 +2,7 @@
 the value and what is allowed, before any training env starts, and never with a traceback."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -53,6 +54,8 @@ def made_dirs(root: Path) -> dict[str, Path]:
     for kind in ("torch", "pickle"):
         write_payload(root / f"payload_{kind}" / "checkpoints" / "ckpt_00000001.pt", root / f"pwned_{kind}", kind)
         dirs[f"payload_{kind}"] = root / f"payload_{kind}"
+    dirs["dangling"] = root / "dangling_link"
+    dirs["dangling"].symlink_to(root / "nowhere" / "run")
     return dirs
 
 
@@ -92,11 +95,54 @@ CASES = [
     ("resume_a_file", ["resume={file}"], "is invalid: expected a run directory (this is a file)"),
     ("resume_foreign_dir", ["resume={foreign}"], "resume='{foreign}' is invalid: expected a ppo_research run "
                                                  "directory holding checkpoints/ckpt_*.pt (none found)"),
-    ("resume_corrupt_checkpoint", ["resume={corrupt}"], "cannot load checkpoint {corrupt}/checkpoints/ckpt_00000002.pt"),
-    ("resume_other_format", ["resume={other_format}"], "is not a ppo_research checkpoint of format"),
+    ("resume_corrupt_checkpoint", ["resume={corrupt}"], "cannot resume {corrupt}: no usable checkpoint in "
+                                                         "{corrupt}/checkpoints (ckpt_00000002.pt: PytorchStreamReader"),
+    ("resume_other_format", ["resume={other_format}"], "ckpt_00000001.pt: not a ppo_research checkpoint of format"),
     ("resume_pickle_payload_torch", ["resume={payload_torch}"], "refused to unpickle Python objects"),
     ("resume_pickle_payload_raw", ["resume={payload_pickle}"], "refused to unpickle Python objects"),
     ("resume_with_multirun", ["-m", "resume={foreign}"], "not combined with --multirun"),
+    # issue 16: each of these ended in a traceback (status 1) before
+    ("tuple_observation_space", ["env.id=Blackjack-v1"],
+     "env.id='Blackjack-v1' is invalid: expected an env with a flat Box observation space (shape (n,)) and a Box or "
+     "Discrete action space; Blackjack-v1 has observation space Tuple(Discrete(32), Discrete(11), Discrete(2))"),
+    ("seed_negative", ["seed=-1"], "seed=-1 is invalid: expected a value in [0, inf)"),
+    ("env_needs_a_missing_module", ["env.id=tabular/Blackjack-v0"], "env.id='tabular/Blackjack-v0' is invalid: "
+                                                                    "expected an env"),
+    ("env_needs_shimmy", ["env.id=GymV26Environment-v0"],
+     "env.id='GymV26Environment-v0' is invalid: expected an env id that can be made (ImportError: "),
+    ("env_module_not_importable", ["env.id=nosuchmodule:Foo-v0"],
+     "env.id='nosuchmodule:Foo-v0' is invalid: expected an env id that can be made (ModuleNotFoundError: "
+     "No module named 'nosuchmodule'"),
+    ("env_kwarg_unknown", ["+env.kwargs.foo=1"],
+     "env.kwargs={'foo': 1} is invalid: expected keyword arguments that Pendulum-v1 accepts (TypeError: "),
+    ("env_kwarg_render_mode", ["+env.kwargs.render_mode=human"],
+     "env.kwargs={'render_mode': 'human'} is invalid: expected keyword arguments that Pendulum-v1 accepts"),
+    ("env_kwarg_fails_on_the_first_step", ["env=pendulum", "+env.kwargs.g=abc"],
+     "env.kwargs={'g': 'abc'} is invalid: expected keyword arguments with which Pendulum-v1 resets and steps "
+     "(TypeError: "),
+    ("loss_null", ["loss=null"], "loss=null is invalid: expected one of clip, cpi, klfixed, klpen"),
+    ("target_not_a_loss", ["loss._target_=builtins.dict"],
+     "loss._target_='builtins.dict' is invalid: expected a concrete PolicyLoss class"),
+    ("target_is_the_interface", ["loss._target_=ppo_research.algo.losses.PolicyLoss"],
+     "loss._target_='ppo_research.algo.losses.PolicyLoss' is invalid: expected a concrete PolicyLoss class"),
+    ("target_not_importable", ["loss._target_=ppo_research.losses.PolicyLoss"],
+     "loss._target_='ppo_research.losses.PolicyLoss' is invalid: expected an importable class"),
+    ("output_dir_under_proc", ["hydra.run.dir=/proc/ppo_research_nowhere/run"],
+     "cannot write the output directory: No such file or directory: /proc/ppo_research_nowhere"),
+    ("output_dir_dangling_symlink", ["hydra.run.dir={dangling}"], "cannot write the output directory: File exists: "
+                                                                  "{dangling}; it exists and is not a directory"),
+    ("network_too_big_for_memory", ["network.hidden_sizes=[1000000,1000000]"],
+     "network.hidden_sizes=[1000000, 1000000] is invalid: expected a network that fits in memory"),
+    ("rollout_too_big_for_memory", ["algo.num_steps=1000000000000"],
+     "algo.num_steps=1000000000000 is invalid: expected num_envs*num_steps small enough for the rollout to fit"),
+    ("torch_threads_overflow", ["torch_threads=100000"], "torch_threads=100000 is invalid: expected at most 1024"),
+    ("log_std_bounds_inverted", ["network.log_std_min=5", "network.log_std_max=-5"],
+     "network.log_std_min=5.0 is invalid: expected at most network.log_std_max=-5.0"),
+    # issue 14: a typo in a group's key names the valid keys, as a typo in algo.* does
+    ("typo_in_group_key", ["loss.epsilonn=0.3"], "loss.epsilonn='0.3' is invalid: expected a key of loss: epsilon"),
+    ("typo_in_klpen_key", ["loss=klpen", "loss.bta=3"], "loss.bta='3' is invalid: expected a key of loss: "
+                                                        "adapt_every, adaptive, beta,"),
+    ("unknown_top_level_key", ["+foo=1"], "foo=1 is invalid: expected a key of the top level: advantage, algo,"),
 ]
 
 
@@ -135,9 +181,8 @@ def test_bad_input_gives_one_line_and_no_traceback(outcomes, name):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and expected in lines[0], (lines[0], expected)
     assert "Traceback" not in result.stdout + result.stderr
-    # Rejected before training: nothing was logged or checkpointed.
-    assert not (run_dir / "metrics.jsonl").exists()
-    assert not checkpoint.list_checkpoints(run_dir)
+    # Rejected before training: no run directory is left behind (Hydra's is removed again).
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
 
 
 def test_pickle_payloads_never_run(outcomes, tmp_path):
@@ -167,7 +212,8 @@ def finished_run(tmp_path_factory):
     (["algo.num_envs=3"], "algo.num_envs=3 is invalid: expected 2 as in the run being resumed (a resume may "
                           "change only total_timesteps, progress, logger)"),
     (["env=pendulum"], "env='pendulum' is invalid: expected 'cartpole' as in the run being resumed"),
-    (["total_timesteps=100"], "total_timesteps=100 is invalid: expected at least 256"),
+    (["total_timesteps=100"], "total_timesteps=100 is invalid: expected at least 129: the run being resumed has done 2 "
+                              "iteration(s) of 128 steps (256 steps)"),
 ])
 def test_resume_refuses_changes_that_would_make_it_another_run(finished_run, tmp_path, args, expected):
     copy = tmp_path / "run"
@@ -207,14 +253,86 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_a_genuine_bug_keeps_its_traceback(tmp_path):
-    """Only expected failures are shortened: an exception from a bug still shows where it came from."""
-    script = ("import sys, ppo_research.run.app as app\n"
+def test_a_bug_ends_in_one_line_pointing_to_its_traceback(tmp_path):
+    """An unforeseen exception is not shortened into an invented message: one line names it and
+    the log file that holds its full traceback (the run directory's app.log), status 1."""
+    script = ("import sys, ppo_research.run.train as train, ppo_research.run.app as app\n"
               "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
-              "app.train_from_config = boom\n"
+              "train.train_from_config = boom\n"
               "sys.exit(app.cli(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", script, *BASE, f"hydra.run.dir={tmp_path / 'run'}"],
+    env.pop("HYDRA_FULL_ERROR", None)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", script, *BASE, f"hydra.run.dir={run_dir}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert "Traceback" in result.stderr and "ZeroDivisionError: a bug" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"error: unexpected ZeroDivisionError: a bug (a bug in ppo_research; the traceback is in "
+                    f"{run_dir / 'app.log'})")
+    log = (run_dir / "app.log").read_text()
+    assert "Traceback (most recent call last)" in log and "ZeroDivisionError: a bug" in log
+    assert "in boom" in log  # the frame that raised
+
+    # HYDRA_FULL_ERROR=1 asks for the traceback itself
+    result = subprocess.run([sys.executable, "-c", script, *BASE, f"hydra.run.dir={tmp_path / 'run2'}"],
+                            cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "ZeroDivisionError: a bug" in result.stderr and "Traceback" in result.stderr
+
+
+def test_app_log_is_only_made_when_something_is_logged(finished_run):
+    """Hydra's job log file is opened lazily: a run that logs nothing leaves no empty app.log."""
+    assert not (finished_run / "app.log").exists()
+
+
+def test_any_non_negative_seed_runs(tmp_path):
+    """Seeds go through numpy's SeedSequence, which takes any non-negative integer (issue 16:
+    seed=99999999999999999999 ended in a traceback)."""
+    result = run_cli([*BASE, "seed=99999999999999999999", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["seed"] == 99999999999999999999
+
+
+def test_resume_takes_its_path_literally(finished_run, tmp_path):
+    """``${...}`` in a resume path is part of the name, not an interpolation (it resumed another
+    folder before)."""
+    copy = tmp_path / "run_${oc.env:HOME}"
+    shutil.copytree(finished_run, copy)
+    result = run_cli([f"resume={copy}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {copy} from iteration 2" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep command's spec fields and flags (issue 16: each ended in a traceback or, for
+# heartbeat_s: 0, a worker spinning a core)
+
+SWEEP_SPEC = {"study": "s", "overrides": ["logger=none", "env=cartpole", *TINY],
+              "params": {"loss.epsilon": {"low": 0.1, "high": 0.3}}, "trials": 1,
+              "sampler": {"name": "RandomSampler", "seed": 0}}
+
+
+@pytest.mark.parametrize("fields,flags,expected", [
+    ({"heartbeat_s": "abc"}, [], "heartbeat_s='abc', expected a number of seconds >= 1"),
+    ({"heartbeat_s": 0}, [], "heartbeat_s=0, expected a number of seconds >= 1"),
+    ({}, ["--storage", "bogus://x"], "cannot open the study storage bogus://x: "),
+    ({}, ["--storage", "sqlite:////proc/ppo_research_nowhere/study.db"],
+     "cannot open the study storage sqlite:////proc/ppo_research_nowhere/study.db: "),
+    ({}, ["--out", "{file}/sweeps"], "cannot make the study folder {file}/sweeps/s (--out): Not a directory"),
+], ids=["heartbeat_not_a_number", "heartbeat_zero", "storage_bad_url", "storage_impossible_path", "out_under_a_file"])
+def test_sweep_spec_and_flag_errors_give_one_line(tmp_path, capsys, monkeypatch, fields, flags, expected):
+    import yaml
+
+    from ppo_research.tools.sweep.cli import main as sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a directory")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SWEEP_SPEC, **fields}))
+    flags = [f.replace("{file}", str(tmp_path / "a_file")) for f in flags]
+    assert sweep_main([str(spec), *flags]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and expected.replace("{file}", str(tmp_path / "a_file")) in line, line
+    assert not (tmp_path / "outputs" / "sweeps" / "s" / "s").exists()

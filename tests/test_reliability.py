@@ -349,3 +349,174 @@ def test_checkpoints_are_pruned_to_keep_and_stale_temp_files_removed(tmp_path):
         checkpoint.save(tmp_path, i, {"i": i}, keep=2)
     assert sorted(p.name for p in directory.iterdir()) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
     assert checkpoint.load(checkpoint.latest(tmp_path))["i"] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. which checkpoint a resume takes (issue 16): the newest that loads, verifies and belongs to
+#    the run; older ones are the fallback; nothing is truncated before the choice is made
+
+FALLBACK_RUN = ["env=cartpole", "total_timesteps=384", "algo.num_envs=2", "algo.num_steps=64",
+                "algo.minibatch_size=64", "algo.num_epochs=2", "eval.episodes=1", "eval.every=0",
+                "checkpoint.every=1", "checkpoint.keep=3", "seed=3", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    """A finished CartPole run of 3 iterations with a checkpoint after each."""
+    cwd = tmp_path_factory.mktemp("three")
+    result = run([*FALLBACK_RUN, f"hydra.run.dir={cwd / 'run'}"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in checkpoint.list_checkpoints(cwd / "run")] == [f"ckpt_0000000{i}.pt" for i in (1, 2, 3)]
+    return cwd / "run"
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def warnings_of(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning: skipped")]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(three_checkpoints, tmp_path):
+    run_dir = copy_run(three_checkpoints, tmp_path / "run")
+    newest = checkpoint.latest(run_dir)
+    newest.write_bytes(newest.read_bytes()[:1000])  # a torn file
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]  # it exited 2 before
+    (warning,) = warnings_of(result.stderr)
+    assert "ckpt_00000003.pt (PytorchStreamReader failed" in warning and "resuming from ckpt_00000002.pt" in warning
+    assert "resuming" in result.stderr and "from iteration 2" in result.stderr
+    assert (run_dir / "checkpoints" / "ckpt_00000003.pt.unusable").exists()  # set aside, not deleted
+    # iteration 3 was run again from checkpoint 2: the run ends as it did
+    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(three_checkpoints))
+    for key, value in policy_of(three_checkpoints).items():
+        assert torch.equal(policy_of(run_dir)[key], value), key
+
+
+def test_a_flipped_bit_is_caught_by_the_checksum(three_checkpoints, tmp_path):
+    run_dir = copy_run(three_checkpoints, tmp_path / "run")
+    newest = checkpoint.latest(run_dir)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the stored body: torch itself would load this silently
+    newest.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="is damaged: checksum mismatch"):
+        checkpoint.load(newest)
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (warning,) = warnings_of(result.stderr)
+    assert "ckpt_00000003.pt (damaged: checksum mismatch" in warning
+    for key, value in policy_of(three_checkpoints).items():
+        assert torch.equal(policy_of(run_dir)[key], value), key
+
+
+def test_a_checkpoint_of_another_run_is_not_taken(three_checkpoints, tmp_path):
+    """A Pendulum checkpoint copied in as the newest file: the CartPole run stays CartPole, its
+    rows and summary are untouched (before: exit 0, switched to Pendulum, rows dropped)."""
+    other = tmp_path / "other"
+    result = run([*RUNS["pendulum"], "total_timesteps=128", "checkpoint.every=1",
+                  f"hydra.run.dir={other}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = copy_run(three_checkpoints, tmp_path / "run")
+    foreign = run_dir / "checkpoints" / "ckpt_00000009.pt"
+    foreign.write_bytes(checkpoint.latest(other).read_bytes())
+    rows, summary = (run_dir / "metrics.jsonl").read_text(), (run_dir / "summary.json").read_text()
+
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (warning,) = warnings_of(result.stderr)
+    assert "ckpt_00000009.pt (belongs to another run (run id " in warning
+    assert "resuming from ckpt_00000003.pt" in warning
+    assert (run_dir / "metrics.jsonl").read_text() == rows
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == json.loads(summary)["global_step"]
+    assert json.loads((run_dir / "run.json").read_text())["config"]["env"]["id"] == "CartPole-v1"
+
+    # the same file alone: no usable checkpoint, one line naming it, nothing touched
+    alone = tmp_path / "alone"
+    (alone / "checkpoints").mkdir(parents=True)
+    (alone / "run.json").write_text((three_checkpoints / "run.json").read_text())
+    (alone / "metrics.jsonl").write_text(rows)
+    (alone / "checkpoints" / "ckpt_00000001.pt").write_bytes(checkpoint.latest(other).read_bytes())
+    result = run([f"resume={alone}"], tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot resume {alone}: no usable checkpoint in ")
+    assert "ckpt_00000001.pt: belongs to another run (run id" in line
+    assert (alone / "metrics.jsonl").read_text() == rows
+
+
+def test_a_checkpoint_without_a_run_id_is_matched_by_its_config(three_checkpoints, tmp_path):
+    """A run directory whose run.json has no run id (or a checkpoint without one): the config
+    decides."""
+    from ppo_research.run.resume import RunIdentity, foreign_reason
+
+    state = checkpoint.load(checkpoint.latest(three_checkpoints))
+    described = json.loads((three_checkpoints / "run.json").read_text())
+    assert state["run_id"] == described["run_id"]
+    assert foreign_reason(state, RunIdentity(None, described["config"])) is None
+    other = json.loads(json.dumps(described["config"]))
+    other["env"]["id"] = "Pendulum-v1"
+    reason = foreign_reason({**state, "run_id": None}, RunIdentity(None, other))
+    assert reason == "belongs to another run (its config has env.id='CartPole-v1' where the run has 'Pendulum-v1' " \
+                     "in run.json)"
+    changed = json.loads(json.dumps(described["config"]))
+    changed["total_timesteps"] = 10**6  # a resume may change this: the same run
+    assert foreign_reason(state, RunIdentity(described["run_id"], changed)) is None
+
+
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_a_missing_or_short_metrics_file_is_reported_in_one_line(three_checkpoints, tmp_path, damage):
+    run_dir = copy_run(three_checkpoints, tmp_path / "run")
+    metrics = run_dir / "metrics.jsonl"
+    if damage == "missing":
+        metrics.unlink()
+    else:
+        metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    result = run([f"resume={run_dir}", "total_timesteps=512"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ") and "metrics" in ln]
+    if damage == "missing":
+        assert line.startswith(f"warning: {metrics} is missing: 3 of the 3 iteration(s) before the checkpoint")
+        assert [r["iteration"] for r in read_metrics(run_dir)] == [4]
+    else:
+        assert line.startswith(f"warning: {metrics} lacks the rows of iteration(s) 2-3: 2 of the 3 iteration(s)")
+        assert [r["iteration"] for r in read_metrics(run_dir)] == [1, 4]
+
+
+def test_resuming_a_finished_run_whose_budget_is_not_a_multiple_of_the_batch(tmp_path):
+    """Issue 14: the default Pendulum run (200,000 steps in batches of 4,096) ends at 200,704
+    steps; resuming it refused with 'expected at least 200704'. Docs promise exit 0."""
+    run_dir = tmp_path / "run"
+    args = ["env=pendulum", "total_timesteps=300", "algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64",
+            "algo.num_epochs=1", "eval.episodes=1", "progress=false"]
+    result = run([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 384
+    rows = (run_dir / "metrics.jsonl").read_text()
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "metrics.jsonl").read_text() == rows
+    result = run([f"resume={run_dir}", "total_timesteps=256"], tmp_path)  # 2 iterations < the 3 done
+    assert result.returncode == 2
+    assert "total_timesteps=256 is invalid: expected at least 257" in result.stderr
+
+
+def test_metrics_rows_are_made_durable_before_each_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint on disk implies its metrics rows are: metrics.jsonl is fsynced before the
+    checkpoint's temp file is renamed into place (before: rows were only flushed)."""
+    metrics = tmp_path / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"iteration": 1}\n')
+        f.flush()
+        events = []
+        real_fsync, real_replace = os.fsync, os.replace
+        monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                     real_fsync(fd))[1])
+        monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+        path = checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, keep=2)
+    synced = [i for i, e in enumerate(events) if e == ("fsync", str(metrics))]
+    placed = events.index(("replace", str(path)))
+    assert synced and synced[0] < placed, events

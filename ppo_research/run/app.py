@@ -1,28 +1,40 @@
-"""The Hydra application ``python -m ppo_research``: compose, train, and report every expected
-failure as one line on stderr with the exit status listed in ``ppo_research.errors``
-(docs/reliability.md). Bugs keep their traceback.
+"""The Hydra application ``python -m ppo_research``: compose, train, and end every failure in
+one line on stderr with the exit status listed in ``ppo_research.errors`` (docs/reliability.md).
+
+Expected failures (bad input, a busy or unusable run directory, divergence, a full disk) get
+their own line. Anything else is a bug: one line naming the exception and the log file that
+holds its traceback (the run directory's ``app.log``, or a file in the temp directory before
+there is one), exit status 1. ``HYDRA_FULL_ERROR=1`` prints the traceback instead.
+
+A command rejected with status 2 leaves no run directory behind: what Hydra made for it (the
+directory, ``.hydra/``) is removed again.
 """
 from __future__ import annotations
 
 import errno
 import os
 import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
-from . import checkpoint
-from .compose import CONF_DIR, check_group_choices, choices_of
-from .resume import resume_arguments, resume_config
-from .train import train_from_config
+from . import owner
+from .compose import CONF_DIR, GROUPS, check_group_choices, choices_of
 
+EXIT_BUG = 1
 #: OSError numbers that mean "the disk or the directory", not a bug.
 IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
              errno.EISDIR, errno.ENAMETOOLONG}
+#: ... and, while Hydra makes the output directory, also these (a dangling symlink, /proc/x).
+OUTPUT_DIR_ERRNOS = IO_ERRNOS | {errno.ENOENT, errno.EEXIST, errno.ELOOP, errno.EINVAL}
+LOG_FILE = "app.log"  # Hydra's job log (created only when something is logged) and the bug log
 
 
 class RunFailed(Exception):
@@ -33,8 +45,24 @@ class RunFailed(Exception):
     """
 
     def __init__(self, message: str, status: int):
-        super().__init__(message)
+        super().__init__(message, status)  # both in args, so a launcher's worker can pickle it back
         self.status = status
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class _Invocation:
+    """What ``cli`` learnt from the command line before Hydra ran."""
+
+    resume_dir: Optional[Path] = None  # the literal resume path (never interpolated)
+    existed: set = field(default_factory=set)  # directories that existed before: never removed
+    full_error: bool = False  # the user set HYDRA_FULL_ERROR: bugs show their traceback
+    main_started: bool = False
+
+
+_invocation = _Invocation()
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -43,7 +71,7 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# the job
 
 def hydra_choices() -> dict[str, str]:
     return choices_of(HydraConfig.get().runtime.choices)
@@ -68,41 +96,153 @@ def _fail_job(message: str, status: int) -> RunFailed:
     return RunFailed(message, status)
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def log_bug(err: BaseException, run_dir: Optional[Path] = None) -> str:
+    """Append ``err``'s traceback to ``run_dir/app.log`` (else a new file in the temp
+    directory); returns where it went."""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    if run_dir is not None:
+        path = Path(run_dir) / LOG_FILE
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"ppo_research: unexpected error, pid {os.getpid()}, argv {sys.argv[1:]}\n{text}")
+            return str(path)
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="ppo_research-error-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"ppo_research: unexpected error, pid {os.getpid()}, argv {sys.argv[1:]}\n{text}")
+    return path
+
+
+def bug_line(err: BaseException, log: str) -> str:
+    detail = _first_line(err)
+    return (f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} (a bug in ppo_research; "
+            f"the traceback is in {log})")
+
+
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove what this process made for a run that was rejected before it started: the run
+    directory if it holds nothing but Hydra's ``.hydra/``, an empty ``app.log``, the owner lock
+    and an empty ``checkpoints/``; then its parents that did not exist before and are empty."""
+    run_dir = Path(run_dir)
+    try:
+        entries = {p.name: p for p in run_dir.iterdir()}
+    except OSError:
+        return
+    for name, path in entries.items():
+        if name == ".hydra" and path.is_dir() and {p.name for p in path.iterdir()} <= HYDRA_FILES:
+            continue
+        if name == LOG_FILE and path.is_file() and path.stat().st_size == 0:
+            continue
+        if name == owner.LOCK_FILE or (name == "checkpoints" and path.is_dir() and not any(path.iterdir())):
+            continue
+        return  # something of a run lives here
+    try:
+        for name, path in entries.items():
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+                path.rmdir()
+            else:
+                path.unlink()
+        if run_dir in _invocation.existed:
+            return
+        run_dir.rmdir()
+        parent = run_dir.parent
+        while parent not in _invocation.existed and parent != parent.parent and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    except OSError:
+        pass
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    _invocation.main_started = True
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = _invocation.resume_dir or Path(hydra_cfg.runtime.output_dir)
     try:
-        if cfg.get("resume"):
-            cfg, choices, path = resume_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task), hydra_choices())
-            summary = train_from_config(cfg, run_dir, choices, resume_from=path,
-                                        overrides=list(hydra_cfg.overrides.task))
+        owner.acquire(run_dir)
+    except RunDirError as err:  # another live process owns it: touch nothing
+        raise _fail_job(f"error: {err}", EXIT_BAD_INPUT) from None
+    try:
+        return _job(cfg, hydra_cfg, run_dir)
+    finally:
+        owner.release(run_dir)
+
+
+def _job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
+    from . import checkpoint, preemption
+    from .resume import resume_config
+    from .train import train_from_config
+
+    overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
+    try:
+        # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
+        if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir):
+            cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
+            summary = train_from_config(cfg, run_dir, choices, resume_from=path, resume_state=state,
+                                        overrides=overrides)
         else:
-            summary = train_from_config(cfg, run_dir, hydra_choices(), overrides=list(hydra_cfg.overrides.task))
+            found = owner.holds_a_run(run_dir)
+            if found:
+                raise RunDirError(f"output directory {run_dir} already holds a run ({', '.join(found)}): continue it "
+                                  f"with resume={run_dir}, or choose another directory")
+            summary = train_from_config(cfg, run_dir, hydra_choices(), overrides=overrides)
     except (ConfigError, CheckpointError, RunDirError) as err:
         status = EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT  # a failed checkpoint write
+        if status == EXIT_BAD_INPUT:
+            remove_if_unused(run_dir)
         raise _fail_job(f"error: {err}", status) from None
     except NonFiniteError as err:
         last = checkpoint.latest(run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
         raise _fail_job(f"error: training diverged: {err}; nothing of that iteration was saved, {kept}",
-                      EXIT_DIVERGED) from None
+                        EXIT_DIVERGED) from None
+    except KeyboardInterrupt as err:
+        from .stops import TrainingInterrupted
+
+        if not isinstance(err, TrainingInterrupted):
+            remove_if_unused(run_dir)
+        else:  # in a SLURM job: the time-limit/preemption warning requeues the job (no return), or why not
+            not_requeued = preemption.after_stop(err)
+            if not_requeued:
+                raise _fail_job(f"error: {not_requeued}", 128 + err.signum) from None
+        raise
     except OSError as err:
-        if err.errno not in IO_ERRNOS:
-            raise
-        last = checkpoint.latest(run_dir)
-        raise _fail_job(f"error: {err.strerror}: {err.filename}; the last checkpoint is {last}", EXIT_IO) from None
+        if err.errno in IO_ERRNOS:
+            last = checkpoint.latest(run_dir)
+            raise _fail_job(f"error: {err.strerror}: {err.filename}; the last checkpoint is {last}", EXIT_IO) from None
+        raise _fail_job(*_unforeseen(err, run_dir)) from None
     except Exception as err:
         config_error = _config_error(err)
-        if config_error is None:
-            raise
-        raise _fail_job(f"error: {config_error}", EXIT_BAD_INPUT) from None
+        if config_error is not None:
+            remove_if_unused(run_dir)
+            raise _fail_job(f"error: {config_error}", EXIT_BAD_INPUT) from None
+        raise _fail_job(*_unforeseen(err, run_dir)) from None
     return summary.get("eval_return")
 
 
+def _unforeseen(err: BaseException, run_dir: Path) -> tuple[str, int]:
+    if _invocation.full_error:
+        raise err
+    return bug_line(err, log_bug(err, run_dir)), EXIT_BUG
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
 def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
     """One line for Hydra's and OmegaConf's errors about the command line; None for anything
-    else (a bug keeps its traceback)."""
+    else (a bug: reported with a pointer to its traceback)."""
     from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -119,8 +259,9 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
             and cause.full_key:  # an override of a key that does not exist (a typo)
         key = cause.full_key
         value = next((a.partition("=")[2] for a in argv if a.lstrip("+~").partition("=")[0] == key), None)
-        known = _schema_keys(key.rpartition(".")[0])
-        expected = f"a key of {key.rpartition('.')[0] or 'the top level'}: {', '.join(known)}" if known else \
+        section = key.rpartition(".")[0]
+        known = valid_keys(section, argv)
+        expected = f"a key of {section or 'the top level'}: {', '.join(known)}" if known else \
             f"an existing key ({first(cause)})"
         return f"{key}={value!r} is invalid: expected {expected}"
     if isinstance(err, CompactHydraException):
@@ -131,12 +272,16 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
     return None
 
 
-def _schema_keys(section: str) -> list[str]:
-    """The keys the schema allows under ``section`` ('' = top level, 'algo', 'env', ...)."""
+def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
+    """The keys allowed under ``section`` ('' = top level, 'algo', 'loss', 'network', ...): the
+    schema's for typed sections, the chosen group option's for groups."""
     import dataclasses
 
     from .config import Config
 
+    root = section.split(".")[0]
+    if root in GROUPS:
+        return _group_keys(section, argv)
     cls = Config
     for part in filter(None, section.split(".")):
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -146,43 +291,167 @@ def _schema_keys(section: str) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
 
 
-def cli(argv: list[str]) -> int:
-    """``python -m ppo_research``: Hydra's main, with expected failures as one line on stderr
-    and an exit status (see the module docstring); bugs keep their traceback."""
-    from .stops import TrainingInterrupted
+def _group_keys(section: str, argv: list[str]) -> list[str]:
+    """Keys of the group option the command line selects (or the default), under ``section``."""
+    from omegaconf import OmegaConf
 
-    check_group_choices(argv)
+    group, _, rest = section.partition(".")
+    option = next((a.partition("=")[2] for a in reversed(list(argv)) if a.lstrip("+").partition("=")[0] == group),
+                  None)
+    if option is None:
+        defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")).get("defaults", [])
+        option = next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
+    if not option or option == "null":
+        return []
     try:
-        argv = resume_arguments(argv)
-    except ConfigError as err:
-        fail(str(err))
+        node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    except Exception:
+        return []
+    for part in filter(None, rest.split(".")):
+        node = node.get(part) if isinstance(node, dict) else None
+    return sorted(k for k in node if k != "_target_" and k != "defaults") if isinstance(node, dict) else []
+
+
+def _explicit_dirs(argv: list[str], keys=("hydra.run.dir", "hydra.sweep.dir")) -> list[Path]:
+    """Output directories given literally on the command line (no interpolation)."""
+    found = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in keys and value and "${" not in value:
+            found.append(Path(os.path.abspath(os.path.expanduser(value.strip("'\"")))))
+    return found
+
+
+def _existing_dirs(argv: list[str]) -> set:
+    """Directories a rejected command must never remove: the working directory and its
+    parents, the explicit output directories' existing ancestors, ``outputs/`` and the date
+    folders under it."""
+    cwd = Path(os.getcwd())
+    existed = {cwd, *cwd.parents}
+    for path in _explicit_dirs(argv):
+        existed.update(p for p in (path, *path.parents) if p.is_dir())
+    for base in (cwd / "outputs", cwd / "outputs" / "multirun"):
+        if base.is_dir():
+            existed.add(base)
+            try:
+                existed.update(p for p in base.iterdir() if p.is_dir())
+            except OSError:
+                pass
+    return existed
+
+
+def output_dir_line(err: OSError) -> str:
+    """Hydra could not make or write the output directory."""
+    why = {errno.EEXIST: "it exists and is not a directory (a file, or a symlink to nowhere)",
+           errno.ENOENT: "a parent cannot be created there"}.get(err.errno)
+    return f"cannot write the output directory: {err.strerror}: {err.filename}{f'; {why}' if why else ''}"
+
+
+class _WithoutHydraJobLine:
+    """stderr without Hydra's "Error executing job with overrides" line: a failed multirun job
+    has already said what failed, in one line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def cli(argv: list[str]) -> int:
+    """``python -m ppo_research``: Hydra's main, every failure as one line on stderr and an exit
+    status (see the module docstring)."""
+    from .resume import resume_arguments, resume_target
+
+    global _invocation
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach us instead of Hydra's multi-line printer
-    sys.argv = [sys.argv[0], *argv]
+    _invocation = _Invocation(full_error=bool(user_full_error) and user_full_error != "0")
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    stderr = sys.stderr
+    held: list[Path] = []
     try:
+        check_group_choices(argv)
+        try:
+            argv = resume_arguments(argv)
+        except ConfigError as err:
+            fail(str(err))
+        if resume_target(argv) is not None:
+            _invocation.resume_dir = _literal_resume_dir(argv)
+        _invocation.existed = _existing_dirs(argv)
+        # An existing directory is taken before Hydra writes its .hydra/ into it: a live run's
+        # files stay its own, and a fresh run does not overwrite a finished one's.
+        target = _invocation.resume_dir or (None if multirun else next(iter(_explicit_dirs(argv, ("hydra.run.dir",))[-1:]), None))
+        if target is not None and target.is_dir() and not _runs_nothing(argv):
+            owner.acquire(target)
+            held.append(target)
+            found = owner.holds_a_run(target) if _invocation.resume_dir is None else []
+            if found:
+                raise RunDirError(f"output directory {target} already holds a run ({', '.join(found)}): continue it "
+                                  f"with resume={target}, or choose another directory")
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach us instead of Hydra's multi-line printer
+        sys.argv = [sys.argv[0], *argv]
+        if multirun:
+            sys.stderr = _WithoutHydraJobLine(stderr)
         main()
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else EXIT_BUG)
     except RunFailed as err:  # already printed by main
         return err.status
-    except TrainingInterrupted as err:
-        print(f"{err}; continue with: python -m ppo_research resume={err.checkpoint.parent.parent}",
-              file=sys.stderr, flush=True)
-        return 128 + err.signum
-    except KeyboardInterrupt:
+    except RunDirError as err:  # the owner lock taken above
+        print(f"error: {err}", file=stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        from .stops import TrainingInterrupted
+
+        if isinstance(err, TrainingInterrupted):
+            print(f"{err}; continue with: python -m ppo_research resume={err.checkpoint.parent.parent}",
+                  file=stderr, flush=True)
+            return 128 + err.signum
         print("error: interrupted outside the training loop (before it started, or while closing): "
-              "no checkpoint was written for this stop", file=sys.stderr, flush=True)
+              "no checkpoint was written for this stop", file=stderr, flush=True)
         return 128 + 2
     except Exception as err:
-        if user_full_error:
+        if _invocation.full_error:
             raise
-        if isinstance(err, OSError) and err.errno in IO_ERRNOS:  # Hydra creating the output directory
-            line = f"cannot write the output directory: {err.strerror}: {err.filename}"
+        if isinstance(err, OSError) and err.errno in OUTPUT_DIR_ERRNOS and not _invocation.main_started:
+            line = output_dir_line(err)
         else:
             line = hydra_error_line(err, argv)
         if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr, flush=True)
+            print(bug_line(err, log_bug(err)), file=stderr, flush=True)
+            return EXIT_BUG
+        print(f"error: {line}", file=stderr, flush=True)
         return EXIT_BAD_INPUT
     finally:
+        sys.stderr = stderr
+        for target in held:
+            owner.release(target)
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_full_error
     return 0
+
+
+def _runs_nothing(argv: list[str]) -> bool:
+    """--help, --cfg, --info, ...: Hydra prints and returns without running the job."""
+    flags = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version")
+    return any(a in flags or a.partition("=")[0] in flags for a in argv)
+
+
+def _literal_resume_dir(argv: list[str]) -> Optional[Path]:
+    """The run directory ``resume_arguments`` put on the command line (quoted, escaped), read
+    back literally."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    arg = next((a for a in reversed(argv) if a.startswith("resume=")), None)
+    if arg is None:
+        return None
+    value = OverridesParser.create().parse_overrides([arg])[0].value()
+    return Path(OmegaConf.create({"v": value}).v)

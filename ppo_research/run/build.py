@@ -1,17 +1,26 @@
 """Build a run's parts from its composed config: checks first, then each part once, in order.
 
+    groups   each of loss/advantage/network/logger names an importable, concrete class of its
+             kind (``loss=null`` or ``loss._target_=builtins.dict`` is refused here)
     config   typed settings (schema, types, ranges, the groups' constructor arguments)
     seed     python, numpy and torch seeded (run/seeds.py) before anything draws from them
     loss, advantage estimator, logger            (their own range checks run here)
-    env spaces -> action-space settings -> network   (one env is made to read the spaces,
-                                                      never reset)
+    env      one env is made, reset and stepped once with a sampled action: an env that cannot
+             be made (missing module or dependency, bad keyword) or fails on its first step
+             fails here; its spaces must be ones the framework handles
+    action-space settings -> memory -> network
 
 Every check runs before a training env starts, so a bad value fails in one line at once. The
 trainer then adds what needs live envs (the vector envs, the optimizer, the rollout path).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import inspect
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -19,10 +28,21 @@ from omegaconf import DictConfig, OmegaConf
 from ..algo.advantages import AdvantageEstimator
 from ..algo.losses import PolicyLoss
 from ..algo.networks import ActorCritic
+from ..errors import ConfigError
 from .config import Config, check_action_space_settings, construct, validate
-from .envs import probe_spaces
+from .envs import make_env
 from .loggers import RunLogger
 from .seeds import seed_globals
+
+#: Each group's interface; ``_target_`` must name a concrete class implementing it.
+GROUP_INTERFACES = {"loss": PolicyLoss, "advantage": AdvantageEstimator, "network": ActorCritic,
+                    "logger": RunLogger}
+MAX_TORCH_THREADS = 1024  # torch overflows or aborts (libgomp) somewhere above
+
+
+def new_run_id() -> str:
+    """A run's identity: random, written into run.json and every checkpoint at the run's start."""
+    return secrets.token_hex(8)
 
 
 @dataclass
@@ -36,23 +56,250 @@ class RunParts:
     estimator: AdvantageEstimator
     network: ActorCritic
     logger: RunLogger
+    run_id: str = field(default_factory=new_run_id)  # a resume sets the resumed run's
 
 
 def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     """Check ``cfg`` and build the run's parts; raises ConfigError naming the first bad value."""
+    check_group_targets(cfg)
     config = validate(cfg)
+    if config.torch_threads > MAX_TORCH_THREADS:
+        raise ConfigError("torch_threads", config.torch_threads, f"at most {MAX_TORCH_THREADS}")
     torch.set_num_threads(config.torch_threads)
     seed_globals(config.seed)
-    loss = construct(config.loss)  # the constructors' own range checks run here
-    estimator = construct(config.advantage)
-    logger = construct(config.logger)
+    loss = _construct("loss", config.loss)  # the constructors' own range checks run here
+    estimator = _construct("advantage", config.advantage)
+    logger = _construct("logger", config.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    obs_space, action_space = probe_spaces(config.env)
+    obs_space, action_space = probe_env(config.env)
     check_action_space_settings(config, resolved["network"], action_space)
-    network = construct(config.network, obs_space=obs_space, action_space=action_space)
+    check_memory(config, resolved["network"], obs_space, action_space)
+    check_float32("network", config.network)
+    network = _construct("network", config.network, obs_space=obs_space, action_space=action_space)
     return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger)
 
 
 def check(cfg: DictConfig) -> Config:
     """The same checks as ``build`` (the parts are built and dropped); returns the settings."""
     return build(cfg).config
+
+
+# ---------------------------------------------------------------------------------------------
+# groups
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def check_group_targets(cfg: DictConfig) -> None:
+    """Each group node is a mapping whose ``_target_`` imports to a concrete class of the
+    group's interface (so ``validate`` can read its constructor's signature)."""
+    from .compose import group_options
+
+    for group, interface in GROUP_INTERFACES.items():
+        try:
+            node = OmegaConf.select(cfg, group, throw_on_missing=True)
+            target = node.get("_target_") if isinstance(node, DictConfig) else None
+        except Exception:  # an unresolvable interpolation: validate names it
+            continue
+        if not isinstance(node, DictConfig):
+            raise ConfigError(group, None if node is None else node,
+                              f"one of the group's options ({', '.join(group_options(group))}) or a mapping "
+                              f"with a _target_")
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"{group}._target_", target, f"the import path of a {interface.__name__} class")
+        cls = _import(target)
+        allowed = f"a concrete {interface.__name__} class (e.g. {_example(group)})"
+        if cls is None:
+            raise ConfigError(f"{group}._target_", target, f"an importable class: {allowed}")
+        if not inspect.isclass(cls) or cls is interface or inspect.isabstract(cls):
+            raise ConfigError(f"{group}._target_", target, allowed)
+        if interface is AdvantageEstimator:
+            if not any("__call__" in vars(k) for k in cls.__mro__[:-1]):
+                raise ConfigError(f"{group}._target_", target, allowed)
+        elif not issubclass(cls, interface):
+            raise ConfigError(f"{group}._target_", target, allowed)
+        try:
+            inspect.signature(cls)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{group}._target_", target, allowed) from None
+
+
+def _import(path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except Exception:  # ImportError, AttributeError, or the module failing while it imports
+        return None
+
+
+def _example(group: str) -> str:
+    from .compose import CONF_DIR
+
+    default = {"loss": "clip", "advantage": "gae", "network": "mlp", "logger": "none"}[group]
+    try:
+        return str(OmegaConf.load(CONF_DIR / group / f"{default}.yaml")["_target_"])
+    except Exception:
+        return f"{group}={default}"
+
+
+def _construct(group: str, node: dict, **runtime_kwargs):
+    """``construct`` with a constructor's own failure (not a ConfigError) told in one line."""
+    try:
+        return construct(node, **runtime_kwargs)
+    except ConfigError:
+        raise
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, MemoryError) or "allocate" in str(err):
+            raise ConfigError(group, _short(node), f"a {group} that fits in memory ({_first_line(err)})") from None
+        raise ConfigError(group, _short(node), f"arguments {node['_target_']} accepts "
+                                               f"({type(err).__name__}: {_first_line(err)})") from None
+    except (TypeError, ValueError, NotImplementedError, AssertionError) as err:
+        raise ConfigError(group, _short(node), f"arguments {node['_target_']} accepts "
+                                               f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_float32(group: str, node: dict) -> None:
+    """A group whose numbers become float32 tensors (the network's) must not hold numbers that
+    float32 cannot: 1e308 would overflow inside torch, mid-run."""
+    for key, value in node.items():
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"{group}.{key}", value, f"a value float32 can hold (|x| <= {FLOAT32_MAX:.4g})")
+
+
+def _short(node: dict) -> str:
+    return str(node.get("_target_", node)).rpartition(".")[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# the env
+
+def probe_env(env_cfg) -> tuple:
+    """The env's observation and action spaces, from one env that is made, reset and stepped
+    once (then closed): whatever breaks there is a bad ``env.*`` setting, told in one line."""
+    from gymnasium import spaces
+
+    key, value = _env_key(env_cfg)
+    try:
+        env = make_env(env_cfg)
+    except ConfigError:
+        raise
+    except Exception as err:  # a module that fails to import, a missing optional dependency, a bad kwarg
+        raise ConfigError(key, value, f"{_made(env_cfg)} ({type(err).__name__}: "
+                                      f"{_first_line(err)})") from None
+    try:
+        obs_space, action_space = env.observation_space, env.action_space
+        check_spaces(env_cfg.id, obs_space, action_space)
+        try:
+            env.reset(seed=0)
+            action_space.seed(0)
+            env.step(action_space.sample())
+        except Exception as err:
+            raise ConfigError(key, value, f"{_steps(env_cfg)} ({type(err).__name__}: "
+                                          f"{_first_line(err)})") from None
+        if isinstance(action_space, spaces.Discrete) and action_space.n < 1:
+            raise ConfigError("env.id", env_cfg.id, "an env with at least one action")
+        return obs_space, action_space
+    finally:
+        try:
+            env.close()
+        except Exception:
+            pass
+
+
+def _env_key(env_cfg) -> tuple[str, Any]:
+    """The setting to blame for an env that fails: its keyword arguments if any were given."""
+    if env_cfg.kwargs:
+        return "env.kwargs", dict(env_cfg.kwargs)
+    return "env.id", env_cfg.id
+
+
+def _made(env_cfg) -> str:
+    return f"keyword arguments that {env_cfg.id} accepts" if env_cfg.kwargs else "an env id that can be made"
+
+
+def _steps(env_cfg) -> str:
+    return f"keyword arguments with which {env_cfg.id} resets and steps" if env_cfg.kwargs else \
+        "an env that resets and steps"
+
+
+SUPPORTED_SPACES = ("a flat Box observation space (shape (n,)) and a Box or Discrete action space")
+
+
+def check_spaces(env_id: str, obs_space, action_space) -> None:
+    """Refuse, before training, every space the networks and the rollout cannot handle."""
+    from gymnasium import spaces
+
+    problems = []
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1 or obs_space.shape[0] < 1:
+        problems.append(f"observation space {obs_space}")
+    if isinstance(action_space, spaces.Box):
+        if len(action_space.shape) < 1 or math.prod(action_space.shape) < 1:
+            problems.append(f"action space {action_space}")
+    elif not isinstance(action_space, spaces.Discrete):
+        problems.append(f"action space {action_space}")
+    if problems:
+        raise ConfigError("env.id", env_id, f"an env with {SUPPORTED_SPACES}; {env_id} has "
+                                            f"{' and '.join(problems)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can still get (MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.3g} GB"
+
+
+def check_memory(config: Config, network: dict, obs_space, action_space) -> None:
+    """The rollout storage and (for MLPs) the network with its gradients and Adam moments must
+    fit in the memory available now: found out in one line, not by the kernel's OOM killer."""
+    from gymnasium import spaces
+
+    free = available_memory()
+    if free is None:
+        return
+    obs_dim = math.prod(obs_space.shape)
+    if isinstance(action_space, spaces.Discrete):
+        act_dim, head = 1, int(action_space.n)
+    else:
+        act_dim = math.prod(action_space.shape)
+        head = 2 * act_dim
+    algo = config.algo
+    steps = algo.num_envs * algo.num_steps
+    # float32 storage per step (obs, action, dist params, 6 scalars), the flattened batch copy of
+    # it, and the advantages/returns in float64
+    per_step = 4 * (obs_dim + act_dim + head + 6) * 2 + 8 * 4
+    need = steps * per_step
+    if need > free:
+        key = "algo.num_steps" if algo.num_steps >= algo.num_envs else "algo.num_envs"
+        raise ConfigError(key, getattr(algo, key.split(".")[1]),
+                          f"num_envs*num_steps small enough for the rollout to fit in memory ({algo.num_envs}*"
+                          f"{algo.num_steps} steps need about {_gb(need)}; {_gb(free)} available)")
+    hidden = network.get("hidden_sizes")
+    if isinstance(hidden, (list, tuple)) and hidden and all(isinstance(h, int) and not isinstance(h, bool)
+                                                           for h in hidden):
+        sizes = [obs_dim, *hidden]
+        params = sum(a * b + b for a, b in zip(sizes, sizes[1:])) + hidden[-1] * (head + 1)
+        net_bytes = 2 * params * 4 * 4  # actor and critic; weights, gradients, two Adam moments
+        if net_bytes > free:
+            raise ConfigError("network.hidden_sizes", list(hidden),
+                              f"a network that fits in memory (about {_gb(net_bytes)} of parameters, gradients "
+                              f"and Adam moments; {_gb(free)} available)")

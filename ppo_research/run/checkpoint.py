@@ -1,8 +1,15 @@
-"""Checkpoints: atomic writes, the last K kept, safe loading, RNG capture, resume helpers.
+"""Checkpoints: atomic, checksummed writes, the last K kept, safe loading, RNG capture,
+resume helpers.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
 ``torch.load(weights_only=True)``: a checkpoint can never run code when it is opened. Numpy
 arrays are stored as tensors and turned back on load.
+
+On disk (format /3) the state is serialised once into bytes, and the file holds those bytes
+with their SHA-256: ``{"format", "sha256", "body": uint8 tensor}``. torch's zip container
+checks no CRC on load, so a flipped bit would otherwise load as silently wrong weights; with
+the digest, a damaged file is told apart from a good one and resume falls back to an older
+checkpoint. Format /2 files (no digest) still load, unverified.
 
 Checkpoints are taken only at iteration boundaries (after the update, the log row and any
 evaluation), where the run's future depends on nothing but what ``Trainer.state_dict`` holds.
@@ -10,6 +17,8 @@ evaluation), where the run's future depends on nothing but what ``Trainer.state_
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -24,7 +33,10 @@ import torch
 
 from ..errors import CheckpointError
 
-FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and run-id state for exact resume
+FORMAT = "ppo_research.checkpoint/3"  # /3: the state's bytes with their SHA-256 (and the run id)
+LEGACY_FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and logger-id state for exact resume
+#: the rows that a checkpoint's iteration accounts for: made durable before the checkpoint is
+METRICS_FILE = "metrics.jsonl"
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 _TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")
 
@@ -62,16 +74,42 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _encode(state: dict) -> dict:
+    """The on-disk form of ``state``: its serialised bytes and their SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(_to_storable(state), buffer)
+    body = buffer.getvalue()
+    return {"format": FORMAT, "sha256": hashlib.sha256(body).hexdigest(),
+            "body": torch.frombuffer(bytearray(body), dtype=torch.uint8)}
+
+
+def fsync_file(path: Path) -> None:
+    """Make what was written to ``path`` (by any descriptor) durable; a missing file is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
     """Write ``ckpt_<iteration>.pt`` atomically (temp file + fsync + rename), then prune to
-    ``keep``. A crash at any point leaves the previous checkpoints as they were."""
+    ``keep``. A crash at any point leaves the previous checkpoints as they were.
+
+    ``metrics.jsonl`` is fsynced first: once a checkpoint is on disk, so are the rows up to
+    its iteration (a power cut cannot leave a checkpoint ahead of its metrics)."""
     directory = checkpoint_dir(run_dir)
     path = directory / f"ckpt_{iteration:08d}.pt"
     tmp = directory / f".{path.name}.tmp"
     try:
+        fsync_file(Path(run_dir) / METRICS_FILE)
         directory.mkdir(parents=True, exist_ok=True)
+        encoded = _encode(state)
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **_to_storable(state)}, f)
+            torch.save(encoded, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -103,10 +141,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def serialized_size(state: dict) -> int:
     """Bytes one checkpoint of ``state`` takes on disk (for the free-space check)."""
-    import io
-
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **_to_storable(state)}, buffer)
+    torch.save(_encode(state), buffer)
     return buffer.tell()
 
 
@@ -117,12 +153,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
 
 
-def load(path: Path) -> dict:
-    """Load with ``weights_only=True``; anything unreadable or foreign raises CheckpointError."""
+def _torch_load(source, path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol warnings: the error below says it all
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # a pickle of Python objects: refused, never executed
         detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()
                   and not line.startswith(("Check the documentation", "Please file an issue"))]
@@ -130,10 +165,29 @@ def load(path: Path) -> dict:
                               f"and plain data are loaded){': ' + detail[0] if detail else ''}") from None
     except Exception as err:  # corrupt or truncated file
         raise CheckpointError(f"cannot load checkpoint {path}: {_first_line(err)}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+
+
+def load(path: Path) -> dict:
+    """Load with ``weights_only=True`` and verify the checksum; anything unreadable, damaged or
+    foreign raises CheckpointError (one line)."""
+    data = _torch_load(path, path)
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found == LEGACY_FORMAT:
+        return _from_storable(data)
+    if found != FORMAT:
         raise CheckpointError(f"{path} is not a ppo_research checkpoint of format {FORMAT} (found {found!r})")
-    return _from_storable(data)
+    body, digest = data.get("body"), data.get("sha256")
+    if not isinstance(body, torch.Tensor) or body.dtype != torch.uint8 or not isinstance(digest, str):
+        raise CheckpointError(f"checkpoint {path} is damaged: no checksummed body")
+    raw = body.numpy().tobytes()
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != digest:
+        raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch (stored sha256 {digest[:12]}..., "
+                              f"contents hash to {actual[:12]}...)")
+    state = _torch_load(io.BytesIO(raw), path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: its body is a {type(state).__name__}, not a mapping")
+    return _from_storable(state)
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -198,6 +252,24 @@ def truncate_metrics(path: Path, iteration: int) -> int:
             dropped += 1
     if dropped:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     return dropped
+
+
+def metrics_iterations(path: Path) -> list[int] | None:
+    """The iterations ``metrics.jsonl`` holds a complete row for, in file order (None: no file)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(int(json.loads(line)["iteration"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found

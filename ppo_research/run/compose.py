@@ -19,6 +19,8 @@ from .config import register_base_config
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: The config groups a run is composed of; their choices name a run and describe it.
 GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment", "paper_setting")
+#: ... of which these cannot be left out (``loss=null``)
+REQUIRED_GROUPS = ("env", "network", "loss", "advantage", "logger")
 register_base_config()
 
 
@@ -46,6 +48,11 @@ def check_group_choices(argv: Sequence[str]) -> None:
             continue
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
+        if key in REQUIRED_GROUPS and value in ("", "null"):
+            shown = value or "''"
+            print(f"error: {key}={shown} is invalid: expected one of {', '.join(group_options(key))} "
+                  f"(every run needs a {key})", file=sys.stderr, flush=True)
+            sys.exit(EXIT_BAD_INPUT)
         if key in GROUPS and value not in ("", "null"):
             options = group_options(key)
             for choice in value.split(","):

@@ -77,7 +77,7 @@ class CheckpointConfig:
 
 @dataclass
 class Config:
-    seed: int = 0  # seeds python, numpy, torch and the envs
+    seed: int = field(default=0, metadata=_in(0))  # any non-negative integer: the root of every random stream (run/seeds.py)
     total_timesteps: int = field(default=200_000, metadata=_in(1))  # env steps to train for
     torch_threads: int = field(default=1, metadata=_in(1))  # torch intra-op threads
     progress: bool = True  # print a progress line per iteration
@@ -237,7 +237,15 @@ def validate(cfg: DictConfig) -> Config:
     for group in ("loss", "advantage", "logger", "network"):  # typed, ready to construct
         skip = ("obs_space", "action_space") if group == "network" else ()
         setattr(config, group, {"_target_": node[group]["_target_"], **check_target_kwargs(group, node[group], skip)})
+    check_log_std_bounds(config.network)
     return config
+
+
+def check_log_std_bounds(network: dict) -> None:
+    """The log-std clamp must be an interval: with min > max every std is pinned to one value."""
+    low, high = network.get("log_std_min"), network.get("log_std_max")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+        raise ConfigError("network.log_std_min", low, f"at most network.log_std_max={high}")
 
 
 def check_action_space_settings(config: Config, network: dict, action_space) -> None:

@@ -5,6 +5,7 @@ the command line (``app``) turns failures into one line on stderr and an exit st
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -14,13 +15,13 @@ from typing import Callable, Optional, Sequence
 from omegaconf import DictConfig
 
 from ..errors import CheckpointError, RunDirError
-from . import checkpoint
+from . import checkpoint, owner
 from .build import build
 from .console import print_end_line
 from .loggers import write_json_atomic
 
 #: Written into every run directory at the start of each run segment: the run describes itself
-#: (resolved config, group choices, overrides), whoever started it.
+#: (its run id, resolved config, group choices, overrides), whoever started it.
 RUN_FILE = "run.json"
 
 
@@ -55,62 +56,122 @@ def check_free_space(run_dir: Path, trainer) -> None:
                           f"checkpoint.keep={trainer.cfg.checkpoint.keep})")
 
 
-def describe_run(run_dir: Path, resolved: dict, choices: dict[str, str], overrides: Sequence[str] = ()) -> None:
-    write_json_atomic(Path(run_dir) / RUN_FILE, {"config": resolved, "choices": dict(choices),
-                                                 "overrides": list(overrides)})
+def write_json_durable(path: Path, data: dict) -> None:
+    """Write ``path`` atomically and durably (temp file, fsync, rename, directory fsync)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    checkpoint._fsync_dir(path.parent)
+
+
+def describe_run(run_dir: Path, resolved: dict, choices: dict[str, str], overrides: Sequence[str] = (),
+                 run_id: Optional[str] = None) -> None:
+    """run.json: the run's identity (``run_id``, kept by every resume; checkpoints carry it too),
+    resolved config, group choices and this segment's overrides."""
+    data = {"run_id": run_id, "config": resolved, "choices": dict(choices), "overrides": list(overrides)}
+    try:
+        write_json_durable(Path(run_dir) / RUN_FILE, data)
+    except OSError:  # e.g. a value json cannot hold: the plain writer's behaviour
+        write_json_atomic(Path(run_dir) / RUN_FILE, data)
 
 
 def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
                       on_evaluation: Optional[Callable[[int, int, float], None]] = None,
-                      resume_from: Optional[Path] = None, overrides: Sequence[str] = ()) -> dict:
+                      resume_from: Optional[Path] = None, overrides: Sequence[str] = (),
+                      resume_state: Optional[dict] = None) -> dict:
     """Build the run of ``cfg``, train it in ``run_dir`` and return the summary. Usable without
     Hydra's runtime (the sweep driver calls it per trial with an ``on_evaluation`` pruning hook).
 
-    ``resume_from``: a checkpoint of this run to continue from (rows of ``metrics.jsonl`` past
-    it are dropped first). Failures raise: ConfigError, RunDirError, CheckpointError before
-    training; NonFiniteError, TrainingInterrupted (a KeyboardInterrupt) during it.
+    The run owns ``run_dir`` while it lives (run/owner.py): a second writer is refused.
+
+    ``resume_from``: a checkpoint of this run to continue from (``resume_state``: its loaded
+    state, if the caller has it). The state is loaded into the trainer before anything in the
+    directory is written; then rows of ``metrics.jsonl`` past it are dropped and a gap before it
+    is reported. Failures raise: ConfigError, RunDirError, CheckpointError before training;
+    NonFiniteError, TrainingInterrupted (a KeyboardInterrupt) during it.
     """
     from .stops import TrainingInterrupted
     from .trainer import Trainer  # imported here so `--help` and config errors stay fast
 
     parts = build(cfg, choices)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    state = checkpoint.load(resume_from) if resume_from is not None else None
-    trainer = Trainer(parts, run_dir, on_evaluation=on_evaluation)
-    logger, exit_code = parts.logger, 1
+    with owner.hold(run_dir):
+        check_run_dir(run_dir)
+        state = None
+        if resume_from is not None:
+            state = resume_state if resume_state is not None else checkpoint.load(resume_from)
+            parts.run_id = state.get("run_id") or _described_run_id(run_dir) or parts.run_id
+        trainer = Trainer(parts, run_dir, on_evaluation=on_evaluation)
+        logger, exit_code = parts.logger, 1
+        try:
+            check_free_space(run_dir, trainer)
+            exact = load_into(trainer, state, resume_from) if state is not None else True
+            describe_run(run_dir, parts.resolved, choices, overrides, parts.run_id)
+            logger.start(run_dir, parts.resolved, choices,
+                         resume_id=state.get("logger_run_id") if state is not None else None)
+            if state is not None:
+                # whatever the tracker drew at start-up must not shift the continuation
+                checkpoint.restore_global_rng(state["rng"])
+                continue_metrics(trainer, exact)
+            summary = trainer.train()
+            exit_code = 0
+
+            print_end_line(run_dir, summary, logger)  # run/console.py: the run's one-line end report
+
+            return summary
+        except TrainingInterrupted as err:
+            exit_code = 128 + err.signum
+            raise
+        finally:
+            trainer.close()
+            logger.finish(exit_code)
+
+
+def _described_run_id(run_dir: Path) -> Optional[str]:
     try:
-        check_free_space(run_dir, trainer)
-        describe_run(run_dir, parts.resolved, choices, overrides)
-        # The tracker starts before the state (RNGs included) is restored, as in a fresh run, so
-        # whatever it does at start-up cannot shift a resumed run off the uninterrupted one.
-        logger.start(run_dir, parts.resolved, choices,
-                     resume_id=state.get("logger_run_id") if state is not None else None)
-        if state is not None:
-            resume_trainer(trainer, state, resume_from)
-        summary = trainer.train()
-        exit_code = 0
-
-        print_end_line(run_dir, summary, logger)  # run/console.py: the run's one-line end report
-
-        return summary
-    except TrainingInterrupted as err:
-        exit_code = 128 + err.signum
-        raise
-    finally:
-        trainer.close()
-        logger.finish(exit_code)
+        run_id = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
 
 
-def resume_trainer(trainer, state: dict, path: Path) -> None:
+def load_into(trainer, state: dict, path: Path) -> bool:
+    """Load ``state`` into the trainer (nothing is written); returns whether the envs are exact."""
     try:
-        exact = trainer.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:  # e.g. a network of another size
+        return trainer.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:  # e.g. a network of another size
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this run's config: {first}") from None
-    dropped = checkpoint.truncate_metrics(trainer.run_dir / "metrics.jsonl", trainer.iteration)
+
+
+def _ranges(numbers: list[int]) -> str:
+    spans, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            spans.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(spans)
+
+
+def continue_metrics(trainer, exact: bool) -> None:
+    """Drop the rows past the checkpoint; report rows missing before it (one line)."""
+    path = trainer.run_dir / checkpoint.METRICS_FILE
+    dropped = checkpoint.truncate_metrics(path, trainer.iteration)
     print(f"resuming {trainer.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
           f"{dropped} metrics row(s) past the checkpoint dropped", file=sys.stderr, flush=True)
+    held = checkpoint.metrics_iterations(path)
+    missing = sorted(set(range(1, trainer.iteration + 1)) - set(held or ()))
+    if missing:
+        what = f"{path} is missing" if held is None else \
+            f"{path} lacks the rows of iteration(s) {_ranges(missing)}"
+        print(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
+              f"metrics row (lost before this resume); the run goes on from the checkpoint", file=sys.stderr, flush=True)
     if not exact:
         print(f"warning: the envs of {trainer.cfg.env.id} ({trainer.cfg.env.vectorization}) cannot be restored "
               "exactly; they restart with fresh episodes, so the continuation is correct but not bit-identical "

@@ -160,6 +160,7 @@ class Trainer:
             "rng": checkpoint.capture_global_rng(),
             "logger_run_id": self.logger.run_id,  # the resumed run continues the same wandb run
             "config": self.parts.resolved, "choices": dict(self.parts.choices),
+            "run_id": self.parts.run_id,  # the run this checkpoint belongs to (run.json has it too)
         }
 
     def load_state_dict(self, state: dict) -> bool:

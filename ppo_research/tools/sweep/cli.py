@@ -34,16 +34,35 @@ def run(spec: Spec) -> dict:
     """Create or continue the study, run the workers, and write the report."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_search_space(spec)
-    spec.study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        spec.study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError(f"cannot make the study folder {spec.study_dir} (--out): {err.strerror}: {err.filename}") \
+            from None
     study = create_study(spec)
     print(f"study {spec.study}: {spec.trials} trials, {spec.workers} worker(s), storage {spec.storage}", flush=True)
     start = time.perf_counter()
-    run_workers(spec)
-    result = write_report(spec, study)
+    codes = run_workers(spec)
+    result = write_report(spec, study)  # also when a worker died: the study is consistent
     print(f"done in {time.perf_counter() - start:.0f}s: {result['counts']}; "
           f"best {result.get('best_value')} with {result.get('best_params')}; report in {spec.study_dir} "
           f"(runs: python -m ppo_research.report {spec.study_dir})", flush=True)
+    failed = [c for c in codes if c]
+    if failed:
+        raise WorkersDied(codes)
     return result
+
+
+class WorkersDied(Exception):
+    """Some worker processes ended abnormally; the study and its report are consistent."""
+
+    def __init__(self, codes: list[int]):
+        self.codes = codes
+        first = next(c for c in codes if c)
+        self.status = 128 - first if first < 0 else first  # a signal N as the shell says it: 128 + N
+        super().__init__(f"{sum(1 for c in codes if c)} of {len(codes)} worker(s) ended abnormally (exit codes "
+                         f"{codes}); their unfinished trials are marked interrupted and do not count; re-run the "
+                         f"same command to fill their places")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -62,6 +81,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (SpecError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    except WorkersDied as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.status
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to continue the study", file=sys.stderr, flush=True)
         return 130

@@ -182,7 +182,7 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
         sampler=dict(node.get("sampler") or {"name": "TPESampler"}),
         pruner=node.get("pruner"),
         enqueue=list(node.get("enqueue") or []),
-        heartbeat_s=float(node.get("heartbeat_s", 30.0)),
+        heartbeat_s=node.get("heartbeat_s", 30.0),
     )
     spec.out_dir = str(Path(out_dir).resolve())
     spec.storage = storage or node.get("storage") or f"sqlite:///{spec.study_dir / 'study.db'}"
@@ -192,6 +192,10 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
         raise SpecError(f"objective.aggregate={spec.aggregate!r}, expected one of {', '.join(AGGREGATES)}")
     if not spec.seeds or not all(isinstance(s, int) for s in spec.seeds):
         raise SpecError(f"seeds={node.get('seeds')!r}, expected a positive count or a list of integers")
+    beat = spec.heartbeat_s  # 0 would spin a core; a worker is taken for dead after 3 silent beats
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not 1 <= beat < float("inf"):
+        raise SpecError(f"heartbeat_s={beat!r}, expected a number of seconds >= 1")
+    spec.heartbeat_s = float(beat)
     for name, v, lo in (("trials", spec.trials, 0), ("workers", spec.workers, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise SpecError(f"{name}={v!r}, expected an integer >= {lo}")

@@ -35,9 +35,11 @@ def create_study(spec: Spec) -> optuna.Study:
             study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
                                         load_if_exists=True)
             break
-        except Exception:
-            if attempt == 2:
-                raise
+        except Exception as err:
+            if attempt == 2:  # a bad URL, an unreachable server, a path that cannot be made
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise SpecError(f"cannot open the study storage {spec.storage}: {type(err).__name__}: {first}") \
+                    from None
             time.sleep(1 + attempt)
     stored = study.user_attrs.get("spec")
     if stored is None:

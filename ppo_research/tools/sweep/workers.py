@@ -156,11 +156,12 @@ def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
         sys.exit(130)
 
 
-def run_workers(spec: Spec) -> None:
-    """``spec.workers`` workers on this machine; returns when all have stopped."""
+def run_workers(spec: Spec) -> list[int]:
+    """``spec.workers`` workers on this machine; returns their exit codes when all have stopped
+    (-N: killed by signal N; a killed worker's running trial is marked interrupted by the others)."""
     if spec.workers == 1:
         work(spec, 0)
-        return
+        return [0]
     # spawn, not fork: each worker starts clean (no torch threads or storage connections copied)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=False)
@@ -169,5 +170,4 @@ def run_workers(spec: Spec) -> None:
         p.start()
     for p in procs:
         p.join()
-    if any(p.exitcode for p in procs):
-        raise RuntimeError(f"worker exit codes {[p.exitcode for p in procs]}")
+    return [p.exitcode for p in procs]
