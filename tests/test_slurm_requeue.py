@@ -11,6 +11,7 @@ at the end need no cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -120,28 +121,48 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path, str, str, subprocess.Popen]:
+@contextlib.contextmanager
+def _multirun(args: list[str], cwd: Path, env: dict):
+    """``python -m ppo_research <args>`` in the background (output to files: the launcher logs
+    while it waits); if it still runs on the way out (a failed test), it is killed and its SLURM
+    jobs are cancelled."""
+    stderr = cwd / "multirun.err"
+    with open(cwd / "multirun.out", "w") as out, open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=cwd, env=env, stdout=out,
+                                stderr=err, text=True)
+    try:
+        yield proc, stderr
+    finally:
+        if proc.poll() is None:  # the test failed while the multirun was waiting for its job
+            proc.kill()
+            proc.wait()
+            folder = cwd / "multirun" / ".submitit"
+            for job in (p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)):
+                _cmd("scancel", job)
+
+
+def _job_id(sweep_dir: Path, proc: subprocess.Popen, stderr: Path) -> Optional[str]:
+    """The multirun's (single) job id, once submitted: a plain job is ``<id>``, an array task
+    ``<array id>_<task>`` (submitit submits one job as a plain job)."""
+    if proc.poll() is not None:
+        pytest.fail(f"the multirun ended before its job was seen: {stderr.read_text()[-3000:]}")
+    folder = sweep_dir / ".submitit"
+    found = [p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_0)?", p.name)] if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path, str, str]:
     """Start a one-job multirun on SLURM with hydra/launcher=slurm, call ``interrupt(job_id)``
     once the job has written 3 metrics rows, let the requeued job start without SLURM's 2-minute
-    hold, and wait for the multirun to end. Returns (run dir, job id, job stderr, process)."""
+    hold, and wait for the multirun to end. Returns (run dir, job id, the job's stderr log)."""
     sweep_dir = tmp_path / "multirun"
     args = ["-m", *RUN, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}",
             f"hydra.launcher.partition={partition}", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
             f"hydra.launcher.signal_delay_s={LEAD_S}"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def job_id() -> Optional[str]:
-            if proc.poll() is not None:
-                pytest.fail(f"the multirun ended before its job was seen: {proc.stderr.read()[-3000:]}")
-            folder = sweep_dir / ".submitit"
-            # one job is submitted as a plain job (<id>), several as an array (<array id>_<task>)
-            found = [p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_0)?", p.name)] if folder.is_dir() else []
-            return found[0] if found else None
-
-        job = _wait(job_id, 120, "the job's submitit folder")
+    with _multirun(args, tmp_path, env) as (proc, stderr):
+        job = _wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
         run_dir = sweep_dir / "0"
         _wait(lambda: _rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
         interrupt(job)
@@ -151,14 +172,10 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
             _job_record(job)), 120, "the job to be requeued (PENDING, Restarts=1)", poll=0.2)
         if record.get("Reason") == "BeginTime":
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=20)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+        proc.wait(timeout=300)
+    assert proc.returncode == 0, stderr.read_text()[-3000:]
     log = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
-    return run_dir, job, log, proc
+    return run_dir, job, log
 
 
 def _check_slurm_record(job: str) -> None:
@@ -219,7 +236,7 @@ def _wandb_segments(run_dir: Path) -> list[tuple[list[int], list[int]]]:
 def test_warning_signal_checkpoints_requeues_and_resumes(partition, reference, tmp_path):
     """The time-limit/preemption warning: SLURM sends the job's steps SIGUSR2 (``--signal=USR2@
     <signal_delay_s>``); here ``scancel --signal=USR2``, which delivers it the same way."""
-    run_dir, job, log, _ = _requeued_multirun(
+    run_dir, job, log = _requeued_multirun(
         partition, tmp_path, lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=20))
 
     # The job asked SLURM for the warning, as configured through the launcher's config group.
@@ -246,7 +263,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(partition, reference, t
 def test_scontrol_requeue_resumes(partition, reference, tmp_path):
     """``scontrol requeue`` (an operator, or SLURM's own requeue on preemption): SIGTERM, a
     checkpoint at the boundary, and the restarted job (SLURM_RESTART_COUNT=1) resumes."""
-    run_dir, job, log, _ = _requeued_multirun(
+    run_dir, job, log = _requeued_multirun(
         partition, tmp_path, lambda job: subprocess.run(["scontrol", "requeue", job], check=True, timeout=20))
     assert "SIGTERM: finishing the current iteration, then writing a checkpoint" in log
     # the first attempt ends with one line, not a KeyboardInterrupt traceback through submitit
@@ -262,29 +279,23 @@ def test_scontrol_requeue_resumes(partition, reference, tmp_path):
 
 @pytest.mark.slurm
 def test_requeue_limit_stops_with_a_checkpoint(partition, tmp_path):
-    """``max_num_timeout`` requeues after the time limit at most: at 0, the warning near the
-    time limit (here the job's 10 minutes count as reached: submitit treats a warning within the
-    last 10 minutes as the time limit) stops the run with a checkpoint and one line, unrequeued."""
+    """``max_num_timeout`` requeues after the time limit at most: at 0, a warning at the time
+    limit stops the run with a checkpoint and one line, and the job is not requeued. (submitit
+    counts a warning as the time limit once the job has run min(0.8 x timeout_min, timeout_min -
+    10 min): at once, for 10 minutes.)"""
     sweep_dir = tmp_path / "multirun"
     run = [a if not a.startswith("logger=") else "logger=none" for a in RUN]
     args = ["-m", *run, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}",
             f"hydra.launcher.partition={partition}", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
             "hydra.launcher.max_num_timeout=0"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _multirun(args, tmp_path, env) as (proc, stderr):
+        job = _wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
         run_dir = sweep_dir / "0"
-        _wait(lambda: proc.poll() is not None or _rows(run_dir / "metrics.jsonl") >= 3, 180,
-              "3 metrics rows from the job", poll=0.05)
-        job = next(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_0)?", p.name))
+        _wait(lambda: _rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=20)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 128 + 12, err[-3000:]
+        proc.wait(timeout=300)
+    assert proc.returncode == 128 + 12, stderr.read_text()[-3000:]
     log = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
     match = re.search(rf"error: SIGUSR2: job {job} not requeued \(Job not requeued because: timed-out too many "
                       rf"times\.\); the run stopped after iteration (\d+) with checkpoint (\S+); continue it with: "
