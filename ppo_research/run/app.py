@@ -366,8 +366,6 @@ class _WithoutHydraJobLine:
 def cli(argv: list[str]) -> int:
     """``python -m ppo_research``: Hydra's main, every failure as one line on stderr and an exit
     status (see the module docstring)."""
-    from .resume import resume_arguments, resume_target
-
     global _invocation
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     _invocation = _Invocation(full_error=bool(user_full_error) and user_full_error != "0")
@@ -375,6 +373,8 @@ def cli(argv: list[str]) -> int:
     stderr = sys.stderr
     held: list[Path] = []
     try:
+        from .resume import resume_arguments, resume_target  # torch: Ctrl-C may land in the import
+
         check_group_choices(argv)
         try:
             argv = resume_arguments(argv)
