@@ -14,7 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import TINY, read_summary, run_cli
-from ppo_research.tools.report import Normalization, group_runs, summarize, write_report
+from ppo_research.tools.report import (LEGEND_CHARS, Normalization, aggregate_groups, aggregate_stats, curves_figure,
+                                       group_runs, summarize, variant_curve, write_report)
 from ppo_research.tools.results import RUN_FILE, find_runs, read_run
 
 
@@ -54,12 +55,16 @@ def test_report_of_a_multirun_matches_the_runs_summaries(tmp_path):
         assert float(row["final_mean"]) == pytest.approx(finals.mean())
         assert float(row["final_std"]) == pytest.approx(finals.std(ddof=1))
         assert float(row["final_iqm"]) == pytest.approx(finals.mean())  # IQM of two values is their mean
-        assert float(row["final_mean_ci_low"]) >= finals.min() - 1e-9
-        assert float(row["final_mean_ci_high"]) <= finals.max() + 1e-9
+        # two seeds: no confidence interval, their min-max instead, and said so
+        assert row["final_mean_ci_low"] == row["final_mean_ci_high"] == "" and row["interval"] == "min–max of 2 seeds"
+        assert (float(row["final_min"]), float(row["final_max"])) == pytest.approx((finals.min(), finals.max()))
         assert float(row["steps"]) == pytest.approx(np.mean([s["global_step"] for s in summaries]))
         assert float(row["wall_time_s"]) == pytest.approx(np.mean([s["wall_time_s"] for s in summaries]))
         assert float(row["sps"]) == pytest.approx(np.mean([s["sps"] for s in summaries]))
-        assert f"| CartPole-v1 | {variant} | 2 | {finals.mean():.4g} ± {finals.std(ddof=1):.4g} |" in markdown
+        assert (f"| CartPole-v1 | {row['key']} | {variant} | 2 | {finals.mean():.4g} ± {finals.std(ddof=1):.4g} | "
+                f"[{finals.min():.4g}, {finals.max():.4g}] min–max of 2 seeds |") in markdown
+    assert "95%" not in markdown and "95%" not in (out / "aggregate.md").read_text()
+    assert is_png(out / "profiles.png")
 
     # --final train_return scores the training episodes instead, and says so
     proc = run_cli([str(sweep), "--out", str(out / "train"), "--final", "train_return"], cwd=tmp_path,
@@ -97,7 +102,8 @@ def test_report_of_an_optuna_study_folder(tmp_path):
         row = rows[f"loss.epsilon={trial.params['loss.epsilon']}"]
         assert (row["env"], row["n_seeds"], row["seeds"]) == ("CartPole-v1", "1", "0")
         assert float(row["final_mean"]) == pytest.approx(read_summary(run_dir)["eval_return"]) == trial.value
-    assert len((out / "summary.md").read_text().splitlines()) == 4 + 2  # note, blank, header, rule + 2 rows
+    table = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| CartPole-v1 |")]
+    assert len(table) == 2 and all("– (1 seed)" in line for line in table)  # one seed: no interval
     assert is_png(out / "curves.png")
 
 
@@ -149,18 +155,22 @@ ENVS = {"cartpole": ("CartPole-v1", 0.98), "pendulum": ("Pendulum-v1", 0.99)}
 
 
 def make_run(path: Path, loss: str = "clip", env: str = "cartpole", seed: int = 0, epsilon: float | None = None,
-             final: float = 1.0, summary: dict | None | bool = True, total: int = 300) -> Path:
-    """A run directory as the trainer and Hydra leave it, with known numbers."""
+             final: float = 1.0, summary: dict | None | bool = True, total: int = 300, extra: dict | None = None,
+             logger: str = "none") -> Path:
+    """A run directory as the trainer and Hydra leave it, with known numbers (``extra``: more
+    top-level config sections or values)."""
     env_id, gamma = ENVS[env]
     loss_node = dict(LOSSES[loss], **({"epsilon": epsilon} if epsilon is not None else {}))
     config = {"seed": seed, "total_timesteps": total, "progress": False, "env": {"id": env_id},
-              "loss": loss_node, "advantage": {"_target_": "ppo_research.algo.advantages.GAE", "gamma": gamma}}
+              "loss": loss_node, "advantage": {"_target_": "ppo_research.algo.advantages.GAE", "gamma": gamma},
+              **(extra or {})}
     overrides = [f"loss={loss}", f"env={env}", f"seed={seed}"] + ([f"loss.epsilon={epsilon}"] if epsilon else [])
     (path / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {
-        "loss": loss, "env": env, "advantage": "gae", "hydra/launcher": "basic"}}}}), path / ".hydra" / "hydra.yaml")
+        "loss": loss, "env": env, "advantage": "gae", "logger": logger, "hydra/launcher": "basic"}}}}),
+        path / ".hydra" / "hydra.yaml")
     rows = [{"iteration": i, "global_step": 100 * i, "episode_return": final * i / 3} for i in (1, 2, 3)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if summary is not None:
@@ -228,3 +238,160 @@ def test_normalized_scores_random_zero_best_one(tmp_path):
     by = {(r["env"], r["variant"]): r["normalized_mean"] for r in rows}
     assert by[("CartPole-v1", "loss=clip")] == pytest.approx((110.0 - 10.0) / 200.0)
     assert math.isnan(by[("Pendulum-v1", "loss=clip")])
+
+
+# -- report fixes (issue 14) ----------------------------------------------------------------------
+
+def test_a_seed_run_twice_warns_and_counts_once(tmp_path, capsys):
+    make_run(tmp_path / "0", "clip", seed=0, final=1.0)
+    make_run(tmp_path / "1", "clip", seed=0, final=3.0)  # the same seed again: not a new replicate
+    make_run(tmp_path / "2", "clip", seed=1, final=10.0)
+    make_run(tmp_path / "3", "klpen", seed=0, final=5.0)
+    make_run(tmp_path / "4", "klpen", seed=1, final=7.0)
+    files = write_report([tmp_path], tmp_path / "out")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "loss=clip" in warnings[0] and "seed 0" in warnings[0] and "klpen" not in warnings[0]
+    rows = {row["variant"]: row for row in read_csv(files["summary_csv"])}
+    clip = rows["loss=clip"]
+    assert (clip["n_seeds"], clip["n_runs"], clip["seeds"]) == ("2", "3", "0 1")
+    assert float(clip["final_mean"]) == pytest.approx((2.0 + 10.0) / 2)  # seed 0's runs averaged first
+    assert float(clip["final_std"]) == pytest.approx(np.std([2.0, 10.0], ddof=1))
+    assert (rows["loss=klpen"]["n_seeds"], rows["loss=klpen"]["n_runs"]) == ("2", "2")
+    assert "| 2 (3 runs) |" in files["summary_md"].read_text()
+    [clip_variant] = [v for v in group_runs(find_runs([tmp_path])) if v.label == "loss=clip"]
+    *_, n_seeds = variant_curve(clip_variant, "episode_return")
+    assert n_seeds == 2  # the curve's band is over seeds too
+
+
+def test_below_three_seeds_no_interval_is_called_a_95_ci(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path / "runs" / f"c{seed}", "clip", seed=seed, final=10.0 + seed)
+    make_run(tmp_path / "runs" / "k0", "klpen", seed=0, final=3.0)
+    files = write_report([tmp_path / "runs"], tmp_path / "out")
+    for name in ("summary_md", "aggregate_md"):
+        assert "95%" not in files[name].read_text() and "CI" not in files[name].read_text(), name
+    summary = files["summary_md"].read_text()
+    assert "[10, 11] min–max of 2 seeds" in summary and "– (1 seed)" in summary
+    rows = {row["variant"]: row for row in read_csv(files["summary_csv"])}
+    assert rows["loss=clip"]["interval"] == "min–max of 2 seeds" and rows["loss=clip"]["final_mean_ci_low"] == ""
+    assert rows["loss=klpen"]["interval"] == "none (1 seed)"
+    fig = curves_figure(group_runs(find_runs([tmp_path / "runs"])))
+    title = fig._suptitle.get_text()
+    assert "95%" not in title and "min–max of 2 seeds" in title and "none for 1 seed" in title
+
+    # from three seeds on, the bootstrap interval is a 95% CI and says so
+    make_run(tmp_path / "runs" / "c2", "clip", seed=2, final=13.0)
+    files = write_report([tmp_path / "runs"], tmp_path / "out3")
+    rows = {row["variant"]: row for row in read_csv(files["summary_csv"])}
+    assert rows["loss=clip"]["interval"] == "95% bootstrap CI"
+    assert 10.0 <= float(rows["loss=clip"]["final_mean_ci_low"]) < float(rows["loss=clip"]["final_mean_ci_high"]) <= 13.0
+    assert "95% bootstrap CI" in files["summary_md"].read_text()
+
+
+def test_tracking_only_settings_never_name_a_variant(tmp_path):
+    tracking = [  # (extra config, logger choice): each run records or keeps itself differently
+        ({"logger": {"project": "a", "mode": "offline"}, "checkpoint": {"every": 10, "keep": 3},
+          "eval": {"every": 10, "episodes": 10}, "torch_threads": 1, "resume": None}, "wandb"),
+        ({"logger": {"loggers": {"wandb": {"mode": "online"}, "tensorboard": {"log_dir": "tb"}}},
+          "checkpoint": {"every": 1, "keep": 9}, "eval": {"every": 2, "episodes": 10}, "torch_threads": 2,
+          "resume": "outputs/x", "progress": True}, "wandb_tensorboard"),
+    ]
+    i = 0
+    for loss in ("clip", "klpen"):
+        for seed, (extra, logger) in enumerate(tracking):
+            make_run(tmp_path / str(i), loss, seed=seed, extra=extra, logger=logger)
+            i += 1
+    variants = group_runs(find_runs([tmp_path]))
+    assert [(v.label, len(v.runs)) for v in variants] == [("loss=clip", 2), ("loss=klpen", 2)]
+    # eval.episodes changes the score itself: it is not tracking-only
+    make_run(tmp_path / "other", "clip", seed=5, extra={"eval": {"every": 10, "episodes": 3}})
+    labels = [v.label for v in group_runs(find_runs([tmp_path]))]
+    assert "loss=clip, eval.episodes=3" in labels
+
+
+def _many_variants(root: Path, n: int = 12) -> list:
+    for i in range(n):
+        for seed in (0, 1, 2):
+            make_run(root / f"{i}-{seed}", "clip", seed=seed, epsilon=round(0.05 * (i + 1), 2), final=10.0 * i + seed,
+                     extra={"algo": {"learning_rate": round(1e-4 * (i + 1), 6), "num_epochs": 10 + i,
+                                     "normalize_advantage": "minibatch" if i % 2 else "batch"}})
+    return group_runs(find_runs([root]))
+
+
+def test_many_variants_keep_the_legend_outside_the_panels(tmp_path):
+    variants = _many_variants(tmp_path / "runs")
+    assert len(variants) == 12 and len(variants[0].label) > 60  # long labels
+    fig = curves_figure(variants, smooth=3)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert all(ax.get_legend() is None for ax in axes)  # no legend drawn over the curves
+    [legend] = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) == 12 and texts[0].startswith("V1 ") and all(len(t) <= LEGEND_CHARS + 12 for t in texts)
+    assert legend._ncols >= 2  # in columns, not one long list
+    box = legend.get_window_extent(renderer)
+    for ax in axes:  # below the panels, clear of their tick labels and axis labels
+        assert not box.overlaps(ax.get_tightbbox(renderer))
+        assert box.y1 <= ax.get_tightbbox(renderer).y0
+    files = write_report([tmp_path / "runs"], tmp_path / "out", smooth=3)
+    summary = files["summary_md"].read_text()
+    for key, variant in zip([f"V{i}" for i in range(1, 13)], sorted(v.label for v in variants)):
+        assert f"| {key} | {variant} |" in summary  # the key table spells out every abbreviated label
+    assert is_png(files["curves"]) and is_png(files["profiles"])
+
+
+def test_the_smoothing_window_is_named(tmp_path):
+    for seed in (0, 1, 2):
+        make_run(tmp_path / "runs" / str(seed), seed=seed)
+    variants = group_runs(find_runs([tmp_path / "runs"]))
+    fig = curves_figure(variants, smooth=5)
+    assert "moving average over 5 iterations" in fig.axes[0].get_ylabel()
+    assert "moving average over 5 iterations" in fig._suptitle.get_text()
+    assert "not smoothed" in curves_figure(variants, smooth=1).axes[0].get_ylabel()
+    files = write_report([tmp_path / "runs"], tmp_path / "out", smooth=5)
+    assert "moving average over 5 iterations" in files["summary_md"].read_text()
+
+
+def test_aggregate_statistics_on_normalised_runs(tmp_path):
+    finals = {("clip", "cartpole"): (100.0, 120.0, 140.0), ("klpen", "cartpole"): (50.0, 60.0, 70.0),
+              ("clip", "pendulum"): (-200.0, -300.0, -400.0), ("klpen", "pendulum"): (-1000.0, -1100.0, -1200.0)}
+    i = 0
+    for (loss, env), values in finals.items():
+        for seed, final in enumerate(values):
+            make_run(tmp_path / "runs" / str(i), loss, env, seed, final=final)
+            i += 1
+    norm = Normalization(random={"CartPole-v1": 10.0, "Pendulum-v1": -1300.0},
+                         reference={"CartPole-v1": 210.0, "Pendulum-v1": -100.0}, name="reference")
+    # by hand: each run's (score - random) / (reference - random), pooled over the two envs
+    clip = [0.45, 0.55, 0.65, 1100 / 1200, 1000 / 1200, 900 / 1200]
+    klpen = [0.2, 0.25, 0.3, 300 / 1200, 200 / 1200, 100 / 1200]
+    iqm_by_hand = {label: float(np.mean(sorted(x)[1:-1])) for label, x in (("loss=clip", clip), ("loss=klpen", klpen))}
+    rows = summarize(group_runs(find_runs([tmp_path / "runs"])), normalization=norm)
+    [group] = aggregate_groups(rows, norm)
+    assert group.tasks == ["CartPole-v1", "Pendulum-v1"] and group.min_seeds == 3
+    result = aggregate_stats(group, n_boot=500)
+    assert result.iqm == pytest.approx(iqm_by_hand)
+    assert result.improvement[("loss=clip", "loss=klpen")] == 1.0  # every clip run beats every klpen run
+    assert result.improvement[("loss=klpen", "loss=clip")] == 0.0
+    low, high = result.iqm_ci["loss=clip"]
+    assert min(clip) <= low <= iqm_by_hand["loss=clip"] <= high <= max(clip)
+    tau = result.taus[50]
+    assert result.profile["loss=clip"][50] == pytest.approx(np.mean([np.mean(np.array(clip[:3]) > tau),
+                                                                     np.mean(np.array(clip[3:]) > tau)]))
+
+    out = tmp_path / "out"
+    files = write_report([tmp_path / "runs"], out, normalization=norm, n_boot=500)
+    text = files["aggregate_md"].read_text()
+    assert "2 env(s), normalised score (random policy = 0, reference = 1)" in text
+    assert f"| V1 | loss=clip | {iqm_by_hand['loss=clip']:.4g} | [" in text
+    assert f"| V2 | loss=klpen | {iqm_by_hand['loss=klpen']:.4g} | [" in text
+    assert "| V1 | – | 1 |" in text and "| V2 | 0 | – |" in text  # P(row > column)
+    assert is_png(files["profiles"])
+
+    # without a normalisation, envs do not pool: one section per env, raw returns
+    files = write_report([tmp_path / "runs"], tmp_path / "raw", n_boot=500)
+    text = files["aggregate_md"].read_text()
+    assert "## CartPole-v1" in text and "## Pendulum-v1" in text and "final return [eval_return]" in text
+    assert f"| V1 | loss=clip | {np.mean([100.0, 120.0, 140.0]):.4g} |" in text

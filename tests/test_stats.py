@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from ppo_research.tools.stats import AGGREGATES, aggregate, bootstrap_ci, iqm, normalize_score
+from ppo_research.tools.stats import (AGGREGATES, MIN_SEEDS_FOR_CI, aggregate, bootstrap_ci, interval_label, iqm,
+                                      normalize_score, performance_profile, performance_profile_ci, pooled_iqm,
+                                      pooled_iqm_ci, probability_of_improvement, probability_of_improvement_ci)
 
 
 def test_aggregates_by_hand():
@@ -54,3 +56,85 @@ def test_normalised_scores():
     assert normalize_score(-300.0, -1300.0, -300.0) == 1.0
     assert math.isnan(normalize_score(5.0, None, 10.0))
     assert math.isnan(normalize_score(5.0, 1.0, 1.0))
+
+
+# -- the aggregate statistics of Agarwal et al. 2021 (stratified over tasks) ---------------------
+
+def brute_stratified(tasks, statistic, n_boot=4000, seed=123, level=0.95):
+    """Reference stratified percentile bootstrap: each task's runs resampled on their own."""
+    rng = np.random.default_rng(seed)
+    values = [statistic([t[rng.integers(0, len(t), len(t))] for t in tasks]) for _ in range(n_boot)]
+    return np.percentile(values, [50 * (1 - level), 50 * (1 + level)], axis=0)
+
+
+def brute_iqm(tasks):
+    x = np.sort(np.concatenate(tasks))
+    cut = len(x) // 4
+    return x[cut:len(x) - cut].mean()
+
+
+def brute_profile(tasks, taus):
+    return np.mean([[np.mean(t > tau) for tau in taus] for t in tasks], axis=0)
+
+
+def brute_improvement(xs, ys):
+    """Every pair of runs compared (x > y counts 1, a tie 1/2), averaged per task, then over tasks."""
+    return np.mean([np.mean((x[:, None] > y[None]) + 0.5 * (x[:, None] == y[None])) for x, y in zip(xs, ys)])
+
+
+def test_interval_labels_need_three_seeds_for_a_ci():
+    assert MIN_SEEDS_FOR_CI == 3
+    assert interval_label(3) == interval_label(10) == "95% bootstrap CI"
+    assert interval_label(2) == "min–max of 2 seeds"
+    assert interval_label(1) is None
+
+
+def test_iqm_is_scipys_trimmed_mean():
+    from scipy.stats import trim_mean
+
+    for n in range(1, 13):
+        x = np.random.default_rng(n).normal(size=n)
+        assert iqm(x) == pytest.approx(trim_mean(x, 0.25)) == pytest.approx(brute_iqm([x]))
+
+
+def test_aggregates_over_tasks_by_hand():
+    tasks = [np.array([0.0, 1.0, 2.0]), np.array([10.0, 11.0, 12.0])]
+    assert pooled_iqm(tasks) == pytest.approx(np.mean([1.0, 2.0, 10.0, 11.0]))  # 6 runs: one cut at each end
+    assert performance_profile(tasks, [1.5, 11.0]) == pytest.approx([(1 / 3 + 1) / 2, (0 + 1 / 3) / 2])
+    x, y = [np.array([1.0, 2.0, 3.0])], [np.array([0.0, 0.0, 5.0])]
+    assert probability_of_improvement(x, y) == pytest.approx(6 / 9)
+    assert probability_of_improvement([np.array([1.0, 2.0])], [np.array([1.0, 2.0])]) == 0.5  # ties count half
+    two = ([np.array([1.0, 2.0]), np.array([5.0, 5.0])], [np.array([0.0, 3.0]), np.array([4.0, 6.0])])
+    assert brute_improvement(*two) == pytest.approx(0.5)
+    assert probability_of_improvement(*two) == pytest.approx((0.5 + 0.5) / 2)
+    with pytest.raises(ValueError, match="different tasks"):
+        probability_of_improvement([np.ones(2)], [np.ones(2), np.ones(2)])
+
+
+def test_the_bootstrap_is_stratified_by_task():
+    # every resample keeps 4 runs of each task, so the pooled IQM of 4 zeros and 4 ones is always
+    # 0.5; a bootstrap over the pooled runs would draw 3 zeros and 5 ones and move
+    tasks = [np.zeros(4), np.ones(4)]
+    assert pooled_iqm_ci(tasks, n_boot=1000) == (0.5, 0.5)
+    low, high = performance_profile_ci(tasks, [0.5], n_boot=1000)
+    assert (low[0], high[0]) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="at least 2 runs per task"):
+        pooled_iqm_ci([np.ones(1), np.ones(3)])
+
+
+def test_stratified_intervals_match_a_brute_force_bootstrap():
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(0.6, 0.3, 20), rng.normal(0.4, 0.2, 15), rng.normal(0.9, 0.5, 10)]
+    ys = [rng.normal(0.5, 0.3, 20), rng.normal(0.4, 0.2, 15), rng.normal(0.6, 0.5, 10)]
+    taus = np.linspace(-0.2, 1.6, 10)
+    assert pooled_iqm(xs) == pytest.approx(brute_iqm(xs))
+    assert performance_profile(xs, taus) == pytest.approx(brute_profile(xs, taus))
+    assert probability_of_improvement(xs, ys) == pytest.approx(brute_improvement(xs, ys))
+    # two independent Monte Carlo estimates of the same interval agree within their noise
+    assert pooled_iqm_ci(xs, n_boot=4000) == pytest.approx(brute_stratified(xs, brute_iqm), abs=0.02)
+    low, high = performance_profile_ci(xs, taus, n_boot=4000)
+    ref_low, ref_high = brute_stratified(xs, lambda t: brute_profile(t, taus))
+    assert np.abs(low - ref_low).max() <= 0.04 and np.abs(high - ref_high).max() <= 0.04
+    ref = brute_stratified(xs + ys, lambda t: brute_improvement(t[:3], t[3:]), n_boot=1500)
+    assert probability_of_improvement_ci(xs, ys, n_boot=4000) == pytest.approx(ref, abs=0.03)
+    assert pooled_iqm_ci(xs, n_boot=500) == pooled_iqm_ci(xs, n_boot=500)  # seeded

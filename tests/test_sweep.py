@@ -20,6 +20,7 @@ from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.space import check_search_space
 from ppo_research.tools.sweep.spec import SpecError, load_spec
 from ppo_research.tools.sweep.storage import make_storage
+from ppo_research.tools.sweep.study_report import history_figure, objective_label, write_report
 from wandb_files import wandb_records
 
 BASE = ["env=cartpole", "logger=none", *TINY]
@@ -165,6 +166,23 @@ def test_report_and_best_overrides_reproduce_the_best_trial(tmp_path):
     evals = [r["eval_return"] for r in read_metrics(tmp_path / "repro") if "eval_return" in r]
     assert sum(evals) / len(evals) == pytest.approx(study.best_trial.user_attrs["eval_auc/s0"], rel=1e-9)
     assert read_summary(tmp_path / "repro")["global_step"] == 512
+
+
+def test_history_names_its_objective_and_counts_trials_in_integers(tmp_path):
+    spec = load_spec(write_spec(tmp_path, objective={"metric": "eval_auc", "aggregate": "iqm"}, seeds=[0, 1]),
+                     out_dir=tmp_path / "outputs" / "sweeps")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: 100 * trial.suggest_float("loss.epsilon", 0.1, 0.3), n_trials=3)
+    assert objective_label(spec) == "iqm eval_auc over 2 seeds (maximize)"
+    fig = history_figure(study, objective_label(spec))
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "iqm eval_auc over 2 seeds (maximize)" and "eval_auc" in ax.get_title()
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # 3 trials: 0, 1, 2, never 0.25
+    write_report(spec, study)  # the study report draws the same figure
+    assert (spec.study_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_trial_runs_are_wandb_runs_grouped_by_study(tmp_path):

@@ -5,10 +5,13 @@
 
 Runs are found under the given directories (``tools.results``: a run directory holds
 ``metrics.jsonl`` and ``run.json`` or ``.hydra/config.yaml``), grouped per env by the config
-values that vary between them (seed is the replicate axis), and summarised over seeds with
-percentile-bootstrap 95% confidence intervals (``tools.stats``).
-Writes ``curves.png``, ``summary.md``/``summary.csv`` and, with a normalisation,
-``normalized.md``/``normalized.csv`` (random policy = 0, a named reference = 1).
+values that vary between them (seed is the replicate axis; tracking-only settings never name a
+variant), and summarised over distinct seeds with percentile-bootstrap 95% confidence intervals
+from 3 seeds on (``tools.stats``; 2 seeds show their min–max, 1 seed no interval).
+Writes ``curves.png``, ``summary.md``/``summary.csv``, the aggregate statistics of Agarwal et al.
+2021 (``aggregate.md``, ``profiles.png``: IQM, performance profiles, probability of improvement)
+and, with a normalisation, ``normalized.md``/``normalized.csv`` (random policy = 0, a named
+reference = 1).
 """
 from __future__ import annotations
 
@@ -25,10 +28,23 @@ import numpy as np
 
 from ..run.compose import CONF_DIR, GROUPS
 from .results import FACET, ResultsError, Run, finished, find_runs, load_yaml
-from .stats import aggregate, bootstrap_ci, normalize_score
+from .stats import (MIN_SEEDS_FOR_CI, aggregate, bootstrap_ci, interval_label, normalize_score,
+                    performance_profile, performance_profile_ci, pooled_iqm, pooled_iqm_ci,
+                    probability_of_improvement, probability_of_improvement_ci)
 
-IGNORED_KEYS = {"seed", "progress", "resume", "logger.name", "logger.group", "logger.tags", "logger.notes"}
+#: Settings that change what is recorded or how a run is kept, never what it learns: they never
+#: name a variant (seed is the replicate axis).
+TRACKING_KEYS = frozenset({"seed", "progress", "resume", "torch_threads", "eval.every", "choices.logger"})
+TRACKING_PREFIXES = ("logger.", "checkpoint.")
 MISSING = "<unset>"
+#: legend entries longer than this are cut (the full label is in summary.md's key table)
+LEGEND_CHARS = 38
+
+
+def is_tracking_only(key: str) -> bool:
+    """``logger.*`` (``logger.loggers.*`` too) and the logger choice, ``checkpoint.*``,
+    ``progress``, ``resume``, ``eval.every``, ``torch_threads`` (and ``seed``)."""
+    return key in TRACKING_KEYS or key.startswith(TRACKING_PREFIXES)
 
 
 # -- grouping into variants ----------------------------------------------------------------------
@@ -38,6 +54,34 @@ class Variant:
     env: str
     label: str
     runs: list[Run] = field(default_factory=list)
+
+    def by_seed(self) -> dict:
+        """seed -> its runs, in seed order (a run without a seed is its own replicate)."""
+        groups: dict = {}
+        for run in self.runs:
+            groups.setdefault(run.seed if run.seed is not None else f"?{run.path}", []).append(run)
+        return dict(sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(12)))
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.by_seed())
+
+
+def duplicate_seeds(variants: list[Variant]) -> list[str]:
+    """One warning line per (variant, seed) with several runs: they count as one seed."""
+    lines = []
+    for v in variants:
+        for seed, runs in v.by_seed().items():
+            if len(runs) > 1:
+                lines.append(f"warning: {v.env} {v.label}: seed {seed} appears in {len(runs)} runs "
+                             f"({', '.join(str(r.path) for r in runs)}); counted as one seed, their scores averaged")
+    return lines
+
+
+def variant_keys(variants: list[Variant]) -> dict[str, str]:
+    """A short key per distinct label (V1, V2, ... in label order): the legends' and the key
+    table's names; the same label on several envs is one key and one colour."""
+    return {label: f"V{i}" for i, label in enumerate(sorted({v.label for v in variants}), 1)}
 
 
 def _determined_by(key: str, by: list[str], runs: list[Run]) -> bool:
@@ -85,7 +129,7 @@ def _explainers(key: str, shown: list[str]) -> list[str]:
 def label_keys(runs: list[Run]) -> list[str]:
     """The keys that name variants: varying group choices first, then varying values that
     their explainers (env, preset choices, own group choice) do not already imply."""
-    keys = sorted(set().union(*(run.config for run in runs)) - IGNORED_KEYS)
+    keys = sorted(k for k in set().union(*(run.config for run in runs)) if not is_tracking_only(k))
     varying = [k for k in keys if len({repr(run.config.get(k, MISSING)) for run in runs}) > 1]
     choices = [f"choices.{g}" for g in label_groups() if f"choices.{g}" in varying]
     shown: list[str] = []
@@ -173,34 +217,57 @@ class Normalization:
         return normalize_score(score, self.random.get(env), reference)
 
 
+def _interval(x: np.ndarray, how: str, n_boot: int) -> tuple[float, float]:
+    """The interval ``summarize`` reports for ``aggregate(x, how)`` over seeds: the bootstrap CI
+    from ``MIN_SEEDS_FOR_CI`` seeds on, the min–max of 2 seeds, none (nan) for 1."""
+    if len(x) >= MIN_SEEDS_FOR_CI:
+        return bootstrap_ci(x, how, n_boot=n_boot)
+    if len(x) == 2:
+        return float(x.min()), float(x.max())
+    return math.nan, math.nan
+
+
 def summarize(variants: list[Variant], final: str = "auto", normalization: Optional[Normalization] = None,
               n_boot: int = 2000) -> list[dict]:
-    """One row per (env, variant): seeds, final return mean/std/IQM with bootstrap CIs, steps,
-    wall time, SPS, and (with a normalisation) the normalised score."""
+    """One row per (env, variant): distinct seeds (runs of one seed averaged first), final return
+    mean/std/IQM and their intervals (``interval`` names the kind: a bootstrap CI only from 3
+    seeds on), steps, wall time, SPS, and (with a normalisation) the normalised score."""
     rows = []
     for v in variants:
-        finals = [final_return(r.summary, final) for r in v.runs]
-        x = np.array([f for f, _ in finals])
-        mean_ci, iqm_ci = bootstrap_ci(x, "mean", n_boot=n_boot), bootstrap_ci(x, "iqm", n_boot=n_boot)
+        finals, keys = [], set()
+        for runs in v.by_seed().values():
+            scores = [final_return(r.summary, final) for r in runs]
+            finals.append(float(np.mean([f for f, _ in scores])))
+            keys |= {k for _, k in scores}
+        x = np.array(finals)
+        mean_iv, iqm_iv = _interval(x, "mean", n_boot), _interval(x, "iqm", n_boot)
+        ci = len(x) >= MIN_SEEDS_FOR_CI
         rows.append({
-            "env": v.env, "variant": v.label, "n_seeds": len(x),
-            "seeds": " ".join(str(r.seed) for r in v.runs),
-            "final_key": "/".join(sorted({k for _, k in finals})),
+            "env": v.env, "variant": v.label, "n_seeds": len(x), "n_runs": len(v.runs),
+            "seeds": " ".join(str(s) for s in v.by_seed() if not str(s).startswith("?")),
+            "final_key": "/".join(sorted(keys)),
             "final_mean": float(x.mean()), "final_std": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
-            "final_mean_ci_low": mean_ci[0], "final_mean_ci_high": mean_ci[1],
-            "final_iqm": aggregate(x, "iqm"), "final_iqm_ci_low": iqm_ci[0], "final_iqm_ci_high": iqm_ci[1],
+            "final_min": float(x.min()), "final_max": float(x.max()),
+            "interval": interval_label(len(x)) or "none (1 seed)",
+            "final_mean_ci_low": mean_iv[0] if ci else math.nan, "final_mean_ci_high": mean_iv[1] if ci else math.nan,
+            "final_iqm": aggregate(x, "iqm"),
+            "final_iqm_ci_low": iqm_iv[0] if ci else math.nan, "final_iqm_ci_high": iqm_iv[1] if ci else math.nan,
             "steps": float(np.mean([r.summary["global_step"] for r in v.runs])),
             "wall_time_s": float(np.mean([r.summary["wall_time_s"] for r in v.runs])),
             "sps": float(np.mean([r.summary["sps"] for r in v.runs])),
-            "_finals": x,
+            "_finals": x, "_mean_interval": mean_iv, "_iqm_interval": iqm_iv,
         })
     if normalization is not None:
         refs = normalization.references(rows)
         for row in rows:
             scores = np.array([normalization(row["env"], f, refs.get(row["env"])) for f in row["_finals"]])
+            row["_normalized"] = scores
             row["normalized_mean"] = float(scores.mean())
+            row["_normalized_interval"] = (_interval(scores, "mean", n_boot) if np.isfinite(scores).all()
+                                           else (math.nan, math.nan))
+            ci = len(scores) >= MIN_SEEDS_FOR_CI
             row["normalized_ci_low"], row["normalized_ci_high"] = (
-                bootstrap_ci(scores, n_boot=n_boot) if np.isfinite(scores).all() else (math.nan, math.nan))
+                row["_normalized_interval"] if ci else (math.nan, math.nan))
     return rows
 
 
@@ -232,54 +299,306 @@ def run_curve(run: Run, metric: str, smooth: int = 1) -> tuple[np.ndarray, np.nd
 
 
 def variant_curve(variant: Variant, metric: str, smooth: int = 1, n_boot: int = 1000):
-    """Seeds interpolated onto their common step range; mean and bootstrap band over seeds."""
-    curves = [c for c in (run_curve(r, metric, smooth) for r in variant.runs) if len(c[0])]
+    """Runs interpolated onto their common step range, the runs of one seed averaged; the mean
+    over seeds and its band: the bootstrap CI from 3 seeds on, the min–max of 2, none for 1.
+    Returns ``(steps, mean, low, high, n_seeds)`` or None."""
+    curves, seeds = [], []
+    for seed, runs in variant.by_seed().items():
+        for run in runs:
+            curve = run_curve(run, metric, smooth)
+            if len(curve[0]):
+                curves.append(curve)
+                seeds.append(seed)
     if not curves:
         return None
     lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
     grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x, _ in curves]))
     if not len(grid):
         return None
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])  # (seeds, steps)
-    low, high = bootstrap_ci(ys, "mean", n_boot=n_boot)
-    return grid, ys.mean(axis=0), low, high
+    runs_y = np.stack([np.interp(grid, x, y) for x, y in curves])
+    ys = np.stack([runs_y[[i for i, s in enumerate(seeds) if s == seed]].mean(axis=0)
+                   for seed in dict.fromkeys(seeds)])  # (seeds, steps)
+    if len(ys) >= MIN_SEEDS_FOR_CI:
+        low, high = bootstrap_ci(ys, "mean", n_boot=n_boot)
+    elif len(ys) == 2:
+        low, high = ys.min(axis=0), ys.max(axis=0)
+    else:
+        low = high = None
+    return grid, ys.mean(axis=0), low, high, len(ys)
 
 
-def plot_curves(variants: list[Variant], path: Path, metric: str = "episode_return", smooth: int = 1) -> Path:
+def smoothing_text(smooth: int) -> str:
+    return f"moving average over {smooth} iterations" if smooth > 1 else "per iteration, not smoothed"
+
+
+def band_text(seed_counts) -> str:
+    """What the shaded bands are, for the seed counts drawn."""
+    parts = []
+    if any(n >= MIN_SEEDS_FOR_CI for n in seed_counts):
+        parts.append(f"95% bootstrap CI of the mean (>= {MIN_SEEDS_FOR_CI} seeds)")
+    if 2 in seed_counts:
+        parts.append("min–max of 2 seeds")
+    if 1 in seed_counts:
+        parts.append("none for 1 seed")
+    return "; ".join(parts)
+
+
+def abbreviate(label: str, width: int = LEGEND_CHARS) -> str:
+    """A legend's short form of a variant label: each dotted key by its last part
+    (``algo.learning_rate=3e-4`` -> ``learning_rate=3e-4``), cut to ``width`` characters."""
+    parts = []
+    for part in label.split(", "):
+        key, sep, value = part.partition("=")
+        parts.append(f"{key.rsplit('.', 1)[-1]}{sep}{value}" if sep else part)
+    text = ", ".join(parts)
+    return text if len(text) <= width else text[:width - 1].rstrip(", ") + "…"
+
+
+def _styles(keys: dict[str, str]) -> dict[str, dict]:
+    """A colour and line style per label: tab10 colours, then dashed, dotted, ... past 10."""
+    from matplotlib import colormaps
+
+    cmap, styles = colormaps["tab10"], ["-", "--", ":", "-."]
+    return {label: {"color": cmap(i % 10), "linestyle": styles[(i // 10) % len(styles)]}
+            for i, label in enumerate(keys)}
+
+
+def _seed_range(counts: list[int]) -> str:
+    return f"n={min(counts)}" if min(counts) == max(counts) else f"n={min(counts)}–{max(counts)}"
+
+
+def _legend_below(fig, handles: list, texts: list[str]) -> None:
+    """One legend for the whole figure, under the panels, in as many columns as fit its width."""
+    width_pt = fig.get_figwidth() * 72
+    longest = max((len(t) for t in texts), default=10)
+    ncol = max(1, min(len(texts), int(width_pt // (longest * 4.6 + 45))))
+    fig.legend(handles, texts, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=8,
+               frameon=False, handlelength=2.5, columnspacing=1.5)
+
+
+def _panel_grid(n_panels: int, width: float = 5.5, height: float = 4.0, min_width: float = 8.0):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cols = min(3, n_panels)
+    rows = -(-n_panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(width * cols, min_width), height * rows), squeeze=False)
+    for ax in list(axes.flat)[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def legend_entries(variants: list[Variant], keys: dict[str, str]) -> dict[str, str]:
+    """label -> legend text: ``V3 loss=klpen (n=5)``, cut to ``LEGEND_CHARS``."""
+    counts: dict[str, list[int]] = {}
+    for v in variants:
+        counts.setdefault(v.label, []).append(v.n_seeds)
+    return {label: f"{key} {abbreviate(label)} ({_seed_range(counts[label])})"
+            for label, key in keys.items() if label in counts}
+
+
+def curves_figure(variants: list[Variant], metric: str = "episode_return", smooth: int = 1):
+    """The learning-curve figure: one panel per env, one line per variant (colour and key shared
+    across panels), one legend below the panels; the smoothing window on the y axis."""
     envs = sorted({v.env for v in variants})
-    cols = min(3, len(envs))
-    rows = -(-len(envs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    keys = variant_keys(variants)
+    style, entries = _styles(keys), legend_entries(variants, keys)
+    fig, axes = _panel_grid(len(envs))
+    handles, counts = {}, set()
     for ax, env in zip(axes.flat, envs):
         for v in (v for v in variants if v.env == env):
             curve = variant_curve(v, metric, smooth)
             if curve is None:
                 continue
-            x, mean, low, high = curve
-            (line,) = ax.plot(x, mean, label=f"{v.label} (n={len(v.runs)})")
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set(title=env, xlabel="global_step", ylabel=metric)
+            x, mean, low, high, n = curve
+            counts.add(n)
+            (line,) = ax.plot(x, mean, linewidth=1.4, **style[v.label])
+            handles.setdefault(v.label, line)
+            if low is not None:
+                ax.fill_between(x, low, high, color=style[v.label]["color"], alpha=0.15, linewidth=0)
+        ax.set(title=env, xlabel="global_step", ylabel=f"{metric}\n({smoothing_text(smooth)})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(envs):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{metric}: mean over seeds, 95% bootstrap CI")
+    order = [label for label in keys if label in handles]
+    _legend_below(fig, [handles[label] for label in order], [entries[label] for label in order])
+    fig.suptitle(f"{metric}, {smoothing_text(smooth)}: mean over seeds; shaded: {band_text(counts) or 'none'}",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_curves(variants: list[Variant], path: Path, metric: str = "episode_return", smooth: int = 1) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(variants, metric, smooth)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+# -- aggregate statistics over tasks (Agarwal et al. 2021) -----------------------------------------
+
+@dataclass
+class AggregateGroup:
+    """Variants compared on the same tasks: ``scores[label]`` lists per task (env) the scores of
+    its seeds; ``unit`` says what a score is."""
+
+    title: str
+    unit: str
+    tasks: list[str]
+    scores: dict[str, list[np.ndarray]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def min_seeds(self) -> int:
+        return min(len(s) for per_task in self.scores.values() for s in per_task)
+
+
+def aggregate_groups(rows: list[dict], normalization: Optional[Normalization]) -> list[AggregateGroup]:
+    """With a normalisation: one group pooling every env (normalised scores), the variants run on
+    all of them; without: one group per env (raw final returns; scores of different envs do not
+    pool)."""
+    keys = sorted({k for r in rows for k in r["final_key"].split("/")})
+    envs = sorted({r["env"] for r in rows})
+    if normalization is not None:
+        usable = [e for e in envs if all(np.isfinite(r["_normalized"]).all() for r in rows if r["env"] == e)]
+        notes = [f"{', '.join(sorted(set(envs) - set(usable)))} left out: no random baseline or no scale"] \
+            if len(usable) < len(envs) else []
+        labels = sorted({r["variant"] for r in rows})
+        complete = [l for l in labels if all(any(r["env"] == e and r["variant"] == l for r in rows) for e in usable)]
+        if len(complete) < len(labels):
+            notes.append(f"left out (not run on every env): {', '.join(sorted(set(labels) - set(complete)))}")
+        by = {(r["env"], r["variant"]): r["_normalized"] for r in rows}
+        if not usable or not complete:
+            return []
+        return [AggregateGroup(f"{len(usable)} env(s), normalised score (random policy = 0, "
+                               f"{normalization.name} = 1)", "normalised score", usable,
+                               {l: [by[(e, l)] for e in usable] for l in complete}, notes)]
+    return [AggregateGroup(env, f"final return [{'/'.join(keys)}]", [env],
+                           {r["variant"]: [r["_finals"]] for r in rows if r["env"] == env}) for env in envs]
+
+
+@dataclass
+class AggregateStats:
+    group: AggregateGroup
+    iqm: dict[str, float]
+    iqm_ci: dict[str, tuple[float, float]]  # empty when fewer than MIN_SEEDS_FOR_CI seeds per task
+    taus: np.ndarray
+    profile: dict[str, np.ndarray]
+    profile_ci: dict[str, tuple[np.ndarray, np.ndarray]]
+    improvement: dict[tuple[str, str], float]  # (x, y) -> P(X > Y)
+    improvement_ci: dict[tuple[str, str], tuple[float, float]]  # best variant vs each other one
+
+
+def aggregate_stats(group: AggregateGroup, n_boot: int = 2000) -> AggregateStats:
+    labels = list(group.scores)
+    with_ci = group.min_seeds >= MIN_SEEDS_FOR_CI
+    everything = np.concatenate([s for per_task in group.scores.values() for s in per_task])
+    low, high = float(everything.min()), float(everything.max())
+    taus = np.linspace(low, high, 101) if high > low else np.array([low - 0.5, low, low + 0.5])
+    iqms = {l: pooled_iqm(group.scores[l]) for l in labels}
+    best = max(labels, key=lambda l: iqms[l])
+    stats = AggregateStats(
+        group, iqms, {l: pooled_iqm_ci(group.scores[l], n_boot) for l in labels} if with_ci else {}, taus,
+        {l: performance_profile(group.scores[l], taus) for l in labels},
+        {l: performance_profile_ci(group.scores[l], taus, n_boot) for l in labels} if with_ci else {},
+        {(x, y): probability_of_improvement(group.scores[x], group.scores[y]) for x in labels for y in labels
+         if x != y},
+        {(best, y): probability_of_improvement_ci(group.scores[best], group.scores[y], n_boot)
+         for y in labels if y != best} if with_ci else {})
+    return stats
+
+
+def _interval_cell(interval, digits: int = 3) -> str:
+    return f"[{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
+
+
+def markdown_aggregate(all_stats: list[AggregateStats], keys: dict[str, str], n_boot: int) -> str:
+    lines = ["# Aggregate statistics (Agarwal et al. 2021)", "",
+             "IQM: interquartile mean of all runs (the middle 50% of the seeds' final scores, pooled over the "
+             "tasks). Performance profile (profiles.png): the fraction of runs scoring above each threshold. "
+             "P(X > Y): the probability that a run of X scores above a run of Y on the same task (ties count "
+             "half), averaged over tasks. Intervals: stratified percentile bootstrap (each task's seeds "
+             f"resampled on their own, {n_boot} resamples), given only with >= {MIN_SEEDS_FOR_CI} seeds per task.",
+             ""]
+    for st in all_stats:
+        g = st.group
+        labels = sorted(g.scores, key=lambda l: -st.iqm[l])
+        best = labels[0]
+        seeds = sorted({len(s) for per_task in g.scores.values() for s in per_task})
+        lines += [f"## {g.title}", "", f"Tasks: {', '.join(g.tasks)}; seeds per task: "
+                  f"{'/'.join(map(str, seeds))}; score: {g.unit}.", *[f"Note: {n}." for n in g.notes], ""]
+        ci_head = "IQM 95% CI" if st.iqm_ci else "interval"
+        pi_head = f"P({keys[best]} > it) [95% CI]" if st.improvement_ci else f"P({keys[best]} > it)"
+        lines += [f"| key | variant | IQM | {ci_head} | {pi_head} |", "|---|---|---:|---|---|"]
+        for l in labels:
+            interval = _interval_cell(st.iqm_ci[l]) if st.iqm_ci else f"none ({g.min_seeds} seed(s) per task)"
+            if l == best:
+                poi = "(best IQM)"
+            else:
+                poi = _fmt(st.improvement[(best, l)], 3) + (
+                    f" {_interval_cell(st.improvement_ci[(best, l)])}" if st.improvement_ci else "")
+            lines.append(f"| {keys[l]} | {l} | {_fmt(st.iqm[l])} | {interval} | {poi} |")
+        if len(labels) > 1:
+            lines += ["", "P(row > column):", "",
+                      "| | " + " | ".join(keys[l] for l in labels) + " |", "|---|" + "---:|" * len(labels)]
+            for x in labels:
+                lines.append(f"| {keys[x]} | " + " | ".join(
+                    "–" if x == y else _fmt(st.improvement[(x, y)], 2) for y in labels) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def profiles_figure(all_stats: list[AggregateStats], keys: dict[str, str]):
+    """Per aggregate group a row of two panels: the IQM of each variant with its interval, and
+    the performance profiles with their bands; one legend below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = _styles(keys)
+    n_labels = max(len(st.group.scores) for st in all_stats)
+    fig, axes = plt.subplots(len(all_stats), 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]},
+                             figsize=(11, max(3.5, 0.28 * n_labels + 1.5) * len(all_stats)))
+    handles = {}
+    for (ax_iqm, ax_prof), st in zip(axes, all_stats):
+        labels = sorted(st.group.scores, key=lambda l: st.iqm[l])
+        for i, l in enumerate(labels):
+            color = style[l]["color"]
+            if st.iqm_ci:
+                low, high = st.iqm_ci[l]
+                ax_iqm.plot([low, high], [i, i], color=color, linewidth=6, alpha=0.35, solid_capstyle="butt")
+            ax_iqm.plot([st.iqm[l]], [i], "|", color=color, markersize=14, markeredgewidth=2)
+        ax_iqm.set_yticks(range(len(labels)), [keys[l] for l in labels], fontsize=8)
+        what = "IQM, 95% stratified bootstrap CI" if st.iqm_ci else \
+            f"IQM (no interval: {st.group.min_seeds} seed(s) per task)"
+        ax_iqm.set(title=f"{st.group.title}\n{what}", xlabel=st.group.unit)
+        ax_iqm.title.set_fontsize(9)
+        ax_iqm.grid(alpha=0.3, axis="x")
+        for l in sorted(st.group.scores, key=lambda l: keys[l]):
+            (line,) = ax_prof.plot(st.taus, st.profile[l], linewidth=1.4, **style[l])
+            handles.setdefault(l, line)
+            if st.profile_ci:
+                ax_prof.fill_between(st.taus, *st.profile_ci[l], color=style[l]["color"], alpha=0.12, linewidth=0)
+        band = "shaded: 95% stratified bootstrap CI" if st.profile_ci else "no band (fewer than 3 seeds per task)"
+        ax_prof.set(title=f"Performance profile ({band})", xlabel=f"threshold tau on the {st.group.unit}",
+                    ylabel="fraction of runs with score > tau", ylim=(-0.02, 1.02))
+        ax_prof.title.set_fontsize(9)
+        ax_prof.grid(alpha=0.3)
+    entries = {l: f"{keys[l]} {abbreviate(l)}" for l in handles}
+    order = [l for l in keys if l in handles]
+    _legend_below(fig, [handles[l] for l in order], [entries[l] for l in order])
+    fig.tight_layout()
+    return fig
+
+
 # -- writing tables ------------------------------------------------------------------------------
 
-CSV_COLUMNS = ["env", "variant", "n_seeds", "seeds", "final_key", "final_mean", "final_std", "final_mean_ci_low",
-               "final_mean_ci_high", "final_iqm", "final_iqm_ci_low", "final_iqm_ci_high", "steps", "wall_time_s",
-               "sps"]
+CSV_COLUMNS = ["env", "key", "variant", "n_seeds", "n_runs", "seeds", "final_key", "final_mean", "final_std",
+               "final_min", "final_max", "interval", "final_mean_ci_low", "final_mean_ci_high", "final_iqm",
+               "final_iqm_ci_low", "final_iqm_ci_high", "steps", "wall_time_s", "sps"]
 NORM_COLUMNS = ["normalized_mean", "normalized_ci_low", "normalized_ci_high"]
 
 
@@ -305,23 +624,49 @@ def final_description(final: str) -> str:
     return f"summary.json {final}"
 
 
-def markdown_summary(rows: list[dict], final: str, normalization: Optional[Normalization]) -> str:
-    keys = sorted({k for r in rows for k in r["final_key"].split("/")})
-    head = ["env", "variant", "seeds", f"final return [{'/'.join(keys)}] mean ± std", "mean 95% CI",
-            "IQM [95% CI]", "steps", "wall time (s)", "SPS"]
+def _interval_text(interval, n: int, digits: int = 4) -> str:
+    """An interval with its name: ``[a, b] 95% bootstrap CI``, ``[a, b] min–max of 2 seeds``, or
+    ``– (1 seed)``."""
+    label = interval_label(n)
+    if label is None or not all(math.isfinite(v) for v in interval):
+        return "– (1 seed)" if label is None else "–"
+    return f"[{_fmt(float(interval[0]), digits)}, {_fmt(float(interval[1]), digits)}] {label}"
+
+
+def markdown_summary(rows: list[dict], final: str, normalization: Optional[Normalization],
+                     keys: Optional[dict[str, str]] = None, duplicates: Sequence[str] = (),
+                     smooth: int = 1) -> str:
+    keys = keys or {label: f"V{i}" for i, label in enumerate(sorted({r["variant"] for r in rows}), 1)}
+    finals = sorted({k for r in rows for k in r["final_key"].split("/")})
+    head = ["env", "key", "variant", "seeds", f"final return [{'/'.join(finals)}] mean ± std",
+            "interval of the mean", "IQM, interval", "steps", "wall time (s)", "SPS"]
     if normalization is not None:
-        head.append(f"normalised (random=0, {normalization.name}=1) [95% CI]")
-    lines = [f"Final return: {final_description(final)}. Intervals: 95% percentile bootstrap over seeds.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        head.append(f"normalised (random=0, {normalization.name}=1), interval")
+    counts = {r["n_seeds"] for r in rows}
+    kinds = []
+    if any(n >= MIN_SEEDS_FOR_CI for n in counts):
+        kinds.append(f"95% percentile bootstrap CI over seeds where a variant has >= {MIN_SEEDS_FOR_CI} seeds")
+    if 2 in counts:
+        kinds.append("the min–max where it has 2 (too few for a confidence interval)")
+    if 1 in counts:
+        kinds.append("none where it has 1")
+    lines = [f"Final return: {final_description(final)}. Seeds: distinct seeds (runs of one seed are averaged "
+             f"first). Intervals: {'; '.join(kinds)}. Learning curves (curves.png): {smoothing_text(smooth)}.", ""]
+    if duplicates:
+        lines += ["Seeds counted once:", "", *[f"- {d.removeprefix('warning: ')}" for d in duplicates], ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["env"], r["variant"], str(r["n_seeds"]), f"{_fmt(r['final_mean'])} ± {_fmt(r['final_std'])}",
-                 f"[{_fmt(r['final_mean_ci_low'])}, {_fmt(r['final_mean_ci_high'])}]",
-                 f"{_fmt(r['final_iqm'])} [{_fmt(r['final_iqm_ci_low'])}, {_fmt(r['final_iqm_ci_high'])}]",
+        n = r["n_seeds"]
+        seeds = str(n) if r["n_runs"] == n else f"{n} ({r['n_runs']} runs)"
+        cells = [r["env"], keys[r["variant"]], r["variant"], seeds,
+                 f"{_fmt(r['final_mean'])} ± {_fmt(r['final_std'])}", _interval_text(r["_mean_interval"], n),
+                 f"{_fmt(r['final_iqm'])} {_interval_text(r['_iqm_interval'], n)}",
                  f"{r['steps']:.0f}", f"{r['wall_time_s']:.1f}", f"{r['sps']:.0f}"]
         if normalization is not None:
-            cells.append(f"{_fmt(r['normalized_mean'], 3)} [{_fmt(r['normalized_ci_low'], 3)}, "
-                         f"{_fmt(r['normalized_ci_high'], 3)}]")
+            cells.append(f"{_fmt(r['normalized_mean'], 3)} {_interval_text(r['_normalized_interval'], n, 3)}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Key (the legends of curves.png and profiles.png):", "", "| key | variant |", "|---|---|"]
+    lines += [f"| {key} | {label} |" for label, key in keys.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -337,17 +682,33 @@ def markdown_normalized(envs: list[str], table: list[dict], name: str) -> str:
 def write_report(paths: Sequence[Union[str, Path]], out: Optional[Union[str, Path]] = None, final: str = "auto",
                  curve: str = "episode_return", smooth: int = 1, normalization: Optional[Normalization] = None,
                  n_boot: int = 2000) -> dict[str, Path]:
-    """Find, group and summarise the runs under ``paths``; returns the files written."""
+    """Find, group and summarise the runs under ``paths``; returns the files written. A seed
+    that appears in several runs of one variant is one warning line on stderr and counts once."""
+    import matplotlib.pyplot as plt
+
     runs = finished(find_runs(paths), paths)
     variants = group_runs(runs)
+    duplicates = duplicate_seeds(variants)
+    for line in duplicates:
+        print(line, file=sys.stderr)
+    keys = variant_keys(variants)
     rows = summarize(variants, final, normalization, n_boot)
+    for row in rows:
+        row["key"] = keys[row["variant"]]
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     columns = CSV_COLUMNS + (NORM_COLUMNS if normalization is not None else [])
     files = {"curves": plot_curves(variants, out / "curves.png", curve, smooth),
              "summary_csv": write_csv(out / "summary.csv", rows, columns)}
-    (out / "summary.md").write_text(markdown_summary(rows, final, normalization))
+    (out / "summary.md").write_text(markdown_summary(rows, final, normalization, keys, duplicates, smooth))
     files["summary_md"] = out / "summary.md"
+    all_stats = [aggregate_stats(g, n_boot) for g in aggregate_groups(rows, normalization)]
+    if all_stats:
+        (out / "aggregate.md").write_text(markdown_aggregate(all_stats, keys, n_boot))
+        fig = profiles_figure(all_stats, keys)
+        fig.savefig(out / "profiles.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        files.update(aggregate_md=out / "aggregate.md", profiles=out / "profiles.png")
     if normalization is not None:
         envs, table = normalized_table(rows)
         files["normalized_csv"] = write_csv(out / "normalized.csv", table, ["variant", *envs, "mean over envs"])
@@ -367,7 +728,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "eval_return, train_return, train_return_last100, ... (default: auto)")
     parser.add_argument("--curve", default="episode_return",
                         help="metrics.jsonl key plotted against global_step (default: episode_return)")
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window over iterations (default: 1)")
+    parser.add_argument("--smooth", type=int, default=1,
+                        help="moving-average window over iterations, named on the plot (default: 1, none)")
     parser.add_argument("--normalize", metavar="FILE",
                         help="YAML/JSON {random: {env_id: score}, reference: best | {env_id: score}, name: ...}")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")

@@ -1,10 +1,11 @@
 """The study's report: every trial (CSV + Markdown), the best one, importances, the history plot.
 
-    <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs,
-                                    params, last reported step, duration, error
+    <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs
+                                    (blank below 3 runs), params, last reported step, duration, error
     <study>/best.json               best trial, value, params, counts, importances, reproduce commands
     <study>/best_overrides.txt      the best config as Hydra overrides (one line)
-    <study>/history.png             optimisation history
+    <study>/history.png             optimisation history: the objective named on the y axis,
+                                    integer trial numbers on the x axis
 
 The per-run scores come from the trials themselves (``<metric>/<run>`` attributes, so trials run
 on other machines count too); their aggregate and interval from ``tools.stats``. The trial runs
@@ -24,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..results import find_run_dirs
-from ..stats import bootstrap_ci
+from ..stats import MIN_SEEDS_FOR_CI, bootstrap_ci
 from .spec import Spec, param_overrides
 from .trial import run_name, trial_dir
 
@@ -46,6 +47,21 @@ def run_scores(spec: Spec, t: optuna.trial.FrozenTrial) -> list[float]:
     return scores
 
 
+def _ci(spec: Spec, scores: list[float]):
+    """The 95% bootstrap CI of the objective over a trial's runs; None below 3 runs (too few for
+    a confidence interval)."""
+    return list(bootstrap_ci(scores, spec.aggregate)) if len(scores) >= MIN_SEEDS_FOR_CI else None
+
+
+def objective_label(spec: Spec) -> str:
+    """What a trial's value is, e.g. ``mean eval_return over 2 seeds (maximize)``."""
+    normalised = any(isinstance(n, dict) and "random" in n for n in spec.envs.values())
+    runs = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) != 1 else ''}"
+    if len(spec.env_runs()) > 1:
+        runs += f" x {len(spec.env_runs())} envs"
+    return f"{spec.aggregate} {'normalised ' if normalised else ''}{spec.metric} over {runs} ({spec.direction})"
+
+
 def trial_rows(spec: Spec, trials: list) -> tuple[list[str], list[list]]:
     keys = [p.key for p in spec.params]
     header = ["number", "state", "value", *keys, "runs", "ci_low", "ci_high", "last_step", "duration_s", "error"]
@@ -54,7 +70,7 @@ def trial_rows(spec: Spec, trials: list) -> tuple[list[str], list[list]]:
         steps = t.intermediate_values
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         scores = run_scores(spec, t) if t.state == TrialState.COMPLETE else []
-        low, high = bootstrap_ci(scores, spec.aggregate) if scores else (None, None)
+        low, high = _ci(spec, scores) or (None, None)
         rows.append([t.number, trial_label(t), t.value, *[t.params.get(k) for k in keys], len(scores), low, high,
                      max(steps) if steps else None, None if duration is None else round(duration, 1),
                      t.user_attrs.get("error") or t.user_attrs.get("interrupted") or ""])
@@ -92,7 +108,7 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
         commands = [" ".join(["python -m ppo_research", *spec.run_overrides(best.params, e, s)])
                     for e in spec.env_runs() for s in spec.seeds]
         result.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                      best_value_ci=list(bootstrap_ci(scores, spec.aggregate)) if scores else None,
+                      best_value_ci=_ci(spec, scores),
                       best_overrides=base, reproduce=commands,
                       best_runs=[str(p) for p in find_run_dirs(trial_dir(spec, best.number))]
                       if trial_dir(spec, best.number).is_dir() else [])
@@ -100,7 +116,7 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
     result["importances"] = importances(study, complete)
     (out / "best.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     if complete:
-        plot_history(study, out / "history.png")
+        plot_history(study, out / "history.png", objective_label(spec))
     return result
 
 
@@ -114,15 +130,27 @@ def importances(study: optuna.Study, complete: list) -> dict:
         return {"note": f"not computed: {type(err).__name__}: {err}"}
 
 
-def plot_history(study: optuna.Study, path: Path) -> None:
+def history_figure(study: optuna.Study, objective: str):
+    """Optuna's optimisation history with the objective on the y axis and integer trial ticks."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization.matplotlib import plot_optimization_history
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend is flagged experimental
-        ax = plot_optimization_history(study)
-    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+        ax = plot_optimization_history(study, target_name=objective)
+    ax.set_ylabel(objective)
+    ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Optimisation history: {objective}")
+    return ax.figure
+
+
+def plot_history(study: optuna.Study, path: Path, objective: str = "objective value") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(study, objective)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
