@@ -510,7 +510,7 @@ def aggregate_stats(group: AggregateGroup, n_boot: int = 2000) -> AggregateStats
     return stats
 
 
-def _interval_cell(interval, digits: int = 3) -> str:
+def _interval_cell(interval, digits: int = 4) -> str:
     return f"[{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
 
 
