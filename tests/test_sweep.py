@@ -177,6 +177,7 @@ def test_history_names_its_objective_and_counts_trials_in_integers(tmp_path):
     fig = history_figure(study, objective_label(spec))
     ax = fig.axes[0]
     assert ax.get_ylabel() == "iqm eval_auc over 2 seeds (maximize)" and "eval_auc" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trial value", "best so far"]
     fig.canvas.draw()
     low, high = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if low <= t <= high]

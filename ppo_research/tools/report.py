@@ -572,6 +572,8 @@ def profiles_figure(all_stats: list[AggregateStats], keys: dict[str, str]):
                 ax_iqm.plot([low, high], [i, i], color=color, linewidth=6, alpha=0.35, solid_capstyle="butt")
             ax_iqm.plot([st.iqm[l]], [i], "|", color=color, markersize=14, markeredgewidth=2)
         ax_iqm.set_yticks(range(len(labels)), [keys[l] for l in labels], fontsize=8)
+        ax_iqm.set_ylim(-0.6, len(labels) - 0.4)
+        ax_iqm.margins(x=0.08)
         what = "IQM, 95% stratified bootstrap CI" if st.iqm_ci else \
             f"IQM (no interval: {st.group.min_seeds} seed(s) per task)"
         ax_iqm.set(title=f"{st.group.title}\n{what}", xlabel=st.group.unit)
@@ -582,8 +584,8 @@ def profiles_figure(all_stats: list[AggregateStats], keys: dict[str, str]):
             handles.setdefault(l, line)
             if st.profile_ci:
                 ax_prof.fill_between(st.taus, *st.profile_ci[l], color=style[l]["color"], alpha=0.12, linewidth=0)
-        band = "shaded: 95% stratified bootstrap CI" if st.profile_ci else "no band (fewer than 3 seeds per task)"
-        ax_prof.set(title=f"Performance profile ({band})", xlabel=f"threshold tau on the {st.group.unit}",
+        band = "shaded: 95% stratified bootstrap CI" if st.profile_ci else "no band: fewer than 3 seeds per task"
+        ax_prof.set(title=f"Performance profile; {band}", xlabel=f"threshold tau on the {st.group.unit}",
                     ylabel="fraction of runs with score > tau", ylim=(-0.02, 1.02))
         ax_prof.title.set_fontsize(9)
         ax_prof.grid(alpha=0.3)
@@ -645,11 +647,11 @@ def markdown_summary(rows: list[dict], final: str, normalization: Optional[Norma
     counts = {r["n_seeds"] for r in rows}
     kinds = []
     if any(n >= MIN_SEEDS_FOR_CI for n in counts):
-        kinds.append(f"95% percentile bootstrap CI over seeds where a variant has >= {MIN_SEEDS_FOR_CI} seeds")
+        kinds.append(f"95% percentile bootstrap CI over seeds (variants with >= {MIN_SEEDS_FOR_CI} seeds)")
     if 2 in counts:
-        kinds.append("the min–max where it has 2 (too few for a confidence interval)")
+        kinds.append("min–max of the seeds (variants with 2 seeds: too few for a confidence interval)")
     if 1 in counts:
-        kinds.append("none where it has 1")
+        kinds.append("none (variants with 1 seed)")
     lines = [f"Final return: {final_description(final)}. Seeds: distinct seeds (runs of one seed are averaged "
              f"first). Intervals: {'; '.join(kinds)}. Learning curves (curves.png): {smoothing_text(smooth)}.", ""]
     if duplicates:

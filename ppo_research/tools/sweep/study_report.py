@@ -145,6 +145,10 @@ def history_figure(study: optuna.Study, objective: str):
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Optimisation history: {objective}")
+    handles, labels = ax.get_legend_handles_labels()  # optuna's legend sits outside and squeezes the axes
+    names = {objective: "trial value", "Best Value": "best so far"}
+    ax.legend(handles, [names.get(label, label) for label in labels], loc="best", fontsize="small")
+    ax.figure.set_size_inches(8, 4.5)
     return ax.figure
 
 
