@@ -28,12 +28,19 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def create_study(spec: Spec) -> optuna.Study:
-    """Create (or load) the study once, before any worker starts, and check it is the same study."""
+    """Create (or load) the study once, before any worker starts, and check it is the same study.
+
+    Exactly one process creates the study (the storage refuses a second study of the same name
+    atomically); only that one records the spec and enqueues the spec's trials, so workers that
+    start at the same moment on an empty storage enqueue them once, not once each."""
     for attempt in range(3):  # two machines creating the same fresh storage may collide once
         try:  # the storage too: RDBStorage creates optuna's tables when it connects
             storage = make_storage(spec.storage)
-            study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
-                                        load_if_exists=True)
+            try:
+                study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                study, created = optuna.load_study(study_name=spec.study, storage=storage), False
             break
         except Exception as err:
             if attempt == 2:  # a bad URL, an unreachable server, a path that cannot be made
@@ -41,12 +48,20 @@ def create_study(spec: Spec) -> optuna.Study:
                 raise SpecError(f"cannot open the study storage {spec.storage}: {type(err).__name__}: {first}") \
                     from None
             time.sleep(1 + attempt)
-    stored = study.user_attrs.get("spec")
-    if stored is None:
+    if created:
         study.set_user_attr("spec", spec.fingerprint())
         for params in spec.enqueue:
             study.enqueue_trial(params)
-    elif json.dumps(stored, sort_keys=True) != json.dumps(spec.fingerprint(), sort_keys=True):
+    stored = study.user_attrs.get("spec")
+    for _ in range(300):  # another process created it a moment ago: its spec is on the way
+        if stored is not None:
+            break
+        time.sleep(0.1)
+        stored = optuna.load_study(study_name=spec.study, storage=study._storage).user_attrs.get("spec")
+    if stored is None:
+        raise SpecError(f"study {spec.study!r} in {spec.storage} holds no spec (not made by ppo_research.sweep?); "
+                        "pass --study NAME to start a new one")
+    if json.dumps(stored, sort_keys=True) != json.dumps(spec.fingerprint(), sort_keys=True):
         raise SpecError(f"study {spec.study!r} in {spec.storage} was created with a different spec "
                         f"(overrides, search space, seeds or objective); pass --study NAME to start a new one")
     if study.direction.name.lower() != spec.direction:
