@@ -1,9 +1,15 @@
+import os
 import sys
 
 try:
-    from .run.app import cli
+    from .run import app
 except KeyboardInterrupt:  # Ctrl-C while the imports load: nothing has run yet
     print("error: interrupted while starting: nothing was run", file=sys.stderr, flush=True)
-    sys.exit(128 + 2)
+    os._exit(128 + 2)  # (CPython would re-raise SIGINT at exit after an interrupted import)
 
-sys.exit(cli(sys.argv[1:]))
+status = app.cli(sys.argv[1:])
+if app.interrupted():  # see app.interrupted
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+sys.exit(status)

@@ -336,3 +336,17 @@ def test_sweep_spec_and_flag_errors_give_one_line(tmp_path, capsys, monkeypatch,
     (line,) = err.strip().splitlines()
     assert line.startswith("error: ") and expected.replace("{file}", str(tmp_path / "a_file")) in line, line
     assert not (tmp_path / "outputs" / "sweeps" / "s" / "s").exists()
+
+
+@pytest.mark.parametrize("arg", ["loss.epsilon=1.5", "total_timesteps=abc", "+foo=1"])
+def test_a_rejected_command_leaves_no_run_directory(tmp_path, arg):
+    """Issue 14: each of these left outputs/<date>/<time>/ holding only .hydra/ (and an empty
+    app.log). The default output layout is used: the date folder and outputs/ go too when the
+    command made them, and stay when they were there before."""
+    result = run_cli(["logger=none", arg], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists(), sorted(str(p) for p in (tmp_path / "outputs").rglob("*"))
+    (tmp_path / "outputs" / "earlier").mkdir(parents=True)
+    result = run_cli(["logger=none", arg], tmp_path)
+    assert result.returncode == 2
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["earlier"]

@@ -207,6 +207,10 @@ REGRESSIONS = [
      "network.log_std_min=-1e+308 is invalid: expected a value float32 can hold"),
     (["network=mlp_shared", "network.log_std_init=1e+308"], 2,
      "network.log_std_init=1e+308 is invalid: expected a value float32 can hold"),
+    (["env=hopper", "algo.clip_value_loss=1e+308"], 2,
+     "algo.clip_value_loss=1e+308 is invalid: expected a value float32 can hold"),
+    (["logger=tensorboard", "logger.flush_secs=1e+308"], 2,
+     "logger.flush_secs=1e+308 is invalid: expected at most 86400 seconds"),  # a traceback from a thread, exit 0
     # found while building the property: values that are legal but impossible to honour
     (["torch_threads=9223372036854775808"], 2, "torch_threads=9223372036854775808 is invalid: expected at most 1024"),
     (["eval.episodes=1000000000000"], 0, ""),  # legal; evaluation is capped by the test budget

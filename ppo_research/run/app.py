@@ -11,10 +11,13 @@ directory, ``.hydra/``) is removed again.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,15 @@ class _Invocation:
     existed: set = field(default_factory=set)  # directories that existed before: never removed
     full_error: bool = False  # the user set HYDRA_FULL_ERROR: bugs show their traceback
     main_started: bool = False
+    interrupted: bool = False  # Ctrl-C outside the training loop
+
+
+def interrupted() -> bool:
+    """Whether the last ``cli`` call was stopped by Ctrl-C outside the training loop. Such a
+    stop may have landed inside an import that runs Python code from C (torch's does), which
+    makes CPython re-raise SIGINT at exit whatever the exit status: ``__main__`` then leaves
+    with ``os._exit`` so that the status stays 130."""
+    return _invocation.interrupted
 
 
 _invocation = _Invocation()
@@ -293,8 +305,6 @@ def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
 
 def _group_keys(section: str, argv: list[str]) -> list[str]:
     """Keys of the group option the command line selects (or the default), under ``section``."""
-    from omegaconf import OmegaConf
-
     group, _, rest = section.partition(".")
     option = next((a.partition("=")[2] for a in reversed(list(argv)) if a.lstrip("+").partition("=")[0] == group),
                   None)
@@ -363,6 +373,21 @@ class _WithoutHydraJobLine:
         return getattr(self._stream, name)
 
 
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold SIGINT back while C++ extension modules initialise (a KeyboardInterrupt inside
+    torch's start-up can end in std::terminate); a Ctrl-C that came meanwhile is delivered right
+    after, as a KeyboardInterrupt at a safe point."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def cli(argv: list[str]) -> int:
     """``python -m ppo_research``: Hydra's main, every failure as one line on stderr and an exit
     status (see the module docstring)."""
@@ -373,7 +398,8 @@ def cli(argv: list[str]) -> int:
     stderr = sys.stderr
     held: list[Path] = []
     try:
-        from .resume import resume_arguments, resume_target  # torch: Ctrl-C may land in the import
+        with sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a Ctrl-C
+            from .resume import resume_arguments, resume_target
 
         check_group_choices(argv)
         try:
@@ -385,7 +411,8 @@ def cli(argv: list[str]) -> int:
         _invocation.existed = _existing_dirs(argv)
         # An existing directory is taken before Hydra writes its .hydra/ into it: a live run's
         # files stay its own, and a fresh run does not overwrite a finished one's.
-        target = _invocation.resume_dir or (None if multirun else next(iter(_explicit_dirs(argv, ("hydra.run.dir",))[-1:]), None))
+        explicit = [] if multirun else _explicit_dirs(argv, ("hydra.run.dir",))
+        target = _invocation.resume_dir or (explicit[-1] if explicit else None)
         if target is not None and target.is_dir() and not _runs_nothing(argv):
             owner.acquire(target)
             held.append(target)
@@ -414,6 +441,7 @@ def cli(argv: list[str]) -> int:
             return 128 + err.signum
         print("error: interrupted outside the training loop (before it started, or while closing): "
               "no checkpoint was written for this stop", file=stderr, flush=True)
+        _invocation.interrupted = True
         return 128 + 2
     except Exception as err:
         if _invocation.full_error:
@@ -448,7 +476,6 @@ def _literal_resume_dir(argv: list[str]) -> Optional[Path]:
     """The run directory ``resume_arguments`` put on the command line (quoted, escaped), read
     back literally."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     arg = next((a for a in reversed(argv) if a.startswith("resume=")), None)
     if arg is None:

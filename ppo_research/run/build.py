@@ -75,6 +75,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     check_action_space_settings(config, resolved["network"], action_space)
     check_memory(config, resolved["network"], obs_space, action_space)
     check_float32("network", config.network)
+    check_float32("algo", vars(config.algo))  # e.g. clip_value_loss=1e308 overflowed inside torch
     network = _construct("network", config.network, obs_space=obs_space, action_space=action_space)
     return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger)
 
@@ -166,8 +167,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 
 def check_float32(group: str, node: dict) -> None:
-    """A group whose numbers become float32 tensors (the network's) must not hold numbers that
-    float32 cannot: 1e308 would overflow inside torch, mid-run."""
+    """Settings that become float32 tensors or scalars of float32 maths (the network's, PPO's)
+    must be numbers float32 can hold: 1e308 would overflow inside torch, mid-run."""
     for key, value in node.items():
         if isinstance(value, float) and abs(value) > FLOAT32_MAX:
             raise ConfigError(f"{group}.{key}", value, f"a value float32 can hold (|x| <= {FLOAT32_MAX:.4g})")

@@ -84,13 +84,17 @@ def _encode(state: dict) -> dict:
 
 
 def fsync_file(path: Path) -> None:
-    """Make what was written to ``path`` (by any descriptor) durable; a missing file is fine."""
+    """Make what was written to ``path`` (a file, by any descriptor, or a directory's entries)
+    durable; a missing path is fine, and so is a filesystem that refuses fsync on directories."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
@@ -113,7 +117,7 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(directory)  # the rename itself survives a power cut
+        fsync_file(directory)  # the rename itself survives a power cut
     except OSError as err:  # disk full, read-only, quota: say so in one line, keep older checkpoints
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or _first_line(err)}") from err
@@ -123,20 +127,6 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
         if _TMP.match(stale.name) and stale != tmp:
             stale.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:  # some filesystems refuse fsync on directories
-        if err.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def serialized_size(state: dict) -> int:
@@ -257,7 +247,7 @@ def truncate_metrics(path: Path, iteration: int) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_file(path.parent)
     return dropped
 
 

@@ -431,6 +431,8 @@ class TensorBoardLogger(RunLogger):
             raise ConfigError("logger.log_dir", log_dir, "a relative folder name inside the run directory")
         if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or not flush_secs > 0:
             raise ConfigError("logger.flush_secs", flush_secs, "a number of seconds > 0")
+        if flush_secs > 86400:  # far above, the writer thread's wait overflows (a traceback from a thread)
+            raise ConfigError("logger.flush_secs", flush_secs, "at most 86400 seconds (a day)")
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  needs the tensorboard package
         except ImportError:

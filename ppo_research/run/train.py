@@ -65,7 +65,7 @@ def write_json_durable(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    checkpoint._fsync_dir(path.parent)
+    checkpoint.fsync_file(path.parent)
 
 
 def describe_run(run_dir: Path, resolved: dict, choices: dict[str, str], overrides: Sequence[str] = (),
