@@ -331,16 +331,16 @@ def smoothing_text(smooth: int) -> str:
     return f"moving average over {smooth} iterations" if smooth > 1 else "per iteration, not smoothed"
 
 
+def interval_kinds(seed_counts, ci: str, two: str, one: str) -> list[str]:
+    """The kinds of interval shown for these seed counts: a CI only from MIN_SEEDS_FOR_CI seeds."""
+    return [text for shown, text in ((any(n >= MIN_SEEDS_FOR_CI for n in seed_counts), ci),
+                                     (2 in seed_counts, two), (1 in seed_counts, one)) if shown]
+
+
 def band_text(seed_counts) -> str:
     """What the shaded bands are, for the seed counts drawn."""
-    parts = []
-    if any(n >= MIN_SEEDS_FOR_CI for n in seed_counts):
-        parts.append(f"95% bootstrap CI of the mean (>= {MIN_SEEDS_FOR_CI} seeds)")
-    if 2 in seed_counts:
-        parts.append("min–max of 2 seeds")
-    if 1 in seed_counts:
-        parts.append("none for 1 seed")
-    return "; ".join(parts)
+    return "; ".join(interval_kinds(seed_counts, f"95% bootstrap CI of the mean (>= {MIN_SEEDS_FOR_CI} seeds)",
+                                    "min–max of 2 seeds", "none for 1 seed"))
 
 
 def abbreviate(label: str, width: int = LEGEND_CHARS) -> str:
@@ -644,14 +644,10 @@ def markdown_summary(rows: list[dict], final: str, normalization: Optional[Norma
             "interval of the mean", "IQM, interval", "steps", "wall time (s)", "SPS"]
     if normalization is not None:
         head.append(f"normalised (random=0, {normalization.name}=1), interval")
-    counts = {r["n_seeds"] for r in rows}
-    kinds = []
-    if any(n >= MIN_SEEDS_FOR_CI for n in counts):
-        kinds.append(f"95% percentile bootstrap CI over seeds (variants with >= {MIN_SEEDS_FOR_CI} seeds)")
-    if 2 in counts:
-        kinds.append("min–max of the seeds (variants with 2 seeds: too few for a confidence interval)")
-    if 1 in counts:
-        kinds.append("none (variants with 1 seed)")
+    kinds = interval_kinds({r["n_seeds"] for r in rows},
+                           f"95% percentile bootstrap CI over seeds (variants with >= {MIN_SEEDS_FOR_CI} seeds)",
+                           "min–max of the seeds (variants with 2 seeds: too few for a confidence interval)",
+                           "none (variants with 1 seed)")
     lines = [f"Final return: {final_description(final)}. Seeds: distinct seeds (runs of one seed are averaged "
              f"first). Intervals: {'; '.join(kinds)}. Learning curves (curves.png): {smoothing_text(smooth)}.", ""]
     if duplicates:
