@@ -80,6 +80,16 @@ def worker(tmp_path_factory):
     w.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report_cases():
+    """Prints how many distinct (option, key, value) cases ran and their exit statuses (pytest -s)."""
+    yield
+    if seen:
+        keys = {(o, k) for o, k, _ in seen}
+        print(f"\nproperty cases: {len(seen)} distinct (option, key, value) over {len(keys)} (option, key) pairs "
+              f"of {len(CASES)} x {len(VALUES)} values; outcomes by exit status: {dict(sorted(outcomes.items()))}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the case space: (group option, key) for every leaf key of every group option
 
@@ -178,14 +188,6 @@ def test_command_line_property(worker, tmp_path_factory, case):
 @given(case=cli_case())
 def test_command_line_property_large(worker, tmp_path_factory, case):
     check_case(worker, tmp_path_factory.getbasetemp() / "property_large", *case)
-
-
-def test_report_the_cases_run():
-    """Not a check: prints how many distinct (option, key, value) cases ran, and their outcomes
-    (run pytest with -s to see it)."""
-    keys = {(o, k) for o, k, _ in seen}
-    print(f"\nproperty cases: {len(seen)} distinct (option, key, value) over {len(keys)} (option, key) pairs "
-          f"of {len(CASES)} x {len(VALUES)} values; outcomes by exit status: {dict(sorted(outcomes.items()))}")
 
 
 def test_the_case_space_covers_every_group_option_and_key():
