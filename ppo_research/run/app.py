@@ -191,34 +191,66 @@ def main(cfg: DictConfig) -> float | None:
         owner.release(run_dir)
 
 
-def _job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
-    from . import checkpoint, preemption
+@dataclass
+class JobPlan:
+    """What one job trains: ``train_from_config``'s arguments (a resume sets ``resume_from``)."""
+
+    cfg: DictConfig
+    choices: dict
+    overrides: list
+    resume_from: Optional[Path] = None
+    resume_state: Optional[dict] = None
+
+
+def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> JobPlan:
+    """A requeued SLURM job (time limit, preemption) or ``resume=`` continues its run in place;
+    anything else is a fresh run, refused in a directory that already holds one. Raises what
+    ``job_failure`` reports. (The population launcher plans its members with this too.)"""
+    from . import preemption
     from .resume import resume_config
-    from .train import train_from_config
 
     overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
+    # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
+    if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir):
+        cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
+        return JobPlan(cfg, choices, overrides, resume_from=path, resume_state=state)
+    found = owner.holds_a_run(run_dir)
+    if found:
+        raise RunDirError(f"output directory {run_dir} already holds a run ({', '.join(found)}): continue it "
+                          f"with resume={run_dir}, or choose another directory")
+    return JobPlan(cfg, hydra_choices(), overrides)
+
+
+def _job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
+    from .train import train_from_config
+
     try:
-        # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
-        if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir):
-            cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
-            summary = train_from_config(cfg, run_dir, choices, resume_from=path, resume_state=state,
-                                        overrides=overrides)
-        else:
-            found = owner.holds_a_run(run_dir)
-            if found:
-                raise RunDirError(f"output directory {run_dir} already holds a run ({', '.join(found)}): continue it "
-                                  f"with resume={run_dir}, or choose another directory")
-            summary = train_from_config(cfg, run_dir, hydra_choices(), overrides=overrides)
+        plan = plan_job(cfg, hydra_cfg, run_dir)
+        summary = train_from_config(plan.cfg, run_dir, plan.choices, resume_from=plan.resume_from,
+                                    resume_state=plan.resume_state, overrides=plan.overrides)
+    except (Exception, KeyboardInterrupt) as err:
+        raise job_failure(err, run_dir) from None
+    return summary.get("eval_return")
+
+
+def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
+    """Report the failure ``err`` of the job in ``run_dir`` in one line and return the RunFailed
+    the job raises (a single run exits with the status instead). A stop (KeyboardInterrupt) is
+    re-raised, and so is a bug under HYDRA_FULL_ERROR."""
+    from . import checkpoint, preemption
+
+    try:
+        raise err
     except (ConfigError, CheckpointError, RunDirError) as err:
         status = EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT  # a failed checkpoint write
         if status == EXIT_BAD_INPUT:
             remove_if_unused(run_dir)
-        raise _fail_job(f"error: {err}", status) from None
+        return _fail_job(f"error: {err}", status)
     except NonFiniteError as err:
         last = checkpoint.latest(run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
-        raise _fail_job(f"error: training diverged: {err}; nothing of that iteration was saved, {kept}",
-                        EXIT_DIVERGED) from None
+        return _fail_job(f"error: training diverged: {err}; nothing of that iteration was saved, {kept}",
+                         EXIT_DIVERGED)
     except KeyboardInterrupt as err:
         from .stops import TrainingInterrupted
 
@@ -232,15 +264,14 @@ def _job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
     except OSError as err:
         if err.errno in IO_ERRNOS:
             last = checkpoint.latest(run_dir)
-            raise _fail_job(f"error: {err.strerror}: {err.filename}; the last checkpoint is {last}", EXIT_IO) from None
-        raise _fail_job(*_unforeseen(err, run_dir)) from None
+            return _fail_job(f"error: {err.strerror}: {err.filename}; the last checkpoint is {last}", EXIT_IO)
+        return _fail_job(*_unforeseen(err, run_dir))
     except Exception as err:
         config_error = _config_error(err)
         if config_error is not None:
             remove_if_unused(run_dir)
-            raise _fail_job(f"error: {config_error}", EXIT_BAD_INPUT) from None
-        raise _fail_job(*_unforeseen(err, run_dir)) from None
-    return summary.get("eval_return")
+            return _fail_job(f"error: {config_error}", EXIT_BAD_INPUT)
+        return _fail_job(*_unforeseen(err, run_dir))
 
 
 def _unforeseen(err: BaseException, run_dir: Path) -> tuple[str, int]:

@@ -1,0 +1,303 @@
+"""The population launcher: compose every job of the multirun, group the jobs that can train as one
+population, and train each population in a fresh process, ``processes`` of them at a time.
+
+- Grouping: jobs whose configs are equal outside ``MEMBER_KEYS`` (``population.group_key``) and
+  whose ``hydra.job.env_set`` agree form a group, in the order of their first job; a group larger
+  than ``population_size`` is cut into the fewest near-equal populations that fit (10 jobs, size 8:
+  5 + 5). A job whose config does not resolve is a population of its own (it fails there, in one
+  line, as it would alone).
+- Each job is what Hydra's basic launcher makes of it: job number and id, the output directory
+  ``hydra.sweep.dir/hydra.sweep.subdir`` (resolved here, so timestamps are the sweep's), ``.hydra/``
+  and one JobReturn: the run's eval return, or its failure. Hydra's callbacks run here, around
+  the population's process. The process itself (``worker``) sets up and trains the members.
+- Stops: the population processes run in their own session; SIGINT/SIGTERM to this process is
+  passed on to each of them once per signal (so Ctrl-C stops every member after a checkpoint, a
+  second one at once) and no further population starts. If this process dies, its population
+  processes get SIGTERM (Linux) and stop the same way.
+"""
+
+import copy
+import json
+import logging
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "hydra_plugins.ppo_research_population.worker"
+APP_MODULE = "ppo_research.run.app"  # the only task this launcher runs: python -m ppo_research
+POLL_S = 0.2
+
+
+@dataclass
+class Job:
+    """One job of the multirun: its number and its whole config (Hydra's node included, the
+    output directory set in ``hydra.runtime.output_dir``)."""
+
+    idx: int
+    config: DictConfig
+
+
+@dataclass
+class Population:
+    number: int
+    jobs: list[Job]
+
+    def describe(self) -> str:
+        return ", ".join(str(job.idx) for job in self.jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared with the worker
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The job's config without Hydra's node: what the app's ``main`` receives."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def job_return(config: DictConfig, status: JobStatus, value: Any) -> JobReturn:
+    """The JobReturn Hydra's ``run_job`` makes for a job of ``config`` (chdir is never on here)."""
+    ret = JobReturn(overrides=list(OmegaConf.to_container(config.hydra.overrides.task)), cfg=task_config(config),
+                    hydra_cfg=OmegaConf.masked_copy(config, "hydra"), working_dir=os.getcwd(),
+                    task_name=config.hydra.job.name, status=status)
+    ret.return_value = value
+    return ret
+
+
+# ---------------------------------------------------------------------------------------------
+# grouping
+
+def population_key(config: DictConfig) -> str:
+    """Equal keys: the jobs may be members of one population (``HydraConfig`` must be this job's)."""
+    from ppo_research.run.population import group_key
+
+    env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
+    return json.dumps([group_key(task_config(config)), env], sort_keys=True, default=str)
+
+
+def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: int) -> list[Population]:
+    """Group ``jobs`` by ``keys`` (in the order of each group's first job) and cut every group into
+    the fewest near-equal populations of at most ``population_size`` members."""
+    groups: dict[str, list[Job]] = {}
+    for job, key in zip(jobs, keys):
+        groups.setdefault(key, []).append(job)
+    populations: list[Population] = []
+    for members in groups.values():
+        parts = -(-len(members) // population_size)
+        size, extra = divmod(len(members), parts)
+        start = 0
+        for part in range(parts):
+            end = start + size + (1 if part < extra else 0)
+            populations.append(Population(len(populations), members[start:end]))
+            start = end
+    return populations
+
+
+# ---------------------------------------------------------------------------------------------
+# the launcher
+
+def _fail(message: str) -> None:
+    from ppo_research.run.app import fail
+
+    fail(message)
+
+
+def _option(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(f"hydra.launcher.{name}={value!r} is invalid: expected an integer >= 1")
+    return value
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class PopulationLauncher(Launcher):
+    def __init__(self, population_size: int = 8, processes: int = 1) -> None:
+        self.population_size = _option("population_size", population_size)
+        self.processes = _option("processes", processes)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if getattr(task_function, "__module__", None) != APP_MODULE:
+            _fail(f"hydra/launcher=population trains ppo_research runs only (python -m ppo_research), not "
+                  f"{getattr(task_function, '__module__', '?')}.{getattr(task_function, '__name__', '?')}")
+        if config.hydra.job.chdir:
+            _fail("hydra.job.chdir=True is invalid with hydra/launcher=population: expected false (the members of "
+                  "a population share one process and its working directory)")
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs, keys = [], []
+        for offset, overrides in enumerate(job_overrides):
+            job, key = self._compose(initial_job_idx + offset, list(overrides))
+            jobs.append(job)
+            keys.append(key)
+        populations = make_populations(jobs, keys, self.population_size)
+        log.info(f"Launching {len(jobs)} jobs as {len(populations)} population(s) of at most {self.population_size} "
+                 f"member(s), {self.processes} process(es) at a time")
+        for population in populations:
+            log.info(f"\tpopulation {population.number}: jobs {population.describe()}")
+            for job in population.jobs:
+                overrides = filter_overrides(OmegaConf.to_container(job.config.hydra.overrides.task))
+                log.info(f"\t\t#{job.idx} : {' '.join(overrides)}")
+        returns = self._run(populations)
+        return [returns[job.idx] for job in jobs]
+
+    def _compose(self, idx: int, overrides: list[str]) -> tuple[Job, str]:
+        """The job's config as the basic launcher composes it, its output directory resolved (as
+        ``run_job`` does), and its population key."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        hydra_config = HydraConfig.instance()
+        saved = hydra_config.cfg
+        try:
+            hydra_config.set_config(config)
+            output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                      str(OmegaConf.select(config, "hydra.sweep.subdir")))
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+            hydra_config.set_config(config)
+            try:
+                key = population_key(config)
+            except Exception:  # noqa: BLE001 - it does not resolve: alone, it fails in one line there
+                key = f"job {idx}"
+        finally:
+            hydra_config.cfg = saved
+        return Job(idx, config), key
+
+    # -- the population processes -----------------------------------------------------------
+
+    def _run(self, populations: list[Population]) -> dict[int, JobReturn]:
+        returns: dict[int, JobReturn] = {}
+        pending = list(populations)
+        running: dict[subprocess.Popen, tuple[Population, Path]] = {}
+        stops: list[int] = []
+        interrupts: list[dict] = []
+
+        def forward(signum, frame):
+            stops.append(signum)
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        workdir = Path(tempfile.mkdtemp(prefix="ppo_research-population-"))
+        try:
+            while pending or running:
+                while pending and len(running) < self.processes and not stops:
+                    population = pending.pop(0)
+                    result = workdir / f"{population.number}.out"
+                    running[self._start(population, workdir / f"{population.number}.in", result)] = (population, result)
+                if not running:
+                    break
+                time.sleep(POLL_S)
+                for proc in [p for p in running if p.poll() is not None]:
+                    population, result = running.pop(proc)
+                    self._collect(proc, population, result, bool(stops), returns, interrupts)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            shutil.rmtree(workdir, ignore_errors=True)
+        if interrupts or stops:
+            from ppo_research.run.stops import TrainingInterrupted
+
+            stopped = next((i for i in interrupts if i.get("checkpoint")), None)
+            if stopped is not None:
+                raise TrainingInterrupted(stopped["signum"], stopped["iteration"], Path(stopped["checkpoint"]))
+            raise KeyboardInterrupt()
+        return returns
+
+    def _start(self, population: Population, request: Path, result: Path) -> subprocess.Popen:
+        from ppo_research.run import app
+
+        for job in population.jobs:
+            self._callback("on_job_start", job.config, task_function=self.task_function)
+        with open(request, "wb") as f:
+            pickle.dump({"number": population.number, "jobs": [(job.idx, job.config) for job in population.jobs],
+                         "invocation": app._invocation, "parent": os.getpid(), "argv": list(sys.argv)}, f)
+        proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
+                                stdin=subprocess.DEVNULL, env=_worker_env(), start_new_session=True)
+        log.info(f"population {population.number}: process {proc.pid} trains job(s) {population.describe()}")
+        return proc
+
+    def _collect(self, proc: subprocess.Popen, population: Population, result: Path, stopping: bool,
+                 returns: dict[int, JobReturn], interrupts: list[dict]) -> None:
+        try:
+            with open(result, "rb") as f:
+                outcome = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            outcome = None
+        if outcome is None:
+            if stopping:  # stopped before it could say so (e.g. SIGTERM while starting)
+                interrupts.append({"signum": None})
+                return
+            from ppo_research.run.app import EXIT_BUG, RunFailed
+
+            message = (f"error: the process of population {population.number} (pid {proc.pid}, jobs "
+                       f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs")
+            print(message, file=sys.stderr, flush=True)
+            outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
+                                   for job in population.jobs}}
+        if outcome.get("interrupted"):
+            interrupts.append(outcome["interrupted"])
+        for job in population.jobs:
+            ret = outcome["returns"].get(job.idx)
+            if ret is not None:
+                returns[job.idx] = ret
+                self._callback("on_job_end", job.config, job_return=ret)
+
+    def _callback(self, name: str, config: DictConfig, **kwargs: Any) -> None:
+        """Hydra's callbacks for the job of ``config``, with its Hydra config current."""
+        hydra_config = HydraConfig.instance()
+        saved = hydra_config.cfg
+        try:
+            hydra_config.set_config(config)
+            getattr(self.hydra_context.callbacks, name)(config=config, **kwargs)
+        finally:
+            hydra_config.cfg = saved
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a population process: ours, with this plugin's and ppo_research's
+    folders first on its path, so that it runs the very code this process imported."""
+    import ppo_research
+
+    folders = [str(Path(__file__).resolve().parents[2]), str(Path(ppo_research.__file__).resolve().parents[1])]
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = list(dict.fromkeys(folders + rest))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
