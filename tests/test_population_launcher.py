@@ -1,0 +1,230 @@
+"""hydra/launcher=population: a multirun's jobs grouped into populations, one process each, every
+member leaving the run directory a basic-launcher job leaves (docs/populations.md).
+
+Real command lines, real CartPole runs on tiny budgets. Which process trained a job is read from
+the job's own owner lock (run/owner.py: its first line is the pid of the process that held it).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY, read_metrics, read_summary, run_cli, without_timing
+from wandb_files import wandb_records
+
+CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
+LAUNCHED = re.compile(r"population (\d+): process (\d+) trains job\(s\) ([\d, ]+)")
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def overrides_of(job: Path) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+
+
+def trained_by(job: Path) -> int:
+    """The pid of the process that held the job's run directory: the one that trained it."""
+    return int((job / ".owner.lock").read_text().splitlines()[0])
+
+
+def launched(output: str) -> dict[int, tuple[int, list[int]]]:
+    """population number -> (pid, job numbers), from the launcher's log."""
+    return {int(m[1]): (int(m[2]), [int(j) for j in m[3].split(",")]) for m in LAUNCHED.finditer(output)}
+
+
+def assert_complete(job: Path, steps: int = 256) -> None:
+    """A finished run directory, as a basic-launcher job leaves it."""
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert (job / ".hydra" / name).is_file(), job
+    rows = read_metrics(job)
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1)) and rows[-1]["global_step"] == steps
+    summary = read_summary(job)
+    assert summary["global_step"] == steps and summary["eval_return"] is not None
+    assert list((job / "checkpoints").glob("ckpt_*.pt"))
+    described = json.loads((job / "run.json").read_text())
+    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    assert described["config"]["seed"] == config["seed"] and described["config"]["loss"] == config["loss"]
+    hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra["job"]["num"] == int(job.name) and Path(hydra["runtime"]["output_dir"]) == job.resolve()
+
+
+def test_a_seed_by_epsilon_grid_trains_as_one_population_with_its_own_wandb_runs_and_reports(tmp_path):
+    proc = run_cli(["-m", "seed=0,1,2", "loss.epsilon=0.1,0.2", *CARTPOLE, "logger=wandb"], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = tmp_path.glob("outputs/multirun/*/*")
+    jobs = job_dirs(sweep)
+    assert {(o["seed"], o["loss.epsilon"]) for o in map(overrides_of, jobs)} == \
+        {(s, e) for s in "012" for e in ("0.1", "0.2")}
+    for job in jobs:
+        assert_complete(job)
+    # one process trained all six: the launcher started one, and it held every run directory
+    assert len(launched(proc.stdout + proc.stderr)) == 1
+    ((pid, numbers),) = launched(proc.stdout + proc.stderr).values()
+    assert numbers == [0, 1, 2, 3, 4, 5] and {trained_by(job) for job in jobs} == {pid}
+    assert "python -m ppo_research -m seed=0,1,2" in (jobs[0] / ".owner.lock").read_text()  # who, for a refusal
+    # each member its own wandb run, named and grouped as a basic-launcher job's
+    names, groups = set(), set()
+    for job in jobs:
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        run = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+        names.add(run.display_name)
+        groups.add(run.run_group)
+    assert names == {f"clip-gae-cartpole-epsilon{e}-s{s}" for s in "012" for e in ("0.1", "0.2")}
+    assert groups == {f"{sweep.parent.name}_{sweep.name}"}
+    # the report tables them: two variants of three seeds, from the runs' own summaries
+    proc = run_cli([str(sweep), "--out", str(tmp_path / "report")], cwd=tmp_path, timeout=120,
+                   module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "report" / "summary.csv", newline="") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"loss.epsilon=0.1", "loss.epsilon=0.2"}
+    for variant, row in rows.items():
+        finals = [read_summary(j)["eval_return"] for j in jobs if f"loss.epsilon={overrides_of(j)['loss.epsilon']}" == variant]
+        assert row["n_seeds"] == "3" and float(row["final_mean"]) == pytest.approx(sum(finals) / 3)
+
+
+def test_jobs_that_differ_outside_the_member_keys_train_in_separate_populations(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0,1", "algo.vf_coef=0.5,1.0", *CARTPOLE, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    for job in jobs:
+        assert_complete(job)
+    populations = launched(proc.stdout + proc.stderr)
+    assert len(populations) == 2 and len({pid for pid, _ in populations.values()}) == 2
+    for pid, numbers in populations.values():
+        members = [sweep / str(n) for n in numbers]
+        assert {trained_by(job) for job in members} == {pid}
+        assert len({overrides_of(job)["algo.vf_coef"] for job in members}) == 1  # one setting per population
+        assert {overrides_of(job)["seed"] for job in members} == {"0", "1"}
+
+
+def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1,2", *CARTPOLE, "hydra.launcher.population_size=2", "hydra.launcher.processes=2",
+            f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    for job in jobs:
+        assert_complete(job)
+    populations = launched(proc.stdout + proc.stderr)
+    assert sorted(len(numbers) for _, numbers in populations.values()) == [1, 2]  # 3 jobs, at most 2: 2 + 1
+    assert len({trained_by(job) for job in jobs}) == 2
+    # the same command again: every member refuses to overwrite its finished run, in one line each
+    before = {job: (job / "metrics.jsonl").read_bytes() for job in jobs}
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and all("already holds a run" in line for line in errors), proc.stderr[-3000:]
+    assert all((job / "metrics.jsonl").read_bytes() == rows for job, rows in before.items())
+
+
+def close(a, b) -> bool:
+    """Equal, up to float round-off for floats (a batched population update may reorder sums)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+    return a == b and type(a) is type(b)
+
+
+def test_a_member_writes_what_the_basic_launcher_writes_for_the_same_job(tmp_path):
+    job = ["seed=3", "loss.epsilon=0.15", "env=cartpole", "logger=none", *TINY]
+    basic = run_cli(["-m", *job, f"hydra.sweep.dir={tmp_path / 'basic'}"], cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    population = run_cli(["-m", *job, "seed=3,4", "hydra/launcher=population", f"hydra.sweep.dir={tmp_path / 'pop'}"],
+                         cwd=tmp_path)
+    assert population.returncode == 0, population.stderr[-3000:]
+    solo, member = tmp_path / "basic" / "0", tmp_path / "pop" / "0"
+    assert overrides_of(member)["seed"] == "3"
+    for name in ("config.yaml", "overrides.yaml"):
+        assert (member / ".hydra" / name).read_text() == (solo / ".hydra" / name).read_text(), name
+    names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
+    assert names(member) == names(solo)
+    ran, alone = json.loads((member / "run.json").read_text()), json.loads((solo / "run.json").read_text())
+    assert {k: v for k, v in ran.items() if k != "run_id"} == {k: v for k, v in alone.items() if k != "run_id"}
+    rows, solo_rows = without_timing(read_metrics(member)), without_timing(read_metrics(solo))
+    assert len(rows) == len(solo_rows) >= 2
+    for row, solo_row in zip(rows, solo_rows):
+        assert row.keys() == solo_row.keys()
+        assert all(close(row[k], solo_row[k]) for k in row), (row, solo_row)
+    timing = ("wall_time_s", "sps")
+    summary, solo_summary = read_summary(member), read_summary(solo)
+    assert summary.keys() == solo_summary.keys()
+    assert all(close(summary[k], solo_summary[k]) for k in summary if k not in timing), (summary, solo_summary)
+
+
+def test_a_member_that_fails_fails_alone_in_one_line(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0,1", "loss.epsilon=0.2,1.5", *CARTPOLE, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: loss.epsilon=1.5 is invalid: expected a value in (0, 1)"] * 2
+    # the valid members finished; the rejected ones left no run directory, as basic-launcher jobs
+    assert [job.name for job in job_dirs(sweep)] == ["0", "2"]
+    for job in job_dirs(sweep):
+        assert overrides_of(job)["loss.epsilon"] == "0.2"
+        assert_complete(job)
+
+
+@pytest.mark.parametrize("option, line", [
+    ("hydra.launcher.population_size=0", "error: hydra.launcher.population_size=0 is invalid: expected an integer >= 1"),
+    ("hydra.launcher.processes=-1", "error: hydra.launcher.processes=-1 is invalid: expected an integer >= 1"),
+    ("hydra.launcher.population_size=two", None),
+    ("hydra.job.chdir=true", "error: hydra.job.chdir=True is invalid with hydra/launcher=population: expected false"),
+])
+def test_a_bad_launcher_option_is_one_error_line(tmp_path, option, line):
+    proc = run_cli(["-m", "seed=0,1", *CARTPOLE, option], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (printed,) = proc.stderr.strip().splitlines()
+    assert printed.startswith(line or f"error: ") and (line is not None or "population_size" in printed), printed
+    assert not (tmp_path / "outputs").exists()  # rejected before any directory was made
+
+
+def test_ctrl_c_stops_every_member_after_a_checkpoint_and_a_member_resumes_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = ["-m", "seed=0,1", *CARTPOLE, "total_timesteps=10000000", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((sweep / j / "metrics.jsonl").exists() and (sweep / j / "metrics.jsonl").read_text().count("\n") >= 2
+                      for j in "01"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the members did not start training"
+            time.sleep(0.5)
+        worker = trained_by(sweep / "0")
+        proc.send_signal(signal.SIGINT)  # to the launcher only: it passes the stop on to its population
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGINT after iteration") and "resume=" in err
+    state = Path(f"/proc/{worker}/stat")
+    assert not state.exists() or state.read_text().split()[2] == "Z"  # the population process ended with it
+    for job in job_dirs(sweep):
+        assert list((job / "checkpoints").glob("ckpt_*.pt")) and not (job / "summary.json").exists()
+    # a member's directory is a run like any other: it resumes on its own, to a new budget
+    member = sweep / "1"
+    done = len(read_metrics(member))
+    steps = (done + 1) * 128  # TINY: 2 envs x 64 steps per iteration
+    proc = run_cli([f"resume={member}", f"total_timesteps={steps}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_metrics(member)[-1]["global_step"] == steps and read_summary(member)["global_step"] == steps
