@@ -16,3 +16,44 @@ def test_bench_times_the_framework_and_the_reference_side_by_side(tmp_path):
     assert row["train_sps"] > 0 and row["reference_sps"] > 0
     assert row["vs_reference"] == row["train_sps"] / row["reference_sps"]  # one repeat: its own ratio
     assert "| x ref |" in result.stdout and "cartpole" in result.stdout
+
+
+# pendulum at a tiny size: 2 envs x 64 steps, so 256 steps per member are two iterations
+TINY_PENDULUM = ["algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64", "algo.num_epochs=2"]
+
+
+def test_bench_times_populations_beside_the_solo_run_and_the_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(["--case", "pendulum", "--population", "1", "2", "--repeats", "1", "--steps", "256",
+                      "--json", str(out), "--", *TINY_PENDULUM], cwd=REPO, module="ppo_research.bench", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    (case,) = data["rows"]
+    solo, pair = data["population_rows"]
+    assert [solo["population"], pair["population"]] == [1, 2]
+    for row in (solo, pair):
+        size = row["population"]
+        assert row["env"] == "pendulum" and row["num_envs"] == 2 and row["repeats"] == 1
+        assert row["member_global_step"] == [256] * size and row["global_step"] == 256 * size
+        assert row["aggregate_sps"] > 0 and row["member_sps"] == row["aggregate_sps"] / size
+        # one process steps every member's envs in turn: never faster than its raw env stepping
+        assert row["aggregate_sps"] < 2 * case["raw_env_sps"]
+        assert row["rollout_us_per_step"] > 0 and row["update_us_per_step"] > 0
+        assert row["peak_rss_mb"] > 0 and row["peak_rss_mb_per_member"] == row["peak_rss_mb"] / size
+        # the ratios are to runs timed in the same repeat: the reference's single run and the population of 1
+        assert row["reference_sps"] == case["reference_sps"]
+        assert row["vs_reference"] == row["aggregate_sps"] / case["reference_sps"]
+        assert row["solo_from"] == "population 1" and row["solo_sps"] == solo["aggregate_sps"]
+        assert row["vs_solo"] == row["aggregate_sps"] / solo["aggregate_sps"]
+    assert solo["vs_solo"] == 1.0
+    assert pair["peak_rss_mb"] >= 0.9 * solo["peak_rss_mb"]  # two members' envs and networks in one process
+    assert "| members | aggregate SPS |" in result.stdout
+    assert "| pendulum | 2 |" in result.stdout
+
+
+def test_bench_rejects_a_population_of_zero_in_one_line(tmp_path):
+    result = run_cli(["--case", "pendulum", "--population", "1", "0"], cwd=tmp_path, module="ppo_research.bench",
+                     timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --population 0 is invalid: expected a positive integer"]
+    assert not (tmp_path / "outputs").exists()

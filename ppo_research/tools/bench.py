@@ -4,6 +4,7 @@
     python -m ppo_research.bench --case halfcheetah --repeats 5   # one preset
     python -m ppo_research.bench --scaling 1 2 4 8 16             # num_envs scaling (halfcheetah)
     python -m ppo_research.bench --case pendulum -- algo.num_epochs=4   # Hydra overrides after --
+    python -m ppo_research.bench --case halfcheetah pendulum --population 1 8   # + populations of 1 and 8
 
 Each measurement runs in a fresh process (so peak RSS is that run's own) with logger=none and
 the preset's settings otherwise; the table gives medians over --repeats. Training SPS is end to
@@ -14,6 +15,13 @@ Every repeat of a case also times ``tools/reference_ppo.py`` - a straightforward
 PyTorch PPO - at the preset's sizes (envs, horizon, epochs, minibatch, learning rate, gamma,
 lambda), right after the framework's run: ``x ref`` is the median of the per-repeat ratios,
 the figure to quote, since absolute SPS depends on the machine (``--no-reference`` skips it).
+
+``--population S ...`` also times, in the same repeat, a population of S members of each case
+(run/population.py: S runs of the preset, seeds seed..seed+S-1, one process, one stacked
+update), each member training --steps steps: its aggregate SPS (all members' steps over the
+population's training time), its ratio to the reference's single run and to the solo run (the
+population of 1 when it is measured, else the case's own run), and the process's peak RSS,
+total and per member.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from ..errors import EXIT_BAD_INPUT
 
 STANDARD_CASES = ("halfcheetah", "pendulum", "cartpole")
 PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_envs
@@ -101,13 +111,79 @@ def measure_reference(env: str, num_envs: int | None, steps: int, overrides: lis
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str], reference: bool = False) -> dict:
+def measure_population(env: str, size: int, steps: int, overrides: list[str]) -> dict:
+    """A population of ``size`` members of the preset, each training ``steps`` steps, in this process."""
+    from ..run.compose import compose
+    from ..run.population import MemberJob, train_members
+
+    extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
+             "checkpoint.every=0", "progress=false"]
+    base_seed = int(compose(extra + overrides).cfg.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        jobs = []
+        for k in range(size):
+            composed = compose(extra + overrides + [f"seed={base_seed + k}"])
+            jobs.append(MemberJob(composed.cfg, Path(scratch) / f"member_{k}", composed.choices))
+        results = train_members(jobs)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        members = [[json.loads(line) for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
+                   for job in jobs]
+
+    algo = jobs[0].cfg.algo
+    steps_each = [rows[-1]["global_step"] for rows in members]
+    total_steps = sum(steps_each)
+    # time_s is the population's elapsed time (the same in every member's rows); each member's
+    # evaluation time is in its own rows, and all of it is excluded, as for a single run
+    train_time = members[0][-1]["time_s"] - sum(r.get("time_eval_s", 0.0) for rows in members for r in rows)
+    rollout_time = sum(r["time_rollout_s"] for r in members[0])  # population-wide, per iteration
+    update_time = sum(r["time_update_s"] for r in members[0])
+    return {"env": env, "env_id": jobs[0].cfg.env.id, "population": size, "num_envs": algo.num_envs,
+            "num_steps": algo.num_steps, "member_global_step": steps_each, "global_step": total_steps,
+            "aggregate_sps": total_steps / train_time,
+            "rollout_us_per_step": 1e6 * rollout_time / total_steps,
+            "update_us_per_step": 1e6 * update_time / total_steps,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str], reference: bool = False,
+               population: int = 0) -> dict:
+    """One measurement in a fresh process (so its peak RSS is its own)."""
     cmd = [sys.executable, "-m", "ppo_research.bench", "--worker", env, "--steps", str(steps),
-           "--num-envs", str(num_envs or 0), *(["--reference-worker"] if reference else []), "--", *overrides]
+           "--num-envs", str(num_envs or 0), *(["--reference-worker"] if reference else []),
+           *(["--population-worker", str(population)] if population else []), "--", *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: benchmark of {env} failed: {result.stderr.strip().splitlines()[-1:]}")
+        what = "the reference" if reference else f"a population of {population}" if population else "the framework"
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        _fail(f"benchmark of {env} ({what}) failed: {last}", status=1)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check_cases(cases: list[str], overrides: list[str]) -> None:
+    """Unknown presets and bad overrides fail here, in one line, before any worker starts."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..errors import ConfigError
+    from ..run.compose import check_group_choices, compose
+    from ..run.config import validate
+
+    check_group_choices([f"env={env}" for env in cases] + overrides)  # exits 2 naming the options
+    for env in cases:
+        try:
+            validate(compose([f"env={env}", "logger=none", *overrides]).cfg)
+        except ConfigError as err:
+            _fail(str(err))
+        except (HydraException, OmegaConfBaseException) as err:
+            _fail(f"--case {env} with overrides {' '.join(overrides) or '(none)'}: {str(err).splitlines()[0]}")
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT):
+    """One ``error:`` line on stderr and the exit status (2: bad input)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 def median_row(samples: list[dict]) -> dict:
@@ -137,36 +213,85 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
+def population_row(samples: list[dict], solo: list[float], reference: list[float] | None, solo_from: str) -> dict:
+    """Medians over the repeats of a population's samples; ``solo[i]``/``reference[i]``: the
+    single-run SPS timed in the same repeat as ``samples[i]``."""
+    row = {key: samples[0][key] for key in ("env", "env_id", "population", "num_envs", "num_steps",
+                                             "member_global_step", "global_step")}
+    size = row["population"]
+    for key in ("aggregate_sps", "rollout_us_per_step", "update_us_per_step", "peak_rss_mb"):
+        row[key] = statistics.median(s[key] for s in samples)
+        row[key + "_all"] = [round(s[key], 1) for s in samples]
+    row["member_sps"] = row["aggregate_sps"] / size
+    row["peak_rss_mb_per_member"] = row["peak_rss_mb"] / size
+    row["solo_from"] = solo_from
+    row["solo_sps"] = statistics.median(solo)
+    ratios = [s["aggregate_sps"] / v for s, v in zip(samples, solo)]
+    row["vs_solo"], row["vs_solo_all"] = statistics.median(ratios), [round(r, 2) for r in ratios]
+    if reference is not None:
+        row["reference_sps"] = statistics.median(reference)
+        ratios = [s["aggregate_sps"] / v for s, v in zip(samples, reference)]
+        row["vs_reference"], row["vs_reference_all"] = statistics.median(ratios), [round(r, 2) for r in ratios]
+    row["repeats"] = len(samples)
+    return row
+
+
+def population_table(rows: list[dict]) -> str:
+    head = ("| case | members | aggregate SPS | SPS per member | x ref | x solo | rollout us/step | update us/step "
+            "| peak RSS MB | RSS MB per member |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['env']} | {r['population']} | {r['aggregate_sps']:,.0f} | {r['member_sps']:,.0f} | "
+             f"{format(r['vs_reference'], '.2f') if 'vs_reference' in r else '-'} | {r['vs_solo']:.2f} | "
+             f"{r['rollout_us_per_step']:.0f} | {r['update_us_per_step']:.0f} | {r['peak_rss_mb']:.0f} | "
+             f"{r['peak_rss_mb_per_member']:.0f} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, overrides = argv[:cut], argv[cut + 1:]
-    parser = argparse.ArgumentParser(prog="python -m ppo_research.bench", description=__doc__.split("\n\n")[0])
+    from .play import OneLineParser  # a usage error is one error: line, exit status 2
+
+    parser = OneLineParser(prog="python -m ppo_research.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", nargs="+", default=list(STANDARD_CASES), help="env presets to time at their own settings")
     parser.add_argument("--scaling", nargs="*", type=int, default=[],
                         help="num_envs values for a halfcheetah scaling run (batch kept at 2048)")
-    parser.add_argument("--steps", type=int, default=20480, help="env steps per measured run")
+    parser.add_argument("--population", nargs="+", type=int, default=[], metavar="S",
+                        help="also time populations of S members of each case (--steps steps per member)")
+    parser.add_argument("--steps", type=int, default=20480, help="env steps per measured run (per member)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the table gives medians")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default outputs/bench/<time>.json)")
     parser.add_argument("--no-reference", action="store_true", help="skip timing the reference PPO beside each run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--population-worker", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--num-envs", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
+        if args.population_worker:
+            print(json.dumps(measure_population(args.worker, args.population_worker, args.steps, overrides)))
+            return
         run = measure_reference if args.reference_worker else measure
         print(json.dumps(run(args.worker, args.num_envs or None, args.steps, overrides)))
         return
     if args.steps < 1 or args.repeats < 1:
-        raise SystemExit("error: --steps and --repeats must be positive")
+        _fail(f"--steps and --repeats must be positive (got --steps {args.steps}, --repeats {args.repeats})")
+    for flag, values in (("--population", args.population), ("--scaling", args.scaling)):
+        bad = [v for v in values if v < 1]
+        if bad:
+            _fail(f"{flag} {bad[0]} is invalid: expected a positive integer")
+    sizes = list(dict.fromkeys(args.population))  # each size once, in the order given
+    check_cases(list(dict.fromkeys(args.case + (["halfcheetah"] if args.scaling else []))), overrides)
 
     plan = [(env, None) for env in args.case] + [("halfcheetah", n) for n in args.scaling]
-    rows = []
+    load_before = _load_average()  # other work on the machine skews every figure; the record says how much
+    rows, population_rows = [], []
     for env, num_envs in plan:
         samples = []
+        pop_samples = {size: [] for size in sizes} if num_envs is None else {}  # not for scaling entries
         for rep in range(args.repeats):
             samples.append(run_worker(env, num_envs, args.steps, overrides))
             line = f"{env} num_envs={samples[-1]['num_envs']} run {rep + 1}/{args.repeats}: {samples[-1]['train_sps']:,.0f} SPS"
@@ -174,17 +299,45 @@ def main(argv: list[str] | None = None) -> None:
                 samples[-1].update(run_worker(env, num_envs, args.steps, overrides, reference=True))
                 line += (f"; reference {samples[-1]['reference_sps']:,.0f} SPS "
                          f"(x{samples[-1]['train_sps'] / samples[-1]['reference_sps']:.2f})")
+            for size in pop_samples:  # the same repeat, so every ratio is side by side
+                pop_samples[size].append(run_worker(env, None, args.steps, overrides, population=size))
+                line += f"; population {size}: {pop_samples[size][-1]['aggregate_sps']:,.0f} SPS"
             print(line, file=sys.stderr, flush=True)
         rows.append(median_row(samples))
+        if pop_samples:
+            solo_from = "population 1" if 1 in pop_samples else "single run"
+            solo = ([s["aggregate_sps"] for s in pop_samples[1]] if 1 in pop_samples
+                    else [s["train_sps"] for s in samples])
+            reference = None if args.no_reference else [s["reference_sps"] for s in samples]
+            population_rows += [population_row(pop_samples[size], solo, reference, solo_from) for size in sizes]
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "processor": _cpu_model(), "date": datetime.now().isoformat(timespec="seconds")}
+               "processor": _cpu_model(), "date": datetime.now().isoformat(timespec="seconds"),
+               "load_average_before": load_before, "load_average_after": _load_average()}
     print(f"machine: {machine['processor']}, {machine['cpu_count']} cores; medians of {args.repeats} runs "
-          f"of {args.steps} steps")
+          f"of {args.steps} steps{' (per member)' if population_rows else ''}; load average "
+          f"{_fmt_load(load_before)} before, {_fmt_load(machine['load_average_after'])} after")
     print(table(rows))
+    if population_rows:
+        print()
+        print(population_table(population_rows))
     out = args.json or Path("outputs") / "bench" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "steps": args.steps, "overrides": overrides, "rows": rows}, indent=2))
+    result = {"machine": machine, "steps": args.steps, "overrides": overrides, "rows": rows}
+    if population_rows:
+        result["population_rows"] = population_rows
+    out.write_text(json.dumps(result, indent=2))
     print(f"written {out}")
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _fmt_load(load: list[float] | None) -> str:
+    return "/".join(f"{x:.2f}" for x in load) if load else "unknown"
 
 
 def _cpu_model() -> str:
