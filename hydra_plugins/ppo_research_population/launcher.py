@@ -277,6 +277,12 @@ class PopulationLauncher(Launcher):
             interrupts.append(outcome["interrupted"])
         for job in population.jobs:
             ret = outcome["returns"].get(job.idx)
+            if ret is None and not outcome.get("interrupted"):  # (a population process always reports each job)
+                from ppo_research.run.app import EXIT_BUG, RunFailed
+
+                message = f"error: population {population.number} did not report job {job.idx}"
+                print(message, file=sys.stderr, flush=True)
+                ret = job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
             if ret is not None:
                 returns[job.idx] = ret
                 self._callback("on_job_end", job.config, job_return=ret)

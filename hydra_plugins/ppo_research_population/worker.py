@@ -120,8 +120,11 @@ def train_population(jobs: list[tuple[int, DictConfig]]) -> dict[str, Any]:
             configure_logging([configs[idx] for idx in members])
             first = configs[next(iter(members))]
             HydraConfig.instance().set_config(first)  # each member's own is current while its tracker run starts
-            with env_override(dict(first.hydra.job.env_set)):
-                results = train_members(list(members.values()))
+            try:
+                with env_override(dict(first.hydra.job.env_set)):
+                    results = train_members(list(members.values()))
+            except Exception as err:  # noqa: BLE001 - a bug of the population: every member's failure
+                results = [err] * len(members)
             for (idx, member), result in zip(members.items(), results):
                 returns[idx] = finish_member(configs[idx], result, member.run_dir)
     except KeyboardInterrupt as err:
@@ -174,7 +177,15 @@ def main(argv: list[str]) -> int:
         import ppo_research.run.train  # noqa: F401
     setup_globals()
     app._invocation = request["invocation"]  # what the command line said (HYDRA_FULL_ERROR, existing folders)
-    outcome = train_population(request["jobs"])
+    try:
+        outcome = train_population(request["jobs"])
+    except Exception as err:  # noqa: BLE001 - a bug here: one line, the traceback in a log file; every job fails
+        if app._invocation.full_error:
+            raise
+        line = app.bug_line(err, app.log_bug(err))
+        print(line, file=sys.stderr, flush=True)
+        outcome = {"returns": {idx: job_return(config, JobStatus.FAILED, app.RunFailed(line, app.EXIT_BUG))
+                               for idx, config in request["jobs"]}, "interrupted": None}
     tmp = Path(f"{result_path}.tmp")
     with open(tmp, "wb") as f:
         pickle.dump(outcome, f)
