@@ -135,10 +135,14 @@ def test_flat_adam_equals_torch_adam_with_clip_grad_norm(cls, max_norm, lr):
         if max_norm is not None:
             norm = opt.clip_grad_norm(max_norm)
             ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
-            torch.testing.assert_close(norm, ref_norm, rtol=1e-6, atol=1e-6)  # the pre-clip norm
+            # After the first step the parameters agree only to float32 round-off (FlatAdam computes
+            # its bias corrections per member in float64 and applies one scaled quotient; torch's
+            # Adam uses addcdiv with a python scalar), so gradients agree to ~1e-5 relative.
+            tol = dict(rtol=1e-6, atol=1e-7) if step == 0 else dict(rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(norm, ref_norm, **tol)  # the pre-clip norm
             clipped_steps += bool(ref_norm > max_norm)
             torch.testing.assert_close(opt.flat.grad, torch.cat([p.grad.reshape(-1) for p in reference.parameters()]),
-                                       rtol=1e-6, atol=1e-7)
+                                       **tol)
         opt.step()
         ref_opt.step()
         for p, q in zip(net.parameters(), reference.parameters()):
@@ -174,7 +178,7 @@ def test_state_dict_round_trip_continues_identically():
     resumed.load_state_dict(saved["net"])
     resumed_opt.load_state_dict(saved["opt"])
     assert all(in_buffer(p, resumed_opt.flat) for p in resumed.parameters())
-    assert resumed_opt.adam.state[resumed_opt.flat]["step"].item() == 3
+    assert resumed_opt.member_state(0)["step"] == 3
     net_, opt_ = resumed, resumed_opt
     train(4, 3)
     for p, q in zip(resumed.parameters(), expected):

@@ -7,6 +7,7 @@ Notation as in the seed notebook: r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,9 +29,23 @@ class PolicyBatch:
     dist: Distribution  # pi_theta(.|s)
     old_dist: Distribution  # pi_old(.|s)
 
+    #: [S, B] valid samples of a population's padded minibatch (algo/update.py); None: all valid
+    mask: Optional[torch.Tensor] = None
+
     def __post_init__(self):
         self.log_ratio = self.log_prob - self.old_log_prob
         self.ratio = self.log_ratio.exp()
+        if self.mask is not None:
+            self._count = self.mask.sum(-1, keepdim=True)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The minibatch mean of per-sample ``x``: a scalar for one run's [B]; for a population's
+        [S, B], each member's mean over its valid samples, [S, 1]."""
+        if x.dim() == 1:
+            return x.mean()
+        if self.mask is None:
+            return x.mean(-1, keepdim=True)
+        return torch.where(self.mask, x, 0.0).sum(-1, keepdim=True) / self._count
 
 
 class PolicyLoss:
@@ -42,7 +57,9 @@ class PolicyLoss:
     adapt_every: Optional[str] = None
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        """The policy term to minimise (a scalar)."""
+        """The policy term to minimise: a scalar, or [S, 1] for a population's minibatch (take
+        means with ``batch.mean``; ``epsilon``/``beta`` may then be [S, 1] tensors, one value per
+        member: ``member_view``)."""
         raise NotImplementedError
 
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
@@ -78,14 +95,14 @@ class ClipLoss(PolicyLoss):
         self.epsilon = epsilon
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -clipped_surrogate(batch.ratio, batch.advantages, self.epsilon).mean()
+        return -batch.mean(clipped_surrogate(batch.ratio, batch.advantages, self.epsilon))
 
 
 class CPILoss(PolicyLoss):
     """L^CPI = E[r A]: no clipping and no penalty (the paper's first row)."""
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -(batch.ratio * batch.advantages).mean()
+        return -batch.mean(batch.ratio * batch.advantages)
 
 
 class PGLoss(PolicyLoss):
@@ -98,7 +115,25 @@ class PGLoss(PolicyLoss):
     """
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -(batch.log_prob * batch.advantages).mean()
+        return -batch.mean(batch.log_prob * batch.advantages)
+
+
+#: the loss hyperparameters members of a population may differ in (run/population.py)
+MEMBER_VALUES = ("epsilon", "beta")
+
+
+def member_view(losses: list[PolicyLoss]) -> PolicyLoss:
+    """One loss object computing every member's term: the members' own values of
+    ``MEMBER_VALUES`` as [S, 1] tensors where they differ (their state, e.g. an adapted beta,
+    stays in the members' objects)."""
+    if len(losses) == 1:
+        return losses[0]
+    view = copy.copy(losses[0])
+    for name in MEMBER_VALUES:
+        values = [getattr(loss, name, None) for loss in losses]
+        if values[0] is not None and any(v != values[0] for v in values):
+            setattr(view, name, torch.tensor(values, dtype=torch.float32).view(-1, 1))
+    return view
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -161,7 +196,7 @@ class KLPenaltyLoss(PolicyLoss):
             surrogate = batch.ratio * batch.advantages
         else:
             surrogate = clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)
-        return -(surrogate.mean() - self.beta * self.divergence(batch).mean())
+        return -(batch.mean(surrogate) - self.beta * batch.mean(self.divergence(batch)))
 
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
         if self.estimator == "analytic":

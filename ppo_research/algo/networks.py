@@ -85,10 +85,18 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = F.linear(x, layer.weight, layer.bias)
+            x = linear(x, layer.weight, layer.bias)
             if i < last or self.activate_last:
                 x = self._act(x)
         return x
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x W^T + b; with a population's stacked parameters (weight [S, out, in], bias [S, 1, out],
+    x [S, B, in]: ``algo/stacking.py``) one batched matmul computes every member's layer."""
+    if weight.dim() == 3:
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
+    return F.linear(x, weight, bias)
 
 
 def _numpy(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +115,9 @@ class _Heads(ActorCritic):
     """What both MLP variants share: the options (one signature, so one config schema), the
     policy distribution (Gaussian for Box, Categorical for Discrete) and the value head size.
     Subclasses build their layers in ``_build``."""
+
+    #: the forward also computes a population's stacked parameters (algo/stacking.py)
+    stackable = True
 
     def __init__(
         self,
@@ -263,4 +274,4 @@ class SharedMLPActorCritic(_Heads):
 
     @staticmethod
     def _head(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, layer.weight, layer.bias)
+        return linear(x, layer.weight, layer.bias)

@@ -1,14 +1,22 @@
-"""The optimizer over one flat parameter buffer.
+"""The optimizer: Adam over one flat parameter buffer, for one network or a population of them.
 
 PPO's networks are many tiny tensors (14 for the paper's actor + critic), so per-tensor
-overhead dominates a minibatch step: foreach Adam and a foreach grad-norm each pay it. Making
-every parameter and gradient a view into one contiguous buffer turns Adam (fused), the global
-grad-norm clip and zeroing the gradients into one operation each. The maths is unchanged.
+overhead dominates a minibatch step. Every parameter and gradient is a view into one contiguous
+buffer, so Adam, the grad-norm clip and zeroing the gradients are a few operations each.
+
+A population's S members share the buffer member-major ([S, P]: row k is member k's
+parameters, ``algo/stacking.py``). Everything per member stays per member: the step count
+(members may skip steps: early stopping, fewer minibatches, divergence), the learning rate, the
+gradient-norm clip. The maths is torch.optim.Adam's and clip_grad_norm_'s, row by row.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import nn
+
+from .stacking import stack_members
 
 
 def flatten_parameters(module: nn.Module) -> nn.Parameter:
@@ -18,44 +26,95 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
     the views in place. Zero gradients with ``flat.grad.zero_()`` (never set them to None: that
     would detach the views).
     """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset:offset + n].view_as(p)
-        p.grad = flat.grad[offset:offset + n].view_as(p)
-        offset += n
-    return flat
+    return stack_members([module])[1]
 
 
 class FlatAdam:
-    """Adam (fused) with global grad-norm clipping over a module's flattened parameters."""
+    """Adam with per-member step counts, learning rates and global grad-norm clipping.
 
-    def __init__(self, module: nn.Module, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
-        self.flat = flatten_parameters(module)
-        self.adam = torch.optim.Adam([self.flat], lr=lr, eps=eps, betas=tuple(betas), fused=True)
+    ``networks``: one network, or a population's member networks (same architecture). After
+    construction their parameters live in ``flat`` ([S * P]); ``module`` computes all members
+    at once (the network itself when S = 1).
+    """
 
-    @property
-    def param_groups(self):
-        return self.adam.param_groups
+    def __init__(self, networks: nn.Module | Sequence[nn.Module], lr: float | Sequence[float], eps: float,
+                 betas: tuple[float, float] = (0.9, 0.999)):
+        nets = [networks] if isinstance(networks, nn.Module) else list(networks)
+        self.size = len(nets)
+        self.module, self.flat = stack_members(nets)
+        self.rows = self.flat.data.view(self.size, -1)  # [S, P]
+        self.grad_rows = self.flat.grad.view(self.size, -1)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.eps = float(eps)
+        self.set_lr(lr)
+        self.steps = torch.zeros(self.size, 1, dtype=torch.float64)  # Adam's t, per member
+        self.exp_avg = torch.zeros_like(self.rows)
+        self.exp_avg_sq = torch.zeros_like(self.rows)
+
+    def set_lr(self, lr: float | Sequence[float]) -> None:
+        lrs = [float(lr)] * self.size if isinstance(lr, (int, float)) else [float(x) for x in lr]
+        if len(lrs) != self.size:
+            raise ValueError(f"{len(lrs)} learning rates for {self.size} members")
+        self.lrs = lrs
+        self._lr = torch.tensor(lrs, dtype=torch.float64).view(-1, 1)
 
     def zero_grad(self) -> None:
         self.flat.grad.zero_()
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """Scale the gradient to global norm <= max_norm (clip_grad_norm_'s maths, one buffer)."""
-        grad = self.flat.grad
-        norm = torch.linalg.vector_norm(grad)
-        grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        return norm
+        """Scale each member's gradient to global norm <= max_norm (clip_grad_norm_'s maths);
+        returns the pre-clip norms ([S], a 0-d tensor for one network)."""
+        norm = torch.linalg.vector_norm(self.grad_rows, dim=1, keepdim=True)
+        self.grad_rows.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        return norm.view(-1) if self.size > 1 else norm.view(())
 
-    def step(self) -> None:
-        self.adam.step()
+    @torch.no_grad()
+    def step(self, members: Optional[torch.Tensor] = None) -> None:
+        """One Adam step for ``members`` (a bool [S] mask; None = all). The others' parameters
+        and moments stay exactly as they are, whatever their gradient holds."""
+        grad, b1, b2 = self.grad_rows, self.beta1, self.beta2
+        if members is None:
+            self.steps += 1.0
+            self.exp_avg.lerp_(grad, 1.0 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+            lr = self._lr
+        else:
+            on = members.view(-1, 1)
+            grad.masked_fill_(~on, 0.0)  # a skipped member's gradient may be anything, nan included
+            self.steps += on.double()
+            self.exp_avg.lerp_(grad, (1.0 - b1) * on.float())
+            self.exp_avg_sq.mul_(torch.where(on, b2, 1.0)).addcmul_(grad, grad, value=1.0 - b2)
+            lr = self._lr * on.double()
+        t = self.steps.clamp(min=1.0)
+        step_size = (lr / (1.0 - b1 ** t)).float()
+        bias_correction2_sqrt = (1.0 - b2 ** t).sqrt().float()
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        self.rows.sub_(self.exp_avg / denom * step_size)
+
+    # -- state: the whole population, or one member's share (a run's checkpoint) ---------------
+
+    def member_state(self, k: int) -> dict:
+        return {"step": int(self.steps[k, 0]), "exp_avg": self.exp_avg[k].clone(),
+                "exp_avg_sq": self.exp_avg_sq[k].clone(), "lr": self.lrs[k]}
+
+    def load_member_state(self, k: int, state: dict) -> None:
+        if "state" in state:  # a single run's torch.optim.Adam state (checkpoints before populations)
+            adam = state["state"][0]
+            state = {"step": float(adam["step"]), "exp_avg": adam["exp_avg"], "exp_avg_sq": adam["exp_avg_sq"]}
+        if state["exp_avg"].shape != self.exp_avg[k].shape:
+            raise ValueError(f"optimizer state of {state['exp_avg'].numel()} parameters for a network of "
+                             f"{self.exp_avg[k].numel()}")
+        self.steps[k, 0] = float(state["step"])
+        self.exp_avg[k] = state["exp_avg"]
+        self.exp_avg_sq[k] = state["exp_avg_sq"]
 
     def state_dict(self) -> dict:
-        return self.adam.state_dict()
+        return {"members": [self.member_state(k) for k in range(self.size)]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.adam.load_state_dict(state)
+        if "members" not in state:
+            state = {"members": [state]}
+        if len(state["members"]) != self.size:
+            raise ValueError(f"optimizer state of {len(state['members'])} members for {self.size}")
+        for k, member in enumerate(state["members"]):
+            self.load_member_state(k, member)

@@ -10,17 +10,26 @@ The value loss is 0.5 (V - R)^2 or the Huber loss of V - R (quadratic within hub
 linear beyond), optionally against V clipped around V_old (the max of the two). With
 ``recompute_advantages`` the advantages and targets are re-estimated with the current value
 function at the start of every epoch after the first (``advantages.AdvantageRefresh``).
+
+One update serves a population (``algo/stacking.py``): S members, each with its own batch,
+loss object, shuffling and minibatch split, step together through one stacked forward per
+minibatch. Members' batches differ in length (reset steps are masked out), so minibatch j of
+every member is padded to the longest and means are taken over each member's valid samples
+(``PolicyBatch.mean``). A member takes no step once its minibatches are used up, target_kl
+stops it, or its loss turns non-finite (it is reported failed; the others go on). With S = 1
+nothing is padded and the tensors are the plain [B] ones of a single run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import NonFiniteError
 from .batch import Batch
-from .losses import PolicyBatch, PolicyLoss
+from .losses import PolicyBatch, PolicyLoss, member_view
 from .networks import ActorCritic
 from .optim import FlatAdam
 
@@ -48,9 +57,12 @@ class UpdateSettings:
 
 
 VALUE_LOSSES = ("mse", "huber")
+FIELDS = ("obs", "actions", "log_probs", "dist_params", "values", "advantages", "returns")
 
 #: what the update returns, instead of statistics, for a batch with no sample
 SKIPPED = {"update_skipped": True, "epochs": 0}
+
+Refresh = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
 def minibatch_slices(n: int, size: int) -> list[slice]:
@@ -75,129 +87,349 @@ def huber(error: torch.Tensor, delta: float) -> torch.Tensor:
     return torch.where(abs_error <= delta, 0.5 * error.pow(2), delta * (abs_error - 0.5 * delta))
 
 
-def standardise(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
+def standardise(x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(x - mean) / (std + 1e-8) over the samples (the last dim; per member for [S, B], over the
+    ``mask``ed samples). A single sample is only centred."""
+    if x.dim() == 1:
+        return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
+    if mask is None:
+        if x.shape[-1] == 1:
+            return x - x.mean(-1, keepdim=True)
+        return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-8)
+    count = mask.sum(-1, keepdim=True)
+    centred = x - torch.where(mask, x, 0.0).sum(-1, keepdim=True) / count.clamp(min=1)
+    var = torch.where(mask, centred.pow(2), 0.0).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, centred / (var.sqrt() + 1e-8), centred)
+
+
+class _Padded:
+    """The members' batches as [S, N_max, ...] tensors (a member's rows past its length are
+    padding, ``mask`` False). For one member: its own [N, ...] tensors, no mask."""
+
+    def __init__(self, batches: Sequence[Batch]):
+        self.lengths = [len(b) for b in batches]
+        self.single = len(batches) == 1
+        width = max(self.lengths)
+        self.mask = None
+        if not self.single and min(self.lengths) < width:
+            self.mask = torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None]
+        self.fields = {}
+        for name in FIELDS:
+            self.fields[name] = self._pad([getattr(b, name) for b in batches], width)
+
+    def _pad(self, tensors: list[torch.Tensor], width: int) -> torch.Tensor:
+        if self.single:
+            return tensors[0]
+        if all(len(t) == width for t in tensors):
+            return torch.stack(tensors)
+        out = tensors[0].new_zeros((len(tensors), width, *tensors[0].shape[1:]))
+        for k, t in enumerate(tensors):
+            out[k, :len(t)] = t
+        return out
+
+    def batch(self) -> Batch:
+        return Batch(*(self.fields[name] for name in FIELDS))
 
 
 class PPOUpdate:
-    def __init__(self, policy: ActorCritic, loss: PolicyLoss, optimizer: FlatAdam, settings: UpdateSettings):
+    """K epochs of minibatch Adam for one network, or for a population's members.
+
+    ``policies``/``losses``: one network and its loss, or the members' (the networks'
+    parameters must be the ``optimizer``'s). ``ent_coefs``: per-member entropy coefficients
+    (default ``settings.ent_coef``). ``member_rng(k)``: a context in which member k's random
+    draws (minibatch shuffling) are made; default torch's global generator.
+    """
+
+    def __init__(self, policies: ActorCritic | Sequence[ActorCritic], losses: PolicyLoss | Sequence[PolicyLoss],
+                 optimizer: FlatAdam, settings: UpdateSettings, ent_coefs: Optional[Sequence[float]] = None,
+                 member_rng: Optional[Callable[[int], object]] = None):
         if settings.value_loss not in VALUE_LOSSES:
             raise ValueError(f"value_loss={settings.value_loss!r}: expected one of {VALUE_LOSSES}")
-        self.policy, self.loss, self.optimizer, self.settings = policy, loss, optimizer, settings
+        self.members = [policies] if isinstance(policies, nn.Module) else list(policies)
+        self.losses = [losses] if isinstance(losses, PolicyLoss) else list(losses)
+        self.size = len(self.members)
+        if len(self.losses) != self.size or optimizer.size != self.size:
+            raise ValueError(f"{self.size} networks, {len(self.losses)} losses, an optimizer of {optimizer.size}")
+        self.optimizer, self.settings = optimizer, settings
+        self.net = optimizer.module  # all members at once
+        coefs = [settings.ent_coef] * self.size if ent_coefs is None else [float(c) for c in ent_coefs]
+        self.ent_coef = coefs[0] if len(set(coefs)) == 1 else torch.tensor(coefs).view(-1, 1)
+        self.member_rng = member_rng
 
-    def __call__(self, batch: Batch, refresh: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor]]] = None) -> dict:
-        """K epochs over ``batch``; returns the mean loss terms, the epochs run, and the
-        divergence of the updated policy from pi_old over the whole batch.
+    # one network's update keeps the single-run names
+    @property
+    def policy(self) -> ActorCritic:
+        return self.members[0]
 
-        ``refresh`` (needed with ``recompute_advantages``) returns the batch's (advantages,
-        returns) re-estimated with the current value function. A batch with no sample (every env
-        was on a reset step: possible only with num_steps = 1) takes no step and returns
-        ``SKIPPED``. If target_kl stops the update before its first step, the loss terms and
-        clip_fraction are nan (none was computed) and the policy is unchanged.
+    @property
+    def loss(self) -> PolicyLoss:
+        return self.losses[0]
+
+    @loss.setter
+    def loss(self, loss: PolicyLoss) -> None:
+        self.losses[0] = loss
+
+    def __call__(self, batches: Batch | Sequence[Batch], refreshes: Optional[Refresh | Sequence[Optional[Refresh]]] = None,
+                 members: Optional[Sequence[bool]] = None):
+        """K epochs over each member's batch; returns, per member, the mean loss terms, the
+        epochs run and the divergence of the updated policy from pi_old over its whole batch
+        (a dict; one dict, not a list, for a single ``Batch``). ``members``: which take part
+        (default all); the others' entries are None.
+
+        ``refreshes`` (needed with ``recompute_advantages``) return a member's (advantages,
+        returns) re-estimated with the current value function. A batch with no sample (every
+        env was on a reset step: possible only with num_steps = 1) takes no step: ``SKIPPED``.
+        If target_kl stops a member before its first step, its loss terms and clip_fraction are
+        nan (none was computed) and its policy is unchanged. A member whose loss or parameters
+        turn non-finite gets ``{"failed": NonFiniteError}`` (raised for a single ``Batch``).
         """
-        s = self.settings
-        if len(batch) == 0:
-            return dict(SKIPPED)
-        if s.recompute_advantages and refresh is None:
+        single = isinstance(batches, Batch)
+        batches = [batches] if single else list(batches)
+        refreshes = [refreshes] if single or refreshes is None or callable(refreshes) else list(refreshes)
+        refreshes = refreshes * self.size if len(refreshes) == 1 and self.size > 1 else refreshes
+        results = self._update(batches, refreshes, [True] * self.size if members is None else list(members))
+        if single and "failed" in (results[0] or {}):
+            raise results[0]["failed"]
+        return results[0] if single else results
+
+    def _update(self, batches: list[Batch], refreshes: list, taking_part: list[bool]) -> list[Optional[dict]]:
+        s, S = self.settings, self.size
+        results: list[Optional[dict]] = [None if not part else (dict(SKIPPED) if len(b) == 0 else {})
+                                         for part, b in zip(taking_part, batches)]
+        active = [r == {} for r in results]  # members still stepping
+        if not any(active):
+            return results
+        if s.recompute_advantages and any(refreshes[k] is None for k in range(S) if active[k]):
             raise ValueError("recompute_advantages needs a refresh (advantages.AdvantageRefresh)")
         if s.normalize_advantage == "batch":
-            batch.advantages = standardise(batch.advantages)
-        minibatches = minibatch_slices(len(batch), s.minibatch_size)
-        terms, log_ratios = [], []  # per minibatch, reduced once at the end (no sync per step)
-        stop = False
+            for k, b in enumerate(batches):
+                if active[k]:
+                    b.advantages = standardise(b.advantages)
+        batches = [b if active[k] else _placeholder(batches, active) for k, b in enumerate(batches)]
+        padded = _Padded(batches)
+        slices = [minibatch_slices(len(b), s.minibatch_size) for b in batches]
+        stopped_in = [0] * S  # the epoch (1-based) in which a member stopped; 0 = it did not
+        steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
+        clip_hits: list[tuple[torch.Tensor, torch.Tensor]] = []  # per minibatch: |r - 1| > eps counts, sample counts
         for epoch in range(s.num_epochs):
             if epoch > 0 and s.recompute_advantages:
-                batch.advantages, batch.returns = refresh()
-                if s.normalize_advantage == "batch":
-                    batch.advantages = standardise(batch.advantages)
-            shuffled = batch.permuted(torch.randperm(len(batch)))
-            steps_before = len(terms)
-            for idx in minibatches:
-                pb, value = self.policy_batch(shuffled, idx)
-                if s.target_kl is not None and kl_k3(pb.log_ratio.detach()) > 1.5 * s.target_kl:
-                    stop = True  # the policy has moved far enough: stop before this step
-                    break
-                policy_loss = self.loss(pb)
-                value_loss = self.value_loss(value, shuffled.values[idx], shuffled.returns[idx])
-                entropy = pb.dist.entropy().mean()
-                total = policy_loss + s.vf_coef * value_loss - s.ent_coef * entropy
-                if not torch.isfinite(total):
-                    _raise_non_finite(policy_loss, value_loss, entropy, epoch, len(terms))
-                self.step(total)
-
-                terms.append(torch.stack([policy_loss, value_loss, entropy]).detach())
-                log_ratios.append(pb.log_ratio.detach())  # pre-step, as PPO reports them
-                if self.loss.adapt_every == "minibatch":  # d after this step, on this minibatch
-                    self.loss.observe_kl(self.divergence(shuffled, idx)["kl"], "minibatch")
-            if self.loss.adapt_every == "epoch" and len(terms) > steps_before:  # only after an epoch that stepped
-                self.loss.observe_kl(self.divergence(batch)["kl"], "epoch")
-            if stop:
+                refreshed = [refreshes[k]() if active[k] else (batches[k].advantages, batches[k].returns)
+                             for k in range(S)]
+                advantages = [standardise(a) if s.normalize_advantage == "batch" else a for a, _ in refreshed]
+                for k, b in enumerate(batches):
+                    b.advantages, b.returns = advantages[k], refreshed[k][1]
+                padded = _Padded(batches)
+            stepped_this_epoch = [False] * S
+            for j, (mb, mask, stepping) in enumerate(self._minibatches(padded, slices, active)):
+                pb, value = self.policy_batch(mb, with_value=True, mask=mask)
+                if s.target_kl is not None:
+                    k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
+                    for k in range(S):  # moved far enough: stop before this step
+                        if stepping[k] and k3[k] > 1.5 * s.target_kl:
+                            stepping[k] = active[k] = False
+                            stopped_in[k] = epoch + 1
+                    if not any(stepping):
+                        if not any(active):
+                            break
+                        continue
+                loss_view = member_view(self.losses)
+                policy_loss = loss_view(pb)
+                value_loss = self.value_loss(value, mb.values, mb.returns, pb)
+                entropy = pb.mean(pb.dist.entropy())
+                total = policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
+                finite = torch.isfinite(total).reshape(-1).tolist()
+                for k in range(S):
+                    if stepping[k] and not finite[k]:
+                        results[k]["failed"] = _non_finite(policy_loss, value_loss, entropy, k, epoch, j)
+                        stepping[k] = active[k] = False
+                        stopped_in[k] = epoch + 1
+                if not any(stepping):
+                    continue
+                self.step(total, None if all(stepping) else torch.tensor(stepping))
+                for k in range(S):
+                    stepped_this_epoch[k] |= stepping[k]
+                steps.append((torch.stack([policy_loss, value_loss, entropy], -1).detach().reshape(S, 3), stepping))
+                clip_hits.append(self._clip_hits(pb, loss_view))  # pre-step ratios, as PPO reports them
+                if self.losses[0].adapt_every == "minibatch":  # d after this step, on this minibatch
+                    kls = self._divergences(mb, mask)["kl"]
+                    for k in range(S):
+                        if stepping[k]:
+                            self.losses[k].observe_kl(kls[k], "minibatch")
+            if self.losses[0].adapt_every == "epoch" and any(stepped_this_epoch):  # only after an epoch that stepped
+                kls = self._divergences(padded.batch(), padded.mask)["kl"]
+                for k in range(S):
+                    if stepped_this_epoch[k]:
+                        self.losses[k].observe_kl(kls[k], "epoch")
+            if not any(active):
                 break
-        self._check_parameters()
-        return {**self._summarise(terms, log_ratios), "epochs": epoch + 1, **self.divergence(batch)}
+        self._check_parameters(results)
+        return self._summarise(results, steps, clip_hits, padded, [e or epoch + 1 for e in stopped_in])
 
-    def step(self, total: torch.Tensor) -> None:
-        """One Adam step on ``total``, with global gradient-norm clipping."""
+    def _minibatches(self, padded: _Padded, slices: list[list[slice]], active: list[bool]):
+        """Yield (minibatch, mask, stepping) for one epoch: each member's own shuffle and split,
+        minibatch j of every member side by side (padded to the longest of them)."""
+        S = self.size
+        orders = []
+        for k in range(S):
+            n = padded.lengths[k]
+            if not active[k]:  # draws nothing: a member's stream is as in its solo run
+                orders.append(torch.arange(n))
+            elif self.member_rng is None:
+                orders.append(torch.randperm(n))
+            else:
+                with self.member_rng(k):
+                    orders.append(torch.randperm(n))
+        if padded.single:
+            shuffled = padded.batch().permuted(orders[0])
+            for idx in slices[0]:
+                if not active[0]:
+                    return
+                yield Batch(*(getattr(shuffled, f)[idx] for f in FIELDS)), None, [True]
+            return
+        count = max(len(sl) for sl in slices)
+        for j in range(count):
+            lengths = [sl[j].stop - sl[j].start if j < len(sl) else 0 for sl in slices]
+            stepping = [active[k] and lengths[k] > 0 for k in range(S)]
+            if not any(stepping):
+                if not any(active):
+                    return
+                continue
+            width = max(lengths)
+            index = torch.zeros(S, width, dtype=torch.long)
+            for k in range(S):
+                if lengths[k]:
+                    index[k, :lengths[k]] = orders[k][slices[k][j]]
+            rows = torch.arange(S)[:, None]
+            mb = Batch(*(padded.fields[f][rows, index] for f in FIELDS))
+            mask = None
+            if min(lengths) < width:
+                mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+            yield mb, mask, stepping
+
+    def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None) -> None:
+        """One Adam step on ``total`` (per member: each member's gradient is its own term's),
+        with per-member global gradient-norm clipping; ``members``: who steps (default all)."""
         self.optimizer.zero_grad()
-        total.backward()
+        (total if total.dim() == 0 else total.sum()).backward()
         if self.settings.max_grad_norm is not None:
             self.optimizer.clip_grad_norm(self.settings.max_grad_norm)
-        self.optimizer.step()
+        self.optimizer.step(members)
 
-    def policy_batch(self, batch: Batch, idx=slice(None), with_value: bool = True):
-        """The policy term's inputs on ``batch[idx]`` (and V(s) when ``with_value``)."""
+    def policy_batch(self, batch: Batch, idx=slice(None), with_value: bool = True,
+                     mask: Optional[torch.Tensor] = None):
+        """The policy term's inputs on ``batch[idx]`` (and V(s) when ``with_value``); a
+        population's batch is [S, B, ...] with its ``mask``."""
+        whole = idx == slice(None) or batch.obs.dim() == 3
+        pick = (lambda t: t) if whole else (lambda t: t[idx])  # noqa: E731
+        obs, net = pick(batch.obs), self.net
         if with_value:
-            dist, value = self.policy(batch.obs[idx])
+            dist, value = net(obs)
         else:
-            dist, value = self.policy.distribution(batch.obs[idx]), None
-        advantages = batch.advantages[idx]
+            dist, value = net.distribution(obs), None
+        advantages = pick(batch.advantages)
         if self.settings.normalize_advantage == "minibatch" and with_value:
-            advantages = standardise(advantages)
-        pb = PolicyBatch(log_prob=dist.log_prob(batch.actions[idx]), old_log_prob=batch.log_probs[idx],
+            advantages = standardise(advantages, mask)
+        pb = PolicyBatch(log_prob=dist.log_prob(pick(batch.actions)), old_log_prob=pick(batch.log_probs),
                          advantages=advantages, dist=dist,
-                         old_dist=self.policy.distribution_from_params(batch.dist_params[idx]))
+                         old_dist=net.distribution_from_params(pick(batch.dist_params)), mask=mask)
         return pb, value
 
-    def value_loss(self, value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    def value_loss(self, value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
+                   batch: Optional[PolicyBatch] = None) -> torch.Tensor:
         s = self.settings
         clip = s.clip_value_loss
+        mean = batch.mean if batch is not None else (lambda x: x.mean())  # noqa: E731
         if s.value_loss == "huber":
             loss = huber(value - returns, s.huber_delta)
             if clip is not None:
                 clipped = old_value + (value - old_value).clamp(-clip, clip)
                 loss = torch.max(loss, huber(clipped - returns, s.huber_delta))
-            return loss.mean()
+            return mean(loss)
         loss = (value - returns).pow(2)
         if clip is not None:
             clipped = old_value + (value - old_value).clamp(-clip, clip)
             loss = torch.max(loss, (clipped - returns).pow(2))
-        return 0.5 * loss.mean()
+        return 0.5 * mean(loss)
 
     @torch.no_grad()
     def divergence(self, batch: Batch, idx=slice(None)) -> dict:
-        """How far the current policy is from pi_old on ``batch[idx]``: the d the beta rule acts
-        on (the loss's own divergence), the k3 estimate, and the ratio range."""
+        """How far the current policy is from pi_old on ``batch[idx]`` (one network): the d the
+        beta rule acts on (the loss's own divergence), the k3 estimate, and the ratio range."""
         pb, _ = self.policy_batch(batch, idx, with_value=False)
         return {"kl": self.loss.divergence(pb).mean().item(), "approx_kl_k3": kl_k3(pb.log_ratio),
                 "ratio_min": pb.ratio.min().item(), "ratio_max": pb.ratio.max().item()}
 
-    def _summarise(self, terms: list, log_ratios: list) -> dict:
-        if not terms:  # target_kl stopped before the first step: nothing was computed
-            nan = float("nan")
-            return {"policy_loss": nan, "value_loss": nan, "entropy": nan, "clip_fraction": nan}
-        policy_loss, value_loss, entropy = torch.stack(terms).mean(0).tolist()
-        log_ratio = torch.cat(log_ratios)
-        clip_eps = self.loss.epsilon if self.loss.epsilon is not None else DEFAULT_CLIP_REPORT
-        return {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
-                "clip_fraction": ((log_ratio.exp() - 1.0).abs() > clip_eps).float().mean().item()}
+    @torch.no_grad()
+    def _divergences(self, batch: Batch, mask: Optional[torch.Tensor]) -> dict[str, list[float]]:
+        """``divergence`` per member of a (padded) population batch: lists of S floats."""
+        if self.size == 1:
+            return {key: [value] for key, value in self.divergence(batch).items()}
+        pb, _ = self.policy_batch(batch, with_value=False, mask=mask)
+        kl = pb.mean(member_view(self.losses).divergence(pb))
+        k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio)
+        valid = mask if mask is not None else torch.ones_like(pb.ratio, dtype=torch.bool)
+        low = torch.where(valid, pb.ratio, float("inf")).amin(-1)
+        high = torch.where(valid, pb.ratio, float("-inf")).amax(-1)
+        return {"kl": kl.reshape(-1).tolist(), "approx_kl_k3": k3.reshape(-1).tolist(),
+                "ratio_min": low.tolist(), "ratio_max": high.tolist()}
 
-    def _check_parameters(self) -> None:
-        for name, p in self.policy.named_parameters():
-            if not torch.isfinite(p).all():
-                raise NonFiniteError(f"non-finite parameter {name} after the update")
+    def _clip_hits(self, pb: PolicyBatch, loss_view: PolicyLoss) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = loss_view.epsilon if loss_view.epsilon is not None else DEFAULT_CLIP_REPORT
+        hits = ((pb.ratio.detach() - 1.0).abs() > eps)
+        if pb.mask is not None:
+            hits = hits & pb.mask
+            return hits.sum(-1), pb.mask.sum(-1)
+        n = torch.full(hits.shape[:-1] or (1,), hits.shape[-1])
+        return hits.sum(-1).reshape(-1), n
+
+    def _summarise(self, results: list, steps: list, clip_hits: list, padded: _Padded,
+                   epochs: list[int]) -> list[Optional[dict]]:
+        nan = float("nan")
+        S = self.size
+        if steps:
+            terms = torch.stack([t for t, _ in steps])  # [M, S, 3]
+            took = torch.tensor([who for _, who in steps])  # [M, S]
+            counts = took.sum(0)
+            sums = torch.where(took[..., None], terms, 0.0).sum(0)
+            means = (sums / counts.clamp(min=1)[:, None]).tolist()
+            if S == 1:  # a single run's mean, as it always was
+                means = [terms[:, 0].mean(0).tolist()]
+            hits = torch.stack([torch.where(w, h, 0) for (h, _), w in zip(clip_hits, took)]).sum(0)
+            samples = torch.stack([torch.where(w, n, 0) for (_, n), w in zip(clip_hits, took)]).sum(0)
+            fractions = (hits.double() / samples.clamp(min=1)).tolist()
+            counts = counts.tolist()
+        else:
+            means, fractions, counts = [[nan] * 3] * S, [nan] * S, [0] * S
+        divergence = None
+        for k in range(S):
+            if results[k] != {}:
+                continue
+            if divergence is None:
+                divergence = self._divergences(padded.batch(), padded.mask)
+            stepped = counts[k] > 0
+            policy_loss, value_loss, entropy = means[k] if stepped else (nan, nan, nan)
+            results[k] = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                          "clip_fraction": fractions[k] if stepped else nan, "epochs": epochs[k],
+                          **{key: values[k] for key, values in divergence.items()}}
+        return results
+
+    def _check_parameters(self, results: list) -> None:
+        finite = torch.isfinite(self.optimizer.rows).all(1).tolist()
+        for k, ok in enumerate(finite):
+            if not ok and results[k] is not None and "failed" not in results[k] and "update_skipped" not in results[k]:
+                name = next(name for name, p in self.members[k].named_parameters() if not torch.isfinite(p).all())
+                results[k]["failed"] = NonFiniteError(f"non-finite parameter {name} after the update")
 
 
-def _raise_non_finite(policy_loss, value_loss, entropy, epoch: int, minibatch: int):
+def _placeholder(batches: list[Batch], active: list[bool]) -> Batch:
+    """A stand-in batch for a member taking no part (a copy of the first active member's: it
+    only fills the member's rows of the stacked tensors, never stepped on)."""
+    first = next(b for b, on in zip(batches, active) if on)
+    return Batch(*(getattr(first, f) for f in FIELDS))
+
+
+def _non_finite(policy_loss, value_loss, entropy, member: int, epoch: int, minibatch: int) -> NonFiniteError:
+    pick = (lambda t: t.reshape(-1)[member]) if policy_loss.dim() > 0 else (lambda t: t)  # noqa: E731
     bad = [name for name, term in (("policy_loss", policy_loss), ("value_loss", value_loss),
-                                   ("entropy", entropy)) if not torch.isfinite(term)]
-    raise NonFiniteError(f"non-finite {', '.join(bad) or 'total loss'}", f"epoch {epoch + 1}, minibatch {minibatch + 1}")
+                                   ("entropy", entropy)) if not torch.isfinite(pick(term))]
+    return NonFiniteError(f"non-finite {', '.join(bad) or 'total loss'}", f"epoch {epoch + 1}, minibatch {minibatch + 1}")

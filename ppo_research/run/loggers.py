@@ -211,6 +211,8 @@ class WandbLogger(RunLogger):
                       group=self.group or default_group(context),
                       tags=list(self.tags) if self.tags else default_tags(choices),
                       notes=self.notes, job_type=self.job_type,
+                      # a population's members are runs side by side in one process
+                      reinit="create_new",
                       settings=wandb.Settings(init_timeout=self.init_timeout, **self.settings))
         resume_id = resume_id or previous_run_id(run_dir, config)
         if resume_id:

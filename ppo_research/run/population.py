@@ -1,17 +1,24 @@
 """Populations: several runs of one config, differing only in their seed and a declared set of
 scalar hyperparameters, trained in one process (docs/populations.md).
 
-PLACEHOLDER API (the lead is writing the batched trainer behind it): ``train_members`` runs the
-members one after the other through the solo path today; its signature and results stay.
+Each member is a whole run - its own run directory, run.json, metrics, checkpoints, tracker
+run, envs, normalisation, random streams - and the members' networks are updated together by
+one stacked update (algo/stacking.py, run/trainer.py). ``train_members`` is the life of a
+population as ``train.train_from_config`` is a run's; a single run is a population of one.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
+
+from ..errors import CheckpointError, ConfigError, RunDirError
 
 #: The config keys in which the members of one population may differ.
 MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "advantage.lam", "advantage.gamma",
@@ -28,36 +35,200 @@ class MemberJob:
     overrides: Sequence[str] = ()
     resume_from: Optional[Path] = None  # a checkpoint of this member (all members resume together)
     on_evaluation: Optional[Callable[[int, int, float], None]] = None  # may raise to stop this member only
+    resume_state: Optional[dict] = None  # the loaded ``resume_from``, if the caller has it
+    hydra: Optional[DictConfig] = None  # the member's Hydra config (a multirun job's), for its tracker run
+
+
+def _without_member_keys(cfg: Union[DictConfig, dict]) -> dict:
+    data = copy.deepcopy(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    for key in MEMBER_KEYS:
+        *path, last = key.split(".")
+        holder = data
+        for part in path:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(last, None)
+    return data
 
 
 def group_key(cfg: DictConfig) -> str:
     """Jobs whose configs are equal outside ``MEMBER_KEYS`` share a key: they can be one population."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    for key in MEMBER_KEYS:
-        node, *rest = key.split(".")
-        holder = data
-        for part in key.split(".")[:-1]:
-            holder = holder.get(part, {}) if isinstance(holder, dict) else {}
-        if isinstance(holder, dict):
-            holder.pop(key.split(".")[-1], None)
-    return json.dumps(data, sort_keys=True, default=str)
+    return json.dumps(_without_member_keys(cfg), sort_keys=True, default=str)
 
 
-def train_members(jobs: Sequence[MemberJob]) -> list[Union[dict, BaseException]]:
-    """Train ``jobs`` as one population; per job its summary, or the exception that ended it
-    (ConfigError, RunDirError, CheckpointError, NonFiniteError, an ``on_evaluation`` exception).
-    A TrainingInterrupted (SIGINT/SIGTERM) stops all members after their checkpoints and is raised."""
-    from .stops import TrainingInterrupted
-    from .train import train_from_config
+def check_members(cfgs: Sequence[Union[DictConfig, dict]]) -> None:
+    """Members must share everything but ``MEMBER_KEYS``: else a ConfigError naming the first
+    difference."""
+    first = _without_member_keys(cfgs[0])
+    for k, cfg in enumerate(cfgs[1:], 1):
+        other = _without_member_keys(cfg)
+        if other != first:
+            raise ConfigError("population", f"member {k}",
+                              f"a config equal to member 0's outside {', '.join(MEMBER_KEYS)} "
+                              f"(it differs in {_first_difference(first, other)})")
 
-    results: list[Union[dict, BaseException]] = []
-    for job in jobs:
+
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "the config"
+
+
+Result = Union[dict, BaseException]
+
+
+def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
+    """Train ``jobs`` as one population; per job its summary, or the exception that ended it.
+
+    A member that cannot be built (ConfigError) or whose directory is busy or unusable
+    (RunDirError) fails alone, before training. A checkpoint that cannot be loaded fails the
+    whole population (CheckpointError for every member): its members resume together. During
+    training a member ends alone on divergence (NonFiniteError) or when its ``on_evaluation``
+    raises (e.g. a pruned trial). A stop signal raises TrainingInterrupted after every running
+    member's checkpoint.
+    """
+    import torch
+
+    from . import checkpoint, owner
+    from .build import build
+    from .seeds import POPULATION, stream_seed
+    from .train import check_run_dir
+
+    results: list[Optional[Result]] = [None] * len(jobs)
+    built = []  # (index, parts, torch generator state after the build)
+    for i, job in enumerate(jobs):
         try:
-            results.append(train_from_config(job.cfg, job.run_dir, job.choices, on_evaluation=job.on_evaluation,
-                                             resume_from=job.resume_from, overrides=job.overrides))
-        except TrainingInterrupted:
-            raise
+            parts = build(job.cfg, job.choices)  # seeds the globals from the member's seed
+            built.append((i, parts, torch.get_rng_state()))
         except Exception as err:  # noqa: BLE001 - a member's failure is its result
-            results.append(err)
+            results[i] = err
+    if len(built) > 1:
+        try:
+            check_members([parts.resolved for _, parts, _ in built])
+        except ConfigError as err:
+            for i, _, _ in built:
+                results[i] = err
+            return results
+        torch.manual_seed(stream_seed(jobs[built[0][0]].cfg.seed, POPULATION))
+
+    with contextlib.ExitStack() as held:
+        members = []
+        for i, parts, rng in built:
+            job = jobs[i]
+            try:
+                held.enter_context(owner.hold(Path(job.run_dir)))
+                check_run_dir(Path(job.run_dir))
+                state = None
+                if job.resume_from is not None:
+                    state = job.resume_state if job.resume_state is not None else checkpoint.load(job.resume_from)
+                    parts.run_id = state.get("run_id") or _described_run_id(Path(job.run_dir)) or parts.run_id
+                members.append((i, parts, rng, state))
+            except (RunDirError, CheckpointError, OSError) as err:
+                results[i] = err
+        if members:
+            _train(jobs, members, results)
     return results
+
+
+def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from . import checkpoint
+    from .console import print_end_line
+    from .stops import TrainingInterrupted
+    from .train import check_free_space, continue_metrics, describe_run, load_into
+    from .trainer import Trainer
+
+    indices = [i for i, *_ in members]
+    states = [state for *_, state in members]
+    if any(s is not None for s in states) and any(s is None for s in states):
+        missing = [str(jobs[i].run_dir) for i, s in zip(indices, states) if s is None]
+        err = CheckpointError(f"a population resumes all its members together; no checkpoint to resume for "
+                              f"{', '.join(missing)}")
+        for i in indices:
+            results[i] = err
+        return
+    resuming = states[0] is not None
+    if resuming:
+        states = _common_iteration(jobs, indices, states)
+        if isinstance(states, CheckpointError):
+            for i in indices:
+                results[i] = states
+            return
+    trainer = Trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
+                      [jobs[i].on_evaluation for i in indices], rng_states=[rng for _, _, rng, _ in members])
+    loggers_started = []
+    exit_code = 1
+    try:
+        try:
+            for k, i in enumerate(indices):
+                check_free_space(trainer.members[k].run_dir, trainer, k)
+            exact = load_into(trainer, states if len(states) > 1 else states[0], jobs[indices[0]].resume_from) \
+                if resuming else True
+            exact = exact if isinstance(exact, list) else [exact]
+        except (CheckpointError, RunDirError) as err:
+            for i in indices:
+                results[i] = err
+            return
+        for k, (m, i) in enumerate(zip(trainer.members, indices)):
+            job = jobs[i]
+            describe_run(m.run_dir, m.parts.resolved, m.parts.choices, job.overrides, m.parts.run_id)
+            if job.hydra is not None:  # the tracker names and groups the run from its own job's Hydra config
+                HydraConfig.instance().set_config(job.hydra)
+            m.logger.start(m.run_dir, m.parts.resolved, m.parts.choices,
+                           resume_id=states[k].get("logger_run_id") if resuming else None)
+            loggers_started.append(m)
+        if resuming:
+            trainer.restore_random(states)  # whatever the trackers drew at start-up must not shift the continuation
+            for k, m in enumerate(trainer.members):
+                continue_metrics(trainer, exact[k], m)
+        outcomes = trainer.train_members()
+        exit_code = 0
+        for k, (m, i) in enumerate(zip(trainer.members, indices)):
+            results[i] = outcomes[k]
+            if isinstance(outcomes[k], dict):
+                print_end_line(m.run_dir, outcomes[k], m.logger)  # each run's one-line end report
+    except TrainingInterrupted as err:
+        exit_code = 128 + err.signum
+        raise
+    finally:
+        trainer.close()
+        for m in loggers_started:
+            m.logger.finish(exit_code if m.ended is None else 1)
+
+
+def _common_iteration(jobs, indices: list[int], states: list[dict]):
+    """Members resume from one iteration: the latest every member has a checkpoint of (a kill
+    while the members' checkpoints were being written leaves some one checkpoint ahead)."""
+    from . import checkpoint
+
+    iterations = [int(s["iteration"]) for s in states]
+    target = min(iterations)
+    if all(it == target for it in iterations):
+        return states
+    out = []
+    for i, state, it in zip(indices, states, iterations):
+        if it == target:
+            out.append(state)
+            continue
+        path = checkpoint.checkpoint_dir(Path(jobs[i].run_dir)) / f"ckpt_{target:08d}.pt"
+        if not path.exists():
+            return CheckpointError(f"the population's members were checkpointed at iterations {sorted(set(iterations))} "
+                                   f"and {jobs[i].run_dir} keeps no checkpoint of iteration {target}")
+        print(f"resuming {jobs[i].run_dir} from iteration {target}, the population's common checkpoint "
+              f"(its latest is {it})", file=sys.stderr, flush=True)
+        out.append(checkpoint.load(path))
+    return out
+
+
+def _described_run_id(run_dir: Path) -> Optional[str]:
+    from .train import RUN_FILE
+
+    try:
+        run_id = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None

@@ -8,6 +8,8 @@ spawn key ``(stream, index...)``:
     (2,)        torch's global generator: action noise, minibatch shuffling, weight init
     (3,)        python's ``random`` and numpy's legacy global generator
     (4, k, i)   training env i when the envs restart fresh at resume k (a non-exact resume)
+    (5,)        a population's torch generator between its members' own streams (member 0's
+                seed; each member's (2,) stream is its own, as in its solo run)
 
 SeedSequence hashes the seed and the key together, so no two (seed, stream, index) share a
 stream: unlike ``seed + i``, env i+1 of seed 0 is not env i of seed 1, and seed s+1 replays
@@ -20,7 +22,7 @@ import random
 import numpy as np
 import torch
 
-TRAIN_ENV, EVAL_EPISODE, TORCH, GLOBAL, RESTART_ENV = range(5)
+TRAIN_ENV, EVAL_EPISODE, TORCH, GLOBAL, RESTART_ENV, POPULATION = range(6)
 
 
 def stream_seed(seed: int, *key: int, bits: int = 64) -> int:

@@ -42,12 +42,10 @@ def check_run_dir(run_dir: Path) -> None:
                           f"{f' ({err.filename})' if err.filename else ''}") from None
 
 
-def check_free_space(run_dir: Path, trainer) -> None:
+def check_free_space(run_dir: Path, trainer, member: int = 0) -> None:
     """Room for ``keep`` + 1 checkpoints (one is written before the oldest is pruned) plus 1 MB
-    of metrics; measured from this run's checkpoint, plus Adam's two moments per parameter,
-    which a fresh optimizer has not allocated yet."""
-    moments = 2 * sum(p.numel() * p.element_size() for p in trainer.policy.parameters())
-    size = checkpoint.serialized_size(trainer.state_dict()) + moments
+    of metrics; measured from this run's (the trainer's ``member``'s) checkpoint."""
+    size = checkpoint.serialized_size(trainer.member_state(member))
     need = size * (trainer.cfg.checkpoint.keep + 1) + 2**20
     free = shutil.disk_usage(run_dir).free
     if free < need:
@@ -85,6 +83,7 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
                       resume_state: Optional[dict] = None) -> dict:
     """Build the run of ``cfg``, train it in ``run_dir`` and return the summary. Usable without
     Hydra's runtime (the sweep driver calls it per trial with an ``on_evaluation`` pruning hook).
+    A run is a population of one (run/population.py): this is ``train_members`` of one job.
 
     The run owns ``run_dir`` while it lives (run/owner.py): a second writer is refused.
 
@@ -94,41 +93,13 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
     is reported. Failures raise: ConfigError, RunDirError, CheckpointError before training;
     NonFiniteError, TrainingInterrupted (a KeyboardInterrupt) during it.
     """
-    from .stops import TrainingInterrupted
-    from .trainer import Trainer  # imported here so `--help` and config errors stay fast
+    from .population import MemberJob, train_members
 
-    parts = build(cfg, choices)
-    run_dir = Path(run_dir)
-    with owner.hold(run_dir):
-        check_run_dir(run_dir)
-        state = None
-        if resume_from is not None:
-            state = resume_state if resume_state is not None else checkpoint.load(resume_from)
-            parts.run_id = state.get("run_id") or _described_run_id(run_dir) or parts.run_id
-        trainer = Trainer(parts, run_dir, on_evaluation=on_evaluation)
-        logger, exit_code = parts.logger, 1
-        try:
-            check_free_space(run_dir, trainer)
-            exact = load_into(trainer, state, resume_from) if state is not None else True
-            describe_run(run_dir, parts.resolved, choices, overrides, parts.run_id)
-            logger.start(run_dir, parts.resolved, choices,
-                         resume_id=state.get("logger_run_id") if state is not None else None)
-            if state is not None:
-                # whatever the tracker drew at start-up must not shift the continuation
-                checkpoint.restore_global_rng(state["rng"])
-                continue_metrics(trainer, exact)
-            summary = trainer.train()
-            exit_code = 0
-
-            print_end_line(run_dir, summary, logger)  # run/console.py: the run's one-line end report
-
-            return summary
-        except TrainingInterrupted as err:
-            exit_code = 128 + err.signum
-            raise
-        finally:
-            trainer.close()
-            logger.finish(exit_code)
+    result = train_members([MemberJob(cfg, Path(run_dir), choices, overrides, resume_from, on_evaluation,
+                                      resume_state)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _described_run_id(run_dir: Path) -> Optional[str]:
@@ -159,11 +130,13 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(spans)
 
 
-def continue_metrics(trainer, exact: bool) -> None:
-    """Drop the rows past the checkpoint; report rows missing before it (one line)."""
-    path = trainer.run_dir / checkpoint.METRICS_FILE
+def continue_metrics(trainer, exact: bool, member=None) -> None:
+    """Drop the rows past the checkpoint; report rows missing before it (one line).
+    ``member``: which of the trainer's runs (default its first)."""
+    member = member or trainer.members[0]
+    path = member.run_dir / checkpoint.METRICS_FILE
     dropped = checkpoint.truncate_metrics(path, trainer.iteration)
-    print(f"resuming {trainer.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
+    print(f"resuming {member.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
           f"{dropped} metrics row(s) past the checkpoint dropped", file=sys.stderr, flush=True)
     held = checkpoint.metrics_iterations(path)
     missing = sorted(set(range(1, trainer.iteration + 1)) - set(held or ()))
@@ -173,6 +146,6 @@ def continue_metrics(trainer, exact: bool) -> None:
         print(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
               f"metrics row (lost before this resume); the run goes on from the checkpoint", file=sys.stderr, flush=True)
     if not exact:
-        print(f"warning: the envs of {trainer.cfg.env.id} ({trainer.cfg.env.vectorization}) cannot be restored "
+        print(f"warning: the envs of {member.cfg.env.id} ({member.cfg.env.vectorization}) cannot be restored "
               "exactly; they restart with fresh episodes, so the continuation is correct but not bit-identical "
               "to an uninterrupted run", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""The PPO training loop, over parts built by ``build``.
+"""The PPO training loop, over parts built by ``build``: one run, or a population of runs.
 
 Per iteration, as in the paper's algorithm box:
   1. COLLECT     T steps from N envs with pi_old (theta_old <- theta first);
@@ -7,17 +7,25 @@ Per iteration, as in the paper's algorithm box:
   4. ADAPT       the loss's state (beta) to the measured KL;
   5. RECORD      metrics row, evaluation, checkpoint.
 
+A population (docs/populations.md) is S runs of one config that differ only in their seed and
+a few scalar hyperparameters. Each ``Member`` is a whole run - its own envs, normalisation,
+random streams, loss state, records, checkpoints and run directory - and the members' networks
+are trained by one stacked update (algo/stacking.py). A single run is a population of one.
+
 Stops: SIGINT/SIGTERM finish the current iteration, checkpoint and raise TrainingInterrupted
-(a second signal exits at once); a non-finite loss or parameter raises NonFiniteError before
-anything of that iteration is logged or checkpointed. See docs/reliability.md.
+(a second signal exits at once). A non-finite loss or parameter ends a member before anything
+of that iteration is logged or checkpointed (a single run raises NonFiniteError); the other
+members go on. See docs/reliability.md.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from ..algo.advantages import AdvantageRefresh
 from ..algo.batch import Batch
@@ -34,6 +42,8 @@ from .record import RunRecord, explained_variance
 from .seeds import env_seeds, restart_env_seeds
 from .stops import StopRequests, TrainingInterrupted
 
+EvaluationHook = Callable[[int, int, float], None]
+
 
 def update_settings(algo) -> UpdateSettings:
     return UpdateSettings(num_epochs=algo.num_epochs, minibatch_size=algo.minibatch_size, vf_coef=algo.vf_coef,
@@ -43,140 +53,275 @@ def update_settings(algo) -> UpdateSettings:
                           recompute_advantages=algo.recompute_advantages)
 
 
-class Trainer:
-    def __init__(self, parts: RunParts, run_dir: Path,
-                 on_evaluation: Optional[Callable[[int, int, float], None]] = None):
+class Member:
+    """One run: its parts, envs, evaluation, records and the fate of its training."""
+
+    def __init__(self, parts: RunParts, run_dir: Path, on_evaluation: Optional[EvaluationHook],
+                 num_iterations: int, progress: bool):
         self.parts, self.cfg, self.run_dir = parts, parts.config, Path(run_dir)
         self.on_evaluation = on_evaluation  # (iteration, global_step, eval_return); may raise to stop (pruning)
         cfg, algo = self.cfg, self.cfg.algo
         self.loss, self.estimator, self.policy, self.logger = parts.loss, parts.estimator, parts.network, parts.logger
-
-        # Derived sizes, computed once.
-        self.batch_size = algo.num_envs * algo.num_steps
-        self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
-
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs))
-        self.optimizer = FlatAdam(self.policy, lr=algo.learning_rate, eps=algo.adam_eps,
-                                  betas=(algo.adam_beta1, algo.adam_beta2))
-        self.update = PPOUpdate(self.policy, self.loss, self.optimizer, update_settings(algo))
         self.actor = rollout_policy(self.policy)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video)
-        self.record = RunRecord(self.run_dir, self.logger, self.num_iterations, cfg.progress)
+        self.record = RunRecord(self.run_dir, self.logger, num_iterations, progress)
+        self.last_checkpoint: Optional[Path] = None
+        self.ended: Optional[BaseException] = None  # why it stopped before the end (divergence, pruning)
+        self.summary: Optional[dict] = None
+
+
+class MemberRandom:
+    """Each member's torch random stream in a population: a member's draws (action noise,
+    shuffling) are made inside ``use(k)`` with its own generator state, so member k draws the
+    very numbers its solo run would. Between members torch's global generator holds the
+    population's own stream (run/seeds.py). A single run uses the global generator itself."""
+
+    def __init__(self, states: Sequence[torch.Tensor]):
+        self.states = list(states)
+
+    @contextlib.contextmanager
+    def use(self, k: int):
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.states[k])
+        try:
+            yield
+        finally:
+            self.states[k] = torch.get_rng_state()
+            torch.set_rng_state(outside)
+
+
+class Trainer:
+    """``parts``/``run_dir``/``on_evaluation``: one run's, or lists of them (a population;
+    ``rng_states``: each member's torch generator state after its build)."""
+
+    def __init__(self, parts: Union[RunParts, Sequence[RunParts]], run_dir: Union[Path, Sequence[Path]],
+                 on_evaluation: Union[None, EvaluationHook, Sequence[Optional[EvaluationHook]]] = None,
+                 rng_states: Optional[Sequence[torch.Tensor]] = None):
+        single = isinstance(parts, RunParts)
+        parts = [parts] if single else list(parts)
+        run_dirs = [run_dir] if single else list(run_dir)
+        hooks = [on_evaluation] * len(parts) if on_evaluation is None or callable(on_evaluation) else list(on_evaluation)
+        cfg, algo = parts[0].config, parts[0].config.algo
+
+        # Derived sizes, computed once (members differ only in MEMBER_KEYS: run/population.py).
+        self.batch_size = algo.num_envs * algo.num_steps
+        self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
+
+        self.members = [Member(p, d, h, self.num_iterations, p.config.progress and k == 0)
+                        for k, (p, d, h) in enumerate(zip(parts, run_dirs, hooks))]
+        self.size = len(self.members)
+        self.random = MemberRandom(rng_states) if self.size > 1 else None
+        self.optimizer = FlatAdam([m.policy for m in self.members], lr=[m.cfg.algo.learning_rate for m in self.members],
+                                  eps=algo.adam_eps, betas=(algo.adam_beta1, algo.adam_beta2))
+        self.update = PPOUpdate([m.policy for m in self.members], [m.loss for m in self.members], self.optimizer,
+                                update_settings(algo), ent_coefs=[m.cfg.algo.ent_coef for m in self.members],
+                                member_rng=self.random.use if self.random else None)
         self.stops = StopRequests()
 
         self.iteration = 0
         self.global_step = 0
         self.elapsed = 0.0  # training wall time, summed over resumed segments
-        self.last_checkpoint: Optional[Path] = None
+
+    # a single run's parts under their familiar names
+    def __getattr__(self, name: str):
+        if name in ("parts", "cfg", "run_dir", "loss", "estimator", "policy", "logger", "envs", "actor", "collector",
+                    "evaluator", "record", "on_evaluation", "last_checkpoint") and "members" in self.__dict__:
+            return getattr(self.members[0], name)
+        raise AttributeError(name)
+
+    def member_random(self, k: int):
+        return self.random.use(k) if self.random is not None else contextlib.nullcontext()
+
+    @property
+    def running(self) -> list[Member]:
+        return [m for m in self.members if m.ended is None]
 
     # -- the algorithm -------------------------------------------------------------------------
 
     def train(self) -> dict:
-        self.record.open()
-        with self.stops.listening():
-            while self.iteration < self.num_iterations:
-                start = time.perf_counter()
-                lr = self.schedule_learning_rate()
+        """Train a single run; returns its summary (raises what ended it early)."""
+        result = self.train_members()[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-                self.actor.sync()                                                     # theta_old <- theta
-                rollout, episodes = self.collector.collect(self.actor)                # 1. COLLECT
+    def train_members(self) -> list[Union[dict, BaseException]]:
+        """Train every member; per member its summary or what ended it (NonFiniteError, an
+        ``on_evaluation`` exception). A stop signal raises TrainingInterrupted after every
+        running member's checkpoint."""
+        for m in self.members:
+            m.record.open()
+        with self.stops.listening():
+            while self.iteration < self.num_iterations and self.running:
+                start = time.perf_counter()
+                lrs = self.schedule_learning_rate()
+                taking_part = [m.ended is None for m in self.members]
+                batches, refreshes, rollouts = [], [], []
+                for k, m in enumerate(self.members):
+                    if not taking_part[k]:
+                        batches.append(Batch(*[torch.zeros(0)] * 7))
+                        refreshes.append(None)
+                        rollouts.append(None)
+                        continue
+                    with self.member_random(k):
+                        m.actor.sync()                                                # theta_old <- theta
+                        rollout, episodes = m.collector.collect(m.actor)              # 1. COLLECT
+                    advantages = m.estimator(rollout.rewards, rollout.values, rollout.next_values,
+                                             rollout.terminated, rollout.episode_end, rollout.valid)  # 2. ADVANTAGES
+                    batches.append(Batch.from_rollout(rollout, advantages))
+                    refreshes.append(AdvantageRefresh(m.estimator, rollout, m.envs.obs, m.policy)
+                                     if m.cfg.algo.recompute_advantages else None)  # V_current each epoch
+                    rollouts.append((rollout, episodes, advantages))
                 collected = time.perf_counter()
-                advantages = self.estimator(rollout.rewards, rollout.values, rollout.next_values,
-                                            rollout.terminated, rollout.episode_end, rollout.valid)  # 2. ADVANTAGES
-                refresh = (AdvantageRefresh(self.estimator, rollout, self.envs.obs, self.policy)
-                           if self.cfg.algo.recompute_advantages else None)  # V_current each epoch
-                try:
-                    stats = self.update(Batch.from_rollout(rollout, advantages), refresh)  # 3. UPDATE
-                except NonFiniteError as err:
-                    raise err.at_iteration(self.iteration + 1) from None
-                if not stats.get("update_skipped"):  # skipped: no valid sample, no step, no d
-                    self.loss.observe_kl(stats["kl"], "iteration")                     # 4. ADAPT
-                loss_values = self.loss.log_values()  # beta at the end of the iteration
+                stats = self.update(batches, refreshes, taking_part)                  # 3. UPDATE
+                rows = {}
+                for k, m in enumerate(self.members):
+                    if not taking_part[k]:
+                        continue
+                    if "failed" in stats[k]:
+                        m.ended = stats[k]["failed"].at_iteration(self.iteration + 1)
+                        continue
+                    if not stats[k].get("update_skipped"):  # skipped: no valid sample, no step, no d
+                        m.loss.observe_kl(stats[k]["kl"], "iteration")                 # 4. ADAPT
+                    rows[k] = (stats[k], m.loss.log_values())  # beta at the end of the iteration
                 updated = time.perf_counter()
 
                 self.iteration += 1                                                    # 5. RECORD
                 self.global_step += self.batch_size
-                row = self.record.row(self.iteration, self.global_step, stats, episodes, lr, loss_values,
-                                      explained_variance(rollout, advantages))
-                self.record_iteration(row, start, collected, updated)
-        return self.record.summary(self.global_step, self.iteration, self.elapsed)
+                for k, (member_stats, loss_values) in rows.items():
+                    rollout, episodes, advantages = rollouts[k]
+                    rows[k] = self.members[k].record.row(self.iteration, self.global_step, member_stats, episodes,
+                                                         lrs[k], loss_values, explained_variance(rollout, advantages))
+                self.record_iteration(rows, start, collected, updated)
+        return [m.ended if m.ended is not None else m.summary for m in self.members]
 
-    def schedule_learning_rate(self) -> float:
-        lr = self.cfg.algo.learning_rate
-        if self.cfg.algo.anneal_lr:
-            lr *= 1.0 - self.iteration / self.num_iterations
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+    def schedule_learning_rate(self) -> list[float]:
+        lrs = [m.cfg.algo.learning_rate for m in self.members]
+        if self.members[0].cfg.algo.anneal_lr:
+            lrs = [lr * (1.0 - self.iteration / self.num_iterations) for lr in lrs]
+        self.optimizer.set_lr(lrs)
+        return lrs
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def record_iteration(self, row: dict, start: float, collected: float, updated: float) -> None:
-        """Evaluate when due, write the row, checkpoint when due or asked to stop."""
-        if self._due(self.cfg.eval.every):
-            eval_start = time.perf_counter()
-            row.update(self.evaluate())
-            row["time_eval_s"] = time.perf_counter() - eval_start
+    def record_iteration(self, rows: dict[int, dict], start: float, collected: float, updated: float) -> None:
+        """Evaluate when due, write the rows, checkpoint when due or asked to stop."""
+        evaluate = self._due(self.members[0].cfg.eval.every)
+        eval_time = {}
+        for k, row in rows.items():
+            if evaluate:
+                eval_start = time.perf_counter()
+                row.update(self.evaluate(self.members[k]))
+                eval_time[k] = time.perf_counter() - eval_start
         self.elapsed += time.perf_counter() - start  # end to end: rollout, update, evaluation
-        row["time_s"] = self.elapsed
-        row["sps"] = self.global_step / self.elapsed
-        row["time_rollout_s"] = collected - start  # where this iteration's time went
-        row["time_update_s"] = updated - collected
-        self.record.write(row)
+        for k, row in rows.items():
+            if k in eval_time:
+                row["time_eval_s"] = eval_time[k]
+            row["time_s"] = self.elapsed
+            row["sps"] = self.global_step / self.elapsed  # per member: the population's is size x this
+            row["time_rollout_s"] = collected - start  # where this iteration's time went
+            row["time_update_s"] = updated - collected
+            self.members[k].record.write(row)
         stop = self.stops.signal  # read once: a signal may land between the two checks
-        if self._due(self.cfg.checkpoint.every) or stop:
+        if self._due(self.members[0].cfg.checkpoint.every) or stop:
             self.save_checkpoint()
         if stop and self.iteration < self.num_iterations:
-            raise TrainingInterrupted(stop, self.iteration, self.last_checkpoint)
-        if "eval_return" in row and self.on_evaluation is not None:
-            self.on_evaluation(self.iteration, self.global_step, row["eval_return"])
+            raise TrainingInterrupted(stop, self.iteration, self.members[0].last_checkpoint)
+        for k, row in rows.items():
+            m = self.members[k]
+            if "eval_return" in row and m.on_evaluation is not None and m.ended is None:
+                try:
+                    m.on_evaluation(self.iteration, self.global_step, row["eval_return"])
+                except Exception as err:  # e.g. a pruned trial: this member ends, the others go on
+                    m.ended = err
+        if self.iteration == self.num_iterations:
+            for m in self.running:
+                m.summary = m.record.summary(self.global_step, self.iteration, self.elapsed)
 
     def _due(self, every: int) -> bool:
         """Every ``every`` iterations (0 = never) and always after the last one."""
         return self.iteration == self.num_iterations or (every > 0 and self.iteration % every == 0)
 
-    def evaluate(self) -> dict:
-        returns = self.evaluator(self.policy, self.envs.obs_norm)
-        if self.evaluator.frames:
-            self.logger.log_video(np.stack(self.evaluator.frames), step=self.global_step, fps=self.evaluator.fps)
-        return self.record.evaluation(returns)
+    def evaluate(self, member: Optional[Member] = None) -> dict:
+        m = member or self.members[0]
+        returns = m.evaluator(m.policy, m.envs.obs_norm)
+        if m.evaluator.frames:
+            m.logger.log_video(np.stack(m.evaluator.frames), step=self.global_step, fps=m.evaluator.fps)
+        return m.record.evaluation(returns)
 
     def close(self) -> None:
-        self.record.close()
-        self.envs.close()
-        self.evaluator.close()
+        for m in self.members:
+            m.record.close()
+            m.envs.close()
+            m.evaluator.close()
 
     # -- checkpoints ---------------------------------------------------------------------------
-    # Taken only between iterations, so the state below is all the run's future depends on:
-    # resuming from it reproduces the uninterrupted run exactly (docs/reliability.md).
+    # Taken only between iterations, so the state below is all a run's future depends on:
+    # resuming from it reproduces the uninterrupted run exactly (docs/reliability.md). Each
+    # member's checkpoint is a complete single-run checkpoint in its own run directory.
+
+    def member_state(self, k: int) -> dict:
+        m = self.members[k]
+        rng = checkpoint.capture_global_rng()
+        if self.random is not None:
+            rng["torch"] = self.random.states[k].clone()
+        state = {
+            "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
+            # cloned: the parameters are views of the population's buffer, which torch.save would write whole
+            "policy": {name: t.clone() for name, t in m.policy.state_dict().items()},
+            "optimizer": self.optimizer.member_state(k),
+            "loss": m.loss.state_dict(), "envs": m.envs.state_dict(),
+            **m.record.state_dict(),
+            "rng": rng,
+            "logger_run_id": m.logger.run_id,  # the resumed run continues the same wandb run
+            "config": m.parts.resolved, "choices": dict(m.parts.choices),
+            "run_id": m.parts.run_id,  # the run this checkpoint belongs to (run.json has it too)
+        }
+        if self.random is not None:
+            state["population_rng"] = torch.get_rng_state()
+        return state
 
     def state_dict(self) -> dict:
-        return {
-            "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
-            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "loss": self.loss.state_dict(), "envs": self.envs.state_dict(),
-            **self.record.state_dict(),
-            "rng": checkpoint.capture_global_rng(),
-            "logger_run_id": self.logger.run_id,  # the resumed run continues the same wandb run
-            "config": self.parts.resolved, "choices": dict(self.parts.choices),
-            "run_id": self.parts.run_id,  # the run this checkpoint belongs to (run.json has it too)
-        }
+        """A single run's checkpoint state."""
+        return self.member_state(0)
 
-    def load_state_dict(self, state: dict) -> bool:
-        """Continue from ``state``; returns whether the envs were restored exactly."""
-        self.iteration, self.global_step = int(state["iteration"]), int(state["global_step"])
-        self.elapsed = float(state["elapsed"])
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loss.load_state_dict(state["loss"])
-        self.record.load_state_dict(state)
-        reseed = restart_env_seeds(self.cfg.seed, self.iteration, self.cfg.algo.num_envs)
-        exact = self.envs.load_state_dict(state["envs"], reseed=reseed)
-        checkpoint.restore_global_rng(state["rng"])  # last: nothing above may draw from it afterwards
-        return exact
+    def load_state_dict(self, state: Union[dict, Sequence[dict]]) -> Union[bool, list[bool]]:
+        """Continue from a checkpoint state per member (one dict for a single run); returns
+        whether each member's envs were restored exactly. All members must be at one iteration."""
+        states = [state] if isinstance(state, dict) else list(state)
+        iterations = {int(s["iteration"]) for s in states}
+        if len(iterations) != 1:
+            raise ValueError(f"members' checkpoints are at different iterations {sorted(iterations)}")
+        first = states[0]
+        self.iteration, self.global_step = int(first["iteration"]), int(first["global_step"])
+        self.elapsed = float(first["elapsed"])
+        exact = []
+        for k, (m, s) in enumerate(zip(self.members, states)):
+            m.policy.load_state_dict(s["policy"])
+            self.optimizer.load_member_state(k, s["optimizer"])
+            m.loss.load_state_dict(s["loss"])
+            m.record.load_state_dict(s)
+            reseed = restart_env_seeds(m.cfg.seed, self.iteration, m.cfg.algo.num_envs)
+            exact.append(m.envs.load_state_dict(s["envs"], reseed=reseed))
+            if self.random is not None:
+                self.random.states[k] = s["rng"]["torch"].clone()
+        # last: nothing above may draw from them afterwards
+        checkpoint.restore_global_rng(first["rng"])
+        if self.random is not None:
+            torch.set_rng_state(first["population_rng"])
+        return exact[0] if isinstance(state, dict) else exact
+
+    def restore_random(self, states: Sequence[dict]) -> None:
+        """Put the generators back as the checkpoints hold them (after a tracker's start-up drew)."""
+        checkpoint.restore_global_rng(states[0]["rng"])
+        if self.random is not None:
+            torch.set_rng_state(states[0]["population_rng"])
 
     def save_checkpoint(self) -> Path:
-        self.last_checkpoint = checkpoint.save(self.run_dir, self.iteration, self.state_dict(),
-                                               self.cfg.checkpoint.keep)
-        return self.last_checkpoint
+        for k, m in enumerate(self.members):
+            if m.ended is None:
+                m.last_checkpoint = checkpoint.save(m.run_dir, self.iteration, self.member_state(k),
+                                                    m.cfg.checkpoint.keep)
+        return self.members[0].last_checkpoint
