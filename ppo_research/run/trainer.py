@@ -195,6 +195,8 @@ class Trainer:
                     rows[k] = self.members[k].record.row(self.iteration, self.global_step, member_stats, episodes,
                                                          lrs[k], loss_values, explained_variance(rollout, advantages))
                 self.record_iteration(rows, start, collected, updated)
+        for m in self.running:
+            m.summary = m.record.summary(self.global_step, self.iteration, self.elapsed)
         return [m.ended if m.ended is not None else m.summary for m in self.members]
 
     def schedule_learning_rate(self) -> list[float]:
@@ -236,9 +238,6 @@ class Trainer:
                     m.on_evaluation(self.iteration, self.global_step, row["eval_return"])
                 except Exception as err:  # e.g. a pruned trial: this member ends, the others go on
                     m.ended = err
-        if self.iteration == self.num_iterations:
-            for m in self.running:
-                m.summary = m.record.summary(self.global_step, self.iteration, self.elapsed)
 
     def _due(self, every: int) -> bool:
         """Every ``every`` iterations (0 = never) and always after the last one."""
