@@ -94,7 +94,6 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
 
     from . import checkpoint, owner
     from .build import build
-    from .seeds import POPULATION, stream_seed
     from .train import check_run_dir
 
     results: list[Optional[Result]] = [None] * len(jobs)
@@ -112,7 +111,6 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
             for i, _, _ in built:
                 results[i] = err
             return results
-        torch.manual_seed(stream_seed(jobs[built[0][0]].cfg.seed, POPULATION))
 
     with contextlib.ExitStack() as held:
         members = []
@@ -134,13 +132,9 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
 
 
 def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from . import checkpoint
     from .console import print_end_line
     from .stops import TrainingInterrupted
     from .train import check_free_space, continue_metrics, describe_run, load_into
-    from .trainer import Trainer
 
     indices = [i for i, *_ in members]
     states = [state for *_, state in members]
@@ -158,8 +152,8 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
             for i in indices:
                 results[i] = states
             return
-    trainer = Trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
-                      [jobs[i].on_evaluation for i in indices], rng_states=[rng for _, _, rng, _ in members])
+    trainer = population_trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
+                                 [rng for _, _, rng, _ in members], [jobs[i].on_evaluation for i in indices])
     loggers_started = []
     exit_code = 1
     try:
@@ -176,11 +170,11 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
         for k, (m, i) in enumerate(zip(trainer.members, indices)):
             job = jobs[i]
             describe_run(m.run_dir, m.parts.resolved, m.parts.choices, job.overrides, m.parts.run_id)
-            if job.hydra is not None:  # the tracker names and groups the run from its own job's Hydra config
-                HydraConfig.instance().set_config(job.hydra)
+            _make_current(job)  # the tracker names and groups the run from its own job's Hydra config
             m.logger.start(m.run_dir, m.parts.resolved, m.parts.choices,
                            resume_id=states[k].get("logger_run_id") if resuming else None)
             loggers_started.append(m)
+        _make_current(jobs[indices[0]])  # the progress line is member 0's
         if resuming:
             trainer.restore_random(states)  # whatever the trackers drew at start-up must not shift the continuation
             for k, m in enumerate(trainer.members):
@@ -190,6 +184,7 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
         for k, (m, i) in enumerate(zip(trainer.members, indices)):
             results[i] = outcomes[k]
             if isinstance(outcomes[k], dict):
+                _make_current(jobs[i])
                 print_end_line(m.run_dir, outcomes[k], m.logger)  # each run's one-line end report
     except TrainingInterrupted as err:
         exit_code = 128 + err.signum
@@ -198,6 +193,28 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
         trainer.close()
         for m in loggers_started:
             m.logger.finish(exit_code if m.ended is None else 1)
+
+
+def _make_current(job: MemberJob) -> None:
+    """Make the member's Hydra job config the current one (a multirun job's name, number, dir)."""
+    if job.hydra is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(job.hydra)
+
+
+def population_trainer(parts: Sequence, run_dirs: Sequence[Path], rng_states: Sequence, hooks=None):
+    """The Trainer of built members (``rng_states``: torch's generator state right after each
+    member's build). Between the members' own streams torch's global generator holds the
+    population's (run/seeds.py); a single run keeps its own."""
+    import torch
+
+    from .seeds import POPULATION, stream_seed
+    from .trainer import Trainer
+
+    if len(parts) > 1:
+        torch.manual_seed(stream_seed(parts[0].config.seed, POPULATION))
+    return Trainer(list(parts), list(run_dirs), hooks, rng_states=list(rng_states))
 
 
 def _common_iteration(jobs, indices: list[int], states: list[dict]):
