@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 # The stacked views of one member-major buffer are strided (row stride P); autograd accumulates
 # into them in place all the same, but warns that their layout is not the one it would choose.
@@ -36,8 +38,9 @@ def stack_members(nets: Sequence[nn.Module]) -> tuple[nn.Module, nn.Parameter]:
         if [p.shape for p in net.parameters()] != shapes or type(net) is not type(nets[0]):
             raise ValueError(f"member {k} has another architecture than member 0")
     if size > 1 and not getattr(nets[0], "stackable", False):
-        raise ValueError(f"{type(nets[0]).__name__} does not declare stackable = True: it cannot train as a "
-                         "population (its forward must accept stacked parameters, see algo/stacking.py)")
+        raise ConfigError("network", type(nets[0]).__name__, "a network that declares stackable = True to train as a "
+                                                             "population of more than one (its forward must accept "
+                                                             "stacked parameters: algo/stacking.py)")
     stacked = nets[0] if size == 1 else copy.deepcopy(nets[0])
     flat = nn.Parameter(torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
                         .reshape(-1))

@@ -152,8 +152,13 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
             for i in indices:
                 results[i] = states
             return
-    trainer = population_trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
-                                 [rng for _, _, rng, _ in members], [jobs[i].on_evaluation for i in indices])
+    try:
+        trainer = population_trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
+                                     [rng for _, _, rng, _ in members], [jobs[i].on_evaluation for i in indices])
+    except ConfigError as err:  # e.g. a network that cannot be stacked
+        for i in indices:
+            results[i] = err
+        return
     loggers_started = []
     exit_code = 1
     try:
