@@ -1,13 +1,15 @@
 """Optuna studies over PPO hyperparameters.
 
     python -m ppo_research.sweep sweeps/<spec>.yaml [hydra overrides] [--trials N] [--workers N]
-                                 [--storage URL] [--study NAME] [--out DIR]
+                                 [--population N] [--storage URL] [--study NAME] [--out DIR]
 
 A spec (YAML, see docs/sweeps.md) names the study, the Hydra overrides every trial runs with, the
 search space, the objective, the trial budget, the seeds per trial, the sampler and the pruner.
 The study lives in a persistent storage (default: SQLite at <out>/<study>/study.db), so running
 the command again continues it. Each worker is one process running trials in turn against the
 shared storage; more machines join by running the same command with the same ``--storage``.
+With ``--population N`` a worker trains N trials at a time together, as populations whose
+members are the trials' runs (run/population.py); each trial is still reported and pruned alone.
 
 Trial budget: ``trials`` counts trials that ended because of the objective - complete, pruned or
 failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is marked FAIL with
@@ -40,7 +42,9 @@ def run(spec: Spec) -> dict:
         raise SpecError(f"cannot make the study folder {spec.study_dir} (--out): {err.strerror}: {err.filename}") \
             from None
     study = create_study(spec)
-    print(f"study {spec.study}: {spec.trials} trials, {spec.workers} worker(s), storage {spec.storage}", flush=True)
+    together = f", populations of {spec.population} trials" if spec.population > 1 else ""
+    print(f"study {spec.study}: {spec.trials} trials, {spec.workers} worker(s){together}, storage {spec.storage}",
+          flush=True)
     start = time.perf_counter()
     codes = run_workers(spec)
     result = write_report(spec, study)  # also when a worker died: the study is consistent
@@ -71,12 +75,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to the spec's for every trial")
     parser.add_argument("--trials", type=int, help="trial budget (total over all workers and re-runs)")
     parser.add_argument("--workers", type=int, help="worker processes on this machine")
+    parser.add_argument("--population", type=int,
+                        help="trials each worker trains together as one population (default: the spec's, else 1)")
     parser.add_argument("--storage", help="optuna storage URL (sqlite:///, postgresql://, journal:<path>)")
     parser.add_argument("--study", help="study name (default: the spec's)")
     parser.add_argument("--out", default="outputs/sweeps", help="folder holding <study>/ (default outputs/sweeps)")
     args = parser.parse_intermixed_args(argv)
     try:
-        spec = load_spec(args.spec, args.overrides, args.trials, args.workers, args.storage, args.study, args.out)
+        spec = load_spec(args.spec, args.overrides, args.trials, args.workers, args.storage, args.study, args.out,
+                         population=args.population)
         run(spec)
     except (SpecError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

@@ -1,6 +1,7 @@
 """The search space against the config: every parameter must be a key of the composed config,
 and each bound (or choice) must pass the run layer's checks, so a bad space fails before the
-study starts rather than as N failed trials."""
+study starts rather than as N failed trials. With ``population`` > 1 every parameter must be
+one of the population member keys (run/population.MEMBER_KEYS)."""
 from __future__ import annotations
 
 from hydra.errors import HydraException
@@ -8,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ...errors import ConfigError
 from ...run.compose import GROUPS, check_group_choices, compose, group_options
+from ...run.population import MEMBER_KEYS
 from .spec import Spec, SpecError, format_value
 
 
@@ -24,6 +26,12 @@ def checked_config(overrides: list[str], what: str):
 
 
 def check_search_space(spec: Spec) -> None:
+    if spec.population > 1:  # the members of a population may differ only in the member keys
+        outside = [p.key for p in spec.params if p.key not in MEMBER_KEYS]
+        if outside:
+            raise SpecError(f"search space: {', '.join(outside)} cannot differ between the members of a population "
+                            f"(--population {spec.population}): members may differ only in {', '.join(MEMBER_KEYS)}; "
+                            f"search it with --population 1")
     for env in spec.env_runs():
         base = spec.run_overrides({}, env)
         check_group_choices(base)

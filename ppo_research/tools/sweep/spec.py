@@ -6,6 +6,7 @@ are checked, and the sampler and pruner it names are built once to fail early.
 """
 from __future__ import annotations
 
+import importlib
 import socket
 import zlib
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Spec:
     envs: dict = field(default_factory=dict)  # env option -> {random, reference}; empty = the overrides' env
     trials: int = 20
     workers: int = 1
+    population: int = 1  # trials a worker trains together as populations (run/population.py)
     sampler: dict = field(default_factory=lambda: {"name": "TPESampler"})
     pruner: Optional[dict] = None
     enqueue: list = field(default_factory=list)
@@ -110,7 +112,7 @@ class Spec:
 
 
 SPEC_KEYS = {"study", "description", "overrides", "params", "objective", "seeds", "envs", "trials", "workers",
-             "sampler", "pruner", "enqueue", "heartbeat_s", "storage"}
+             "population", "sampler", "pruner", "enqueue", "heartbeat_s", "storage"}
 
 
 def _param(key: str, node: Any) -> Param:
@@ -150,7 +152,7 @@ def _param(key: str, node: Any) -> Param:
 
 def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[int] = None,
               workers: Optional[int] = None, storage: Optional[str] = None, study: Optional[str] = None,
-              out_dir: str | Path = "outputs/sweeps") -> Spec:
+              out_dir: str | Path = "outputs/sweeps", population: Optional[int] = None) -> Spec:
     """Read and check a spec file (not the search space against the config: see space.check_search_space)."""
     try:
         node = yaml.safe_load(Path(path).read_text())
@@ -179,6 +181,7 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
         envs=dict(node.get("envs") or {}),
         trials=node.get("trials", 20) if trials is None else trials,
         workers=node.get("workers", 1) if workers is None else workers,
+        population=node.get("population", 1) if population is None else population,
         sampler=dict(node.get("sampler") or {"name": "TPESampler"}),
         pruner=node.get("pruner"),
         enqueue=list(node.get("enqueue") or []),
@@ -196,7 +199,7 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
     if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not 1 <= beat < float("inf"):
         raise SpecError(f"heartbeat_s={beat!r}, expected a number of seconds >= 1")
     spec.heartbeat_s = float(beat)
-    for name, v, lo in (("trials", spec.trials, 0), ("workers", spec.workers, 1)):
+    for name, v, lo in (("trials", spec.trials, 0), ("workers", spec.workers, 1), ("population", spec.population, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise SpecError(f"{name}={v!r}, expected an integer >= {lo}")
     for env, norm in spec.envs.items():
@@ -209,11 +212,22 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
 
 
 def _build(module, node: dict, what: str):
+    """``module.<name>(**rest of node)``; a dotted name (``mypackage.pruners.MyPruner``) is a class
+    of your own, imported from wherever Python finds it (the current folder included)."""
     node = dict(node)
     name = node.pop("name", None)
-    cls = getattr(module, str(name), None)
-    if not isinstance(cls, type):
-        raise SpecError(f"{what}.name={name!r} is not a class of {module.__name__}")
+    base = optuna.pruners.BasePruner if what == "pruner" else optuna.samplers.BaseSampler
+    if isinstance(name, str) and "." in name:
+        where, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(where), attr, None)
+        except ImportError as err:
+            raise SpecError(f"{what}.name={name!r}: cannot import {where}: {err}") from None
+    else:
+        cls = getattr(module, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise SpecError(f"{what}.name={name!r} is not a class of {module.__name__} "
+                        f"(or an importable module.Class deriving from {module.__name__}.{base.__name__})")
     try:
         return cls(**node)
     except (TypeError, ValueError) as err:

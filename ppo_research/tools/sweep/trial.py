@@ -1,20 +1,25 @@
-"""One trial: sample its parameters, train each (seed, env) run in turn, return its score.
+"""Trials: sample their parameters, train their (seed, env) runs, return their scores.
 
 A run is exactly ``python -m ppo_research <spec.run_overrides(...)>``: composed by
-``run.compose.compose`` and trained by ``run.train.train_from_config`` (no Hydra runtime, the
-same checks) in ``<study>/trials/<number>/<env>-s<seed>/`` (``s<seed>`` for one env), which the
-trainer describes with its ``run.json`` like any run directory.
+``run.compose.compose`` and trained (no Hydra runtime, the same checks) in
+``<study>/trials/<number>/<env>-s<seed>/`` (``s<seed>`` for one env), which the trainer describes
+with its ``run.json`` like any run directory.
+
+``run_trial`` trains one trial's runs in turn (``--population 1``). ``run_population`` trains
+several trials' runs together as populations (run/population.py): one population per env, whose
+members are every (trial, seed) run on that env; each trial reports and is pruned on its own.
 """
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import optuna
+from omegaconf import OmegaConf
 
-from ...run.compose import compose
+from ...run.compose import Composed, compose
 from ..stats import aggregate
 from .spec import TRIAL_DEFAULTS, Spec, param_overrides
 
@@ -23,12 +28,63 @@ class Interrupted(Exception):
     """The sweep command went away (its worker stops); the trial does not count."""
 
 
+class RunStopped(Exception):
+    """Another run of the same trial ended early (it diverged), so this one stops too."""
+
+
 def run_name(env: Optional[str], seed: int) -> str:
     return f"{env}-s{seed}" if env else f"s{seed}"
 
 
 def trial_dir(spec: Spec, number: int) -> Path:
     return spec.study_dir / "trials" / f"{number:04d}"
+
+
+def sample(spec: Spec, trial: optuna.Trial) -> dict:
+    """The trial's parameters (recorded as its ``overrides`` attribute too)."""
+    params = {p.key: p.suggest(trial) for p in spec.params}
+    trial.set_user_attr("overrides", param_overrides(params))
+    return params
+
+
+def compose_run(spec: Spec, trial: optuna.Trial, params: dict, env: Optional[str], seed: int,
+                population: bool = False) -> tuple[Composed, list[str]]:
+    """The composed config of one run of ``trial`` and the overrides it was composed from.
+
+    With wandb each run is a wandb run grouped by study (``job_type=sweep-trial``). A solo run is
+    named ``<study>-t<trial>-<run>``; a population's members must share their config outside the
+    member keys, so there the name and notes are left to the tracker's defaults, which name the
+    run by its own ``loss.*``/``advantage.*`` values and seed (``run_context``)."""
+    overrides = TRIAL_DEFAULTS + spec.run_overrides(params, env, seed)
+    composed = compose(overrides)
+    cfg = composed.cfg
+    if "job_type" in cfg.logger:
+        cfg.logger.job_type = "sweep-trial"
+        cfg.logger.group = spec.study
+        if population:
+            cfg.logger.name = None
+            cfg.logger.notes = f"optuna study {spec.study} (trials trained as populations)"
+        else:
+            cfg.logger.name = f"{spec.study}-t{trial.number:04d}-{run_name(env, seed)}"
+            cfg.logger.notes = (f"optuna trial {trial.number} of study {spec.study}: "
+                                f"{' '.join(param_overrides(params))}")
+    return composed, overrides
+
+
+def run_value(spec: Spec, trial: optuna.Trial, env: Optional[str], seed: int, summary: dict,
+              evals: list[float]) -> float:
+    """A finished run's metric (recorded on the trial), normalised: its part of the trial's score."""
+    name = run_name(env, seed)
+    value = sum(evals) / len(evals) if spec.metric == "eval_auc" and evals else summary.get(spec.metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"run {name} gave {spec.metric}={value!r}")
+    trial.set_user_attr(f"{spec.metric}/{name}", value)
+    return spec.normalise(env, value)
+
+
+def check_parent(parent_pid: Optional[int]) -> None:
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise Interrupted("the sweep command is gone")
 
 
 def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> float:
@@ -41,37 +97,174 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
     """
     from ...run.train import train_from_config  # torch: imported by the worker that trains
 
-    params = {p.key: p.suggest(trial) for p in spec.params}
-    trial.set_user_attr("overrides", param_overrides(params))
+    params = sample(spec, trial)
     scores, offset = [], 0
     for seed in spec.seeds:
         for env in spec.env_runs():
-            name = run_name(env, seed)
-            overrides = TRIAL_DEFAULTS + spec.run_overrides(params, env, seed)
-            composed = compose(overrides)
-            cfg = composed.cfg
-            if "job_type" in cfg.logger:  # wandb: one run per (trial, seed, env), grouped by study
-                cfg.logger.job_type = "sweep-trial"
-                cfg.logger.group = spec.study
-                cfg.logger.name = f"{spec.study}-t{trial.number:04d}-{name}"
-                cfg.logger.notes = (f"optuna trial {trial.number} of study {spec.study}: "
-                                    f"{' '.join(param_overrides(params))}")
+            composed, overrides = compose_run(spec, trial, params, env, seed)
             evals: list[float] = []
 
             def on_evaluation(iteration: int, global_step: int, eval_return: float, env=env, offset=offset) -> None:
-                if parent_pid is not None and os.getppid() != parent_pid:
-                    raise Interrupted("the sweep command is gone")
+                check_parent(parent_pid)
                 evals.append(eval_return)
                 trial.report(spec.normalise(env, eval_return), offset + global_step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {offset + global_step}")
 
-            summary = train_from_config(cfg, trial_dir(spec, trial.number) / name, composed.choices,
-                                        on_evaluation=on_evaluation, overrides=overrides)
+            summary = train_from_config(composed.cfg, trial_dir(spec, trial.number) / run_name(env, seed),
+                                        composed.choices, on_evaluation=on_evaluation, overrides=overrides)
             offset += summary["global_step"]
-            value = sum(evals) / len(evals) if spec.metric == "eval_auc" and evals else summary.get(spec.metric)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"run {name} gave {spec.metric}={value!r}")
-            trial.set_user_attr(f"{spec.metric}/{name}", value)
-            scores.append(spec.normalise(env, value))
+            scores.append(run_value(spec, trial, env, seed, summary, evals))
     return aggregate(scores, spec.aggregate)
+
+
+# -- populations -----------------------------------------------------------------------------
+
+Outcome = Union[float, BaseException]  # a trial's score, or why it has none (TrialPruned, an error, Interrupted)
+
+
+def run_context(spec: Spec, overrides: list[str]):
+    """A Hydra job config holding only what the tracker reads (run/loggers.HydraContext): the
+    run's overrides, so a population member's wandb run is named as ``python -m ppo_research
+    <overrides>`` would name it."""
+    from hydra.conf import HydraConf
+    from hydra.types import RunMode
+
+    node = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+    node.hydra.mode = RunMode.RUN
+    node.hydra.sweep.dir = str(spec.study_dir)
+    node.hydra.overrides.task = list(overrides)
+    return node
+
+
+class PopulationTrial:
+    """One trial's part in populations: its runs' evaluations become the trial's reports and
+    pruning decisions; their ends become its outcome.
+
+    At each periodic evaluation, once all the trial's runs on the env have evaluated, the trial
+    reports the mean of their (normalised) eval returns at step = environment steps the trial
+    has used so far (its runs on earlier envs, plus runs x steps on this one). A pruning decision
+    stops the run that made it at once and the trial's other runs at their next evaluation; a run
+    that ends early otherwise (divergence) stops them the same way, since the trial has failed.
+    """
+
+    def __init__(self, spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]):
+        self.spec, self.trial, self.parent_pid = spec, trial, parent_pid
+        self.params: dict = {}
+        self.offset = 0  # environment steps of the trial's runs on earlier envs
+        self.pruned: Optional[optuna.TrialPruned] = None
+        self.failure: Optional[BaseException] = None  # the first error that failed the trial
+        self.interrupted: Optional[Interrupted] = None
+        self.scores: dict[tuple[int, Optional[str]], float] = {}
+        self.evals: dict[Optional[str], list[list[float]]] = {}  # env -> each seed's eval returns
+        try:
+            self.params = sample(spec, trial)
+        except Exception as err:  # noqa: BLE001 - a trial's failure is its outcome
+            self.failure = err
+
+    @property
+    def going(self) -> bool:
+        return self.pruned is None and self.failure is None and self.interrupted is None
+
+    def jobs(self, env: Optional[str]) -> list:
+        """The trial's member jobs on ``env``, one per seed (none once the trial has ended)."""
+        from ...run.population import MemberJob
+
+        if not self.going:
+            return []
+        jobs, pending = [], {}  # iteration -> the normalised eval returns of the runs that reported it
+        self.evals[env] = []
+        for seed in self.spec.seeds:
+            try:
+                composed, overrides = compose_run(self.spec, self.trial, self.params, env, seed, population=True)
+            except Exception as err:  # noqa: BLE001
+                self.failure = err
+                return []
+            evals: list[float] = []
+            self.evals[env].append(evals)
+            jobs.append(MemberJob(composed.cfg, trial_dir(self.spec, self.trial.number) / run_name(env, seed),
+                                  composed.choices, overrides, on_evaluation=self._hook(env, pending, evals),
+                                  hydra=run_context(self.spec, overrides)))
+        return jobs
+
+    def _hook(self, env: Optional[str], pending: dict, evals: list[float]) -> Callable[[int, int, float], None]:
+        runs = len(self.spec.seeds)
+
+        def on_evaluation(iteration: int, global_step: int, eval_return: float) -> None:
+            check_parent(self.parent_pid)
+            if self.pruned is not None:
+                raise optuna.TrialPruned(str(self.pruned))
+            evals.append(eval_return)
+            if any(it < iteration for it in pending):  # a run missed an evaluation: it has ended
+                raise RunStopped("another run of the trial ended early")
+            pending.setdefault(iteration, []).append(self.spec.normalise(env, eval_return))
+            if len(pending[iteration]) < runs:
+                return
+            values = pending.pop(iteration)
+            step = self.offset + runs * global_step
+            self.trial.report(sum(values) / len(values), step)
+            if self.trial.should_prune():
+                self.pruned = optuna.TrialPruned(f"pruned at step {step}")
+                raise optuna.TrialPruned(str(self.pruned))
+
+        return on_evaluation
+
+    def finish(self, env: Optional[str], results: list) -> None:
+        """Take the results of the trial's runs on ``env`` (seed order): their scores, or what
+        ended the trial."""
+        for result in results:
+            if isinstance(result, Interrupted):
+                self.interrupted = self.interrupted or result
+            elif isinstance(result, BaseException) and not isinstance(result, (optuna.TrialPruned, RunStopped)):
+                self.failure = self.failure or result
+        if not self.going:
+            return
+        ended = [r for r in results if isinstance(r, BaseException)]
+        if ended:  # stopped with no error of a run to show (not expected): the trial has no score
+            self.failure = ended[0]
+            return
+        for seed, summary, evals in zip(self.spec.seeds, results, self.evals[env]):
+            try:
+                self.scores[(seed, env)] = run_value(self.spec, self.trial, env, seed, summary, evals)
+            except ValueError as err:
+                self.failure = err
+                return
+            self.offset += summary["global_step"]
+
+    def outcome(self) -> Outcome:
+        """The trial's score, or what ended it: pruned first (the decision came before any later
+        error of a run already condemned), then a run's error, then an interruption."""
+        if self.pruned is not None:
+            return self.pruned
+        if self.failure is not None:
+            return self.failure
+        if self.interrupted is not None:
+            return self.interrupted
+        scores = [self.scores[(seed, env)] for seed in self.spec.seeds for env in self.spec.env_runs()]
+        return aggregate(scores, self.spec.aggregate)
+
+
+def run_population(spec: Spec, trials: list[optuna.Trial], parent_pid: Optional[int]) -> list[Outcome]:
+    """Train ``trials`` together and return each one's outcome, in order.
+
+    Every run of the trials on one env is a member of one population (``train_members``): the
+    members differ only in the searched parameters and seed, which ``space.check_search_space``
+    keeps to the member keys. Several envs are trained one population after the other, env by
+    env; a trial pruned or failed on one env has no runs on the next.
+    """
+    from ...run.population import train_members  # torch: imported by the worker that trains
+
+    members = [PopulationTrial(spec, trial, parent_pid) for trial in trials]
+    for env in spec.env_runs():
+        jobs = [(m, m.jobs(env)) for m in members]
+        flat = [job for _, js in jobs for job in js]
+        if not flat:
+            break
+        results = train_members(flat)
+        at = 0
+        for m, js in jobs:
+            m.finish(env, results[at:at + len(js)])
+            at += len(js)
+        if any(m.interrupted is not None for m in members):
+            break
+    return [m.outcome() for m in members]

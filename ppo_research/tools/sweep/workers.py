@@ -5,6 +5,8 @@ error). A RUNNING trial whose worker is gone is marked FAIL ``interrupted`` and 
 on this machine the worker's process id tells, elsewhere a heartbeat (``alive_at``) older than
 3 x ``heartbeat_s``. A worker claims a trial only if fewer than ``trials`` counted or running
 trials are numbered before it, so the count is exact with any number of workers and machines.
+With ``--population N`` a worker claims up to N trials at once, each by that same rule, never
+more than the budget has left, and trains them together (``trial.run_population``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from optuna.trial import TrialState
 
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
-from .trial import Interrupted, run_trial
+from .trial import Interrupted, Outcome, run_population, run_trial
 
 
 def _pid_alive(pid: int) -> bool:
@@ -71,18 +73,19 @@ def budget(study: optuna.Study, grace_s: float) -> tuple[int, int]:
 
 
 class Heartbeat:
-    """Refresh the trial's ``alive_at`` so workers elsewhere can tell it is still running."""
+    """Refresh the trials' ``alive_at`` so workers elsewhere can tell they are still running."""
 
-    def __init__(self, trial: optuna.Trial, every_s: float):
-        self.trial, self.every_s, self.stop = trial, every_s, threading.Event()
+    def __init__(self, trials: list[optuna.Trial], every_s: float):
+        self.trials, self.every_s, self.stop = list(trials), every_s, threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(self.every_s):
-            try:
-                self.trial.set_user_attr("alive_at", time.time())
-            except Exception:  # the trial finished meanwhile
-                return
+            for trial in self.trials:
+                try:
+                    trial.set_user_attr("alive_at", time.time())
+                except Exception:  # the trial finished meanwhile
+                    pass
 
     def __enter__(self):
         self.thread.start()
@@ -93,8 +96,59 @@ class Heartbeat:
         self.thread.join()
 
 
+def claim(study: optuna.Study, spec: Spec, n: int, grace: float) -> list[optuna.Trial]:
+    """Ask up to ``n`` trials (enqueued ones first, as ``study.ask`` gives them) and keep those the
+    budget allows.
+
+    Exact count despite races: a trial is kept only if fewer than ``trials`` counted or running
+    trials are numbered before it. A trial that loses the race is told FAIL with ``skipped``
+    (not counted); the trials after it would lose too, so asking stops there."""
+    claimed = []
+    while len(claimed) < n:
+        trial = study.ask()
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("alive_at", time.time())
+        now = time.time()
+        ahead = sum(classify(t, grace, now) in ("done", "alive")
+                    for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        if ahead >= spec.trials:
+            trial.set_user_attr("skipped", "budget taken by a concurrent worker")
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        claimed.append(trial)
+    return claimed
+
+
+def solo_outcome(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> Outcome:
+    try:
+        return run_trial(spec, trial, parent_pid)
+    except Exception as err:  # noqa: BLE001 - pruned, interrupted, or failed: told by ``tell``
+        return err
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, worker: int, seconds: float) -> None:
+    """Tell the study how the trial ended (an ``Interrupted`` trial is FAIL, not counted)."""
+    if isinstance(outcome, optuna.TrialPruned):
+        state, note = study.tell(trial, state=TrialState.PRUNED).state, str(outcome)
+    elif isinstance(outcome, Interrupted):
+        trial.set_user_attr("interrupted", "sweep command gone")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    elif isinstance(outcome, BaseException):  # NonFiniteError, ConfigError, env errors: record and go on
+        note = f"{type(outcome).__name__}: {str(outcome).splitlines()[0] if str(outcome) else ''}"
+        trial.set_user_attr("error", note)
+        state = study.tell(trial, state=TrialState.FAIL).state
+    else:
+        state, note = study.tell(trial, outcome).state, f"value={outcome:.4g}"
+    print(f"[worker {worker}] trial {trial.number} {state.name} {note} "
+          f"{' '.join(param_overrides(trial.params))} ({seconds:.1f}s)", flush=True)
+
+
 def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: float = 1.0) -> None:
-    """Run trials until the budget is used: ask, claim, train, tell; repeat."""
+    """Run trials until the budget is used: ask, claim, train, tell; repeat. With
+    ``spec.population`` > 1 a worker claims up to that many trials at once and trains them as
+    populations (``trial.run_population``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = load_study(spec)
@@ -110,43 +164,28 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
         if done + alive >= spec.trials:  # the last trials run elsewhere; wait in case one dies
             time.sleep(poll_s)
             continue
-        trial = study.ask()
-        trial.set_user_attr("host", HOST)
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("alive_at", time.time())
-        # Exact count despite races: only trials numbered before this one may take the budget.
-        now = time.time()
-        ahead = sum(classify(t, grace, now) in ("done", "alive")
-                    for t in study.get_trials(deepcopy=False) if t.number < trial.number)
-        if ahead >= spec.trials:
-            trial.set_user_attr("skipped", "budget taken by a concurrent worker")
-            study.tell(trial, state=TrialState.FAIL)
+        trials = claim(study, spec, min(spec.population, spec.trials - done - alive), grace)
+        if not trials:
             continue
         start = time.perf_counter()
-        note = ""
         try:
-            with Heartbeat(trial, spec.heartbeat_s):
-                value = run_trial(spec, trial, parent_pid)
-        except optuna.TrialPruned as err:
-            state = study.tell(trial, state=TrialState.PRUNED).state
-            note = str(err)
-        except Interrupted:
-            trial.set_user_attr("interrupted", "sweep command gone")
-            study.tell(trial, state=TrialState.FAIL)
-            return
+            with Heartbeat(trials, spec.heartbeat_s):
+                if spec.population == 1:
+                    outcomes = [solo_outcome(spec, trials[0], parent_pid)]
+                else:
+                    for trial in trials:  # the trials trained together
+                        trial.set_user_attr("population", [t.number for t in trials])
+                    outcomes = run_population(spec, trials, parent_pid)
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", "keyboard interrupt")
-            study.tell(trial, state=TrialState.FAIL)
+            for trial in trials:
+                trial.set_user_attr("interrupted", "keyboard interrupt")
+                study.tell(trial, state=TrialState.FAIL)
             raise
-        except Exception as err:  # NonFiniteError, ConfigError, env errors: record and go on
-            note = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            trial.set_user_attr("error", note)
-            state = study.tell(trial, state=TrialState.FAIL).state
-        else:
-            state = study.tell(trial, value).state
-            note = f"value={value:.4g}"
-        print(f"[worker {worker}] trial {trial.number} {state.name} {note} "
-              f"{' '.join(param_overrides(trial.params))} ({time.perf_counter() - start:.1f}s)", flush=True)
+        seconds = time.perf_counter() - start
+        for trial, outcome in zip(trials, outcomes):
+            tell(study, trial, outcome, worker, seconds)
+        if any(isinstance(outcome, Interrupted) for outcome in outcomes):
+            return
 
 
 def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
