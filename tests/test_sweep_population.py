@@ -16,9 +16,11 @@ import yaml
 from optuna.trial import TrialState
 
 import pg_server
-from conftest import TINY, read_metrics, read_summary, run_cli
+from conftest import REPO, TINY, read_metrics, read_summary, run_cli
 from ppo_research.run.population import MEMBER_KEYS
 from ppo_research.tools.sweep.cli import main as sweep_main
+from ppo_research.tools.sweep.space import check_search_space
+from ppo_research.tools.sweep.spec import load_spec
 from ppo_research.tools.sweep.storage import make_storage
 from test_postgres_study import STUDY, load as pg_load, pg, start, workers, write_spec as pg_spec  # noqa: F401
 from wandb_files import wandb_records
@@ -300,9 +302,12 @@ def test_bad_population_input_is_one_line(tmp_path, capsys, args, fields, messag
     assert not (tmp_path / "outputs").exists()
 
 
-def test_the_spec_can_ask_for_populations(tmp_path):
-    from ppo_research.tools.sweep.spec import load_spec
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_specs_search_only_member_keys(path, tmp_path):
+    check_search_space(load_spec(path, out_dir=tmp_path, population=4))  # usable with --population
 
+
+def test_the_spec_can_ask_for_populations(tmp_path):
     spec = load_spec(write_spec(tmp_path, population=3), out_dir=tmp_path)
     assert spec.population == 3
     assert load_spec(write_spec(tmp_path, population=3), out_dir=tmp_path, population=1).population == 1
