@@ -94,7 +94,7 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
 
     from . import checkpoint, owner
     from .build import build
-    from .train import check_run_dir
+    from .train import check_run_dir, described_run_id
 
     results: list[Optional[Result]] = [None] * len(jobs)
     built = []  # (index, parts, torch generator state after the build)
@@ -122,7 +122,7 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
                 state = None
                 if job.resume_from is not None:
                     state = job.resume_state if job.resume_state is not None else checkpoint.load(job.resume_from)
-                    parts.run_id = state.get("run_id") or _described_run_id(Path(job.run_dir)) or parts.run_id
+                    parts.run_id = state.get("run_id") or described_run_id(Path(job.run_dir)) or parts.run_id
                 members.append((i, parts, rng, state))
             except (RunDirError, CheckpointError, OSError) as err:
                 results[i] = err
@@ -244,13 +244,3 @@ def _common_iteration(jobs, indices: list[int], states: list[dict]):
               f"(its latest is {it})", file=sys.stderr, flush=True)
         out.append(checkpoint.load(path))
     return out
-
-
-def _described_run_id(run_dir: Path) -> Optional[str]:
-    from .train import RUN_FILE
-
-    try:
-        run_id = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return run_id if isinstance(run_id, str) else None

@@ -102,7 +102,8 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
     return result
 
 
-def _described_run_id(run_dir: Path) -> Optional[str]:
+def described_run_id(run_dir: Path) -> Optional[str]:
+    """The run id run.json holds, if any."""
     try:
         run_id = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError):
