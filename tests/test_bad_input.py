@@ -70,6 +70,7 @@ CASES = [
      "advantage.gamma=1.01 is invalid: expected a value in (0, 1]"),
     ("beta_negative", ["loss=klpen", "loss.beta=-1"], "loss.beta=-1.0 is invalid: expected a value >= 0"),
     ("kl_target_zero", ["loss=klpen", "loss.kl_target=0"], "loss.kl_target=0.0 is invalid: expected a value > 0"),
+    ("multirun_with_cfg", ["-m", "--cfg=job", "seed=0,1"], "Only one of --run, --multirun, --cfg"),
     ("total_timesteps_zero", ["total_timesteps=0"], "total_timesteps=0 is invalid: expected a value in [1, inf)"),
     ("total_timesteps_negative", ["total_timesteps=-5"], "total_timesteps=-5 is invalid"),
     ("num_envs_zero", ["algo.num_envs=0"], "algo.num_envs=0 is invalid: expected a value in [1, inf)"),

@@ -312,6 +312,8 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
         return "; ".join(p.rstrip(".") for p in parts)
     if isinstance(err, OmegaConfBaseException):
         return f"{getattr(err, 'full_key', '') or 'config'}: {first(err)}"
+    if isinstance(err, ValueError) and str(err).startswith("Only one of --run, --multirun"):
+        return f"{first(err)} (e.g. -m with --cfg: print a job's config with --cfg job and no -m)"
     return None
 
 
