@@ -11,6 +11,7 @@ gradient-norm clip. The maths is torch.optim.Adam's and clip_grad_norm_'s, row b
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -73,6 +74,14 @@ class FlatAdam:
         """One Adam step for ``members`` (a bool [S] mask; None = all). The others' parameters
         and moments stay exactly as they are, whatever their gradient holds."""
         grad, b1, b2 = self.grad_rows, self.beta1, self.beta2
+        if members is None and self.size == 1:  # torch.optim.Adam's own sequence of operations
+            self.steps += 1.0
+            t = float(self.steps[0, 0])
+            self.exp_avg.lerp_(grad, 1.0 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+            denom = (self.exp_avg_sq.sqrt() / math.sqrt(1.0 - b2 ** t)).add_(self.eps)
+            self.rows.addcdiv_(self.exp_avg, denom, value=-self.lrs[0] / (1.0 - b1 ** t))
+            return
         if members is None:
             self.steps += 1.0
             self.exp_avg.lerp_(grad, 1.0 - b1)

@@ -210,7 +210,7 @@ class PPOUpdate:
         slices = [minibatch_slices(len(b), s.minibatch_size) for b in batches]
         stopped_in = [0] * S  # the epoch (1-based) in which a member stopped; 0 = it did not
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
-        clip_hits: list[tuple[torch.Tensor, torch.Tensor]] = []  # per minibatch: |r - 1| > eps counts, sample counts
+        clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
         for epoch in range(s.num_epochs):
             if epoch > 0 and s.recompute_advantages:
                 refreshed = [refreshes[k]() if active[k] else (batches[k].advantages, batches[k].returns)
@@ -249,7 +249,7 @@ class PPOUpdate:
                 for k in range(S):
                     stepped_this_epoch[k] |= stepping[k]
                 steps.append((torch.stack([policy_loss, value_loss, entropy], -1).detach().reshape(S, 3), stepping))
-                clip_hits.append(self._clip_hits(pb, loss_view))  # pre-step ratios, as PPO reports them
+                clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
                 if self.losses[0].adapt_every == "minibatch":  # d after this step, on this minibatch
                     kls = self._divergences(mb, mask)["kl"]
                     for k in range(S):
@@ -373,14 +373,22 @@ class PPOUpdate:
         return {"kl": kl.reshape(-1).tolist(), "approx_kl_k3": k3.reshape(-1).tolist(),
                 "ratio_min": low.tolist(), "ratio_max": high.tolist()}
 
-    def _clip_hits(self, pb: PolicyBatch, loss_view: PolicyLoss) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = loss_view.epsilon if loss_view.epsilon is not None else DEFAULT_CLIP_REPORT
-        hits = ((pb.ratio.detach() - 1.0).abs() > eps)
-        if pb.mask is not None:
-            hits = hits & pb.mask
-            return hits.sum(-1), pb.mask.sum(-1)
-        n = torch.full(hits.shape[:-1] or (1,), hits.shape[-1])
-        return hits.sum(-1).reshape(-1), n
+    def _clip_fractions(self, clip_hits: list, took: torch.Tensor) -> list[float]:
+        """Per member: the fraction of its pre-step ratios with |r - 1| > epsilon (the loss's, or
+        DEFAULT_CLIP_REPORT), over the minibatches it stepped on."""
+        if self.size == 1:  # one reduction over every step's ratios
+            ratios = torch.cat([r for r, _, _ in clip_hits])
+            eps = clip_hits[0][2] if clip_hits[0][2] is not None else DEFAULT_CLIP_REPORT
+            return [((ratios - 1.0).abs() > eps).float().mean().item()]
+        hits = torch.zeros(self.size, dtype=torch.float64)
+        samples = torch.zeros(self.size, dtype=torch.float64)
+        for (ratio, mask, eps), who in zip(clip_hits, took):
+            eps = eps if eps is not None else DEFAULT_CLIP_REPORT
+            valid = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask
+            valid = valid & who[:, None]
+            hits += (((ratio - 1.0).abs() > eps) & valid).sum(-1)
+            samples += valid.sum(-1)
+        return (hits / samples.clamp(min=1)).tolist()
 
     def _summarise(self, results: list, steps: list, clip_hits: list, padded: _Padded,
                    epochs: list[int]) -> list[Optional[dict]]:
@@ -394,9 +402,7 @@ class PPOUpdate:
             means = (sums / counts.clamp(min=1)[:, None]).tolist()
             if S == 1:  # a single run's mean, as it always was
                 means = [terms[:, 0].mean(0).tolist()]
-            hits = torch.stack([torch.where(w, h, 0) for (h, _), w in zip(clip_hits, took)]).sum(0)
-            samples = torch.stack([torch.where(w, n, 0) for (_, n), w in zip(clip_hits, took)]).sum(0)
-            fractions = (hits.double() / samples.clamp(min=1)).tolist()
+            fractions = self._clip_fractions(clip_hits, took)
             counts = counts.tolist()
         else:
             means, fractions, counts = [[nan] * 3] * S, [nan] * S, [0] * S
