@@ -29,8 +29,11 @@ EVERY_ITERATION = ["logger=none", "env=cartpole", "total_timesteps=2560", "algo.
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Ctrl-C as at a terminal: a shell starts background jobs (e.g. a CI script run with `&`) with
+    # SIGINT ignored, and the child would inherit that
     return subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def comparable(rows: list[dict]) -> list[dict]:
