@@ -69,3 +69,14 @@ TIMING_KEYS = ("time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s"
 
 def without_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and does not spin on a shared machine
+    (test modules make it an autouse module fixture)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

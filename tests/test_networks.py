@@ -11,6 +11,8 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from conftest import one_torch_thread
 import torch
 
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
@@ -23,13 +25,7 @@ CLASSES = [MLPActorCritic, SharedMLPActorCritic]
 HIDDEN = [16, 4]  # 5 -> 16 widens (W^T W = g^2 I), 16 -> 4 narrows (W W^T = g^2 I)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and does not spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # conftest
 
 
 def towers(net):

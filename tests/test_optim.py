@@ -11,6 +11,8 @@ import io
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from conftest import one_torch_thread
 import torch
 
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
@@ -21,13 +23,7 @@ ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and does not spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # conftest
 
 
 def make_net(cls=MLPActorCritic, seed: int = 0):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import one_torch_thread, read_metrics, run_cli
 from ppo_research.errors import ConfigError, NonFiniteError
 from ppo_research.run import checkpoint
 from ppo_research.run.build import build
@@ -35,12 +35,7 @@ QUIET = ["logger=none", "progress=false", "eval.episodes=2"]
 TIMING = ("time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # conftest
 
 
 def job(overrides, run_dir, **kwargs) -> MemberJob:

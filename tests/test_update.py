@@ -15,6 +15,8 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from conftest import one_torch_thread
 import torch
 from torch.distributions import Categorical as TorchCategorical, Normal, kl_divergence
 from torch.nn import functional as F
@@ -33,13 +35,7 @@ ADAM_EPS = 1e-5
 N = 64  # batch size in most tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and does not spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # conftest
 
 
 def make_net(space=BOX, seed: int = 0) -> MLPActorCritic:
