@@ -11,9 +11,9 @@ from ppo_research.run.envs import ActionAdapter, ObsNormalizer, RunningMeanStd, 
 import gymnasium as gym
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_running_mean_std_matches_numpy_over_all_data(rows):
-    data = np.random.default_rng(0).normal(3.0, 2.0, size=(600, 4))
+@pytest.mark.parametrize("rows,dtype", [(1, np.float64), (3, np.float64), (4, np.float32)])
+def test_running_mean_std_matches_numpy_over_all_data(rows, dtype):
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(600, 4)).astype(dtype)
     stats = RunningMeanStd((4,))
     for start in range(0, len(data), rows):
         stats.update(data[start:start + rows])

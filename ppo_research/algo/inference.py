@@ -125,7 +125,8 @@ def fuse(spec: MirrorSpec) -> list[Linear]:
 
 
 class NumpyPolicy:
-    """The numpy mirror of a network that declares a ``MirrorSpec``."""
+    """The numpy mirror of a network that declares a ``MirrorSpec``. Its maths works on any
+    leading dimensions, so ``StackedNumpyPolicy`` runs many members' mirrors as one."""
 
     def __init__(self, policy: "ActorCritic"):
         self.policy = policy
@@ -136,11 +137,21 @@ class NumpyPolicy:
         spec = declared_spec(self.policy)
         if spec is None:
             raise TypeError(f"{type(self.policy).__name__} declares no numpy mirror")
-        self.spec, self.layers = spec, fuse(spec)
+        self._use(spec, fuse(spec), spec.log_std)
+
+    def _use(self, spec: MirrorSpec, layers: list[Linear], log_std: Optional[np.ndarray]) -> None:
+        self.spec, self.layers, self.log_std = spec, layers, log_std
         self._act = NUMPY_ACTIVATIONS[spec.activation]
         self.gaussian = spec.distribution == "gaussian"
-        self.state_dependent_std = self.gaussian and spec.log_std is None
-        self.head_size = self.layers[-1][0].shape[1] - 1
+        self.state_dependent_std = self.gaussian and log_std is None
+        self.head_size = layers[-1][0].shape[-1] - 1
+
+    # the random draws: torch's global generator, as the torch path draws
+    def _normal(self, shape: tuple) -> np.ndarray:
+        return torch.randn(shape).numpy()
+
+    def _uniform(self, shape: tuple) -> np.ndarray:
+        return torch.rand(shape).numpy()
 
     def _heads(self, obs: np.ndarray):
         x = obs
@@ -149,7 +160,7 @@ class NumpyPolicy:
             x = x @ w + b
             if i < last:
                 x = self._act(x)
-        return x[:, :self.head_size], x[:, self.head_size]
+        return x[..., :self.head_size], x[..., self.head_size]
 
     def _mean_log_std(self, head: np.ndarray):
         if self.state_dependent_std:
@@ -162,27 +173,27 @@ class NumpyPolicy:
             else:
                 log_std = raw
             return mean, np.clip(log_std, *spec.log_std_bounds)
-        return head, self.spec.log_std
+        return head, self.log_std
 
     def act(self, obs: np.ndarray):
         head, value = self._heads(obs)
         if self.gaussian:
             mean, log_std = self._mean_log_std(head)
-            noise = torch.randn(mean.shape).numpy()  # the torch generator, as the torch path
+            noise = self._normal(mean.shape)
             action = mean + np.exp(log_std) * noise
             if self.spec.squash == "tanh":
                 action, log_prob = _tanh_gaussian(action, mean, log_std)
             else:
                 # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
                 log_prob = -0.5 * (noise * noise).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
-            params = np.empty((len(mean), 2 * mean.shape[-1]), np.float32)
-            params[:, :mean.shape[-1]], params[:, mean.shape[-1]:] = mean, log_std
+            params = np.empty((*mean.shape[:-1], 2 * mean.shape[-1]), np.float32)
+            params[..., :mean.shape[-1]], params[..., mean.shape[-1]:] = mean, log_std
         else:
             logits = head - head.max(-1, keepdims=True)
             logits = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            u = torch.rand(len(logits)).numpy()[:, None]
+            u = self._uniform(logits.shape[:-1])[..., None]
             action = np.minimum((np.cumsum(np.exp(logits), -1) < u).sum(-1), logits.shape[-1] - 1)
-            log_prob = np.take_along_axis(logits, action[:, None], -1)[:, 0]
+            log_prob = np.take_along_axis(logits, action[..., None], -1)[..., 0]
             params = logits
         f32 = np.float32
         return action, log_prob.astype(f32, copy=False), value.astype(f32, copy=False), params.astype(f32, copy=False)
@@ -197,6 +208,33 @@ class NumpyPolicy:
             return head.argmax(-1)
         mean = self._mean_log_std(head)[0]
         return np.tanh(mean) if self.spec.squash == "tanh" else mean
+
+
+class StackedNumpyPolicy(NumpyPolicy):
+    """S members' numpy mirrors run as one, on observations [S, N, obs]: their fused layers
+    stacked [S, in, out] (numpy's stacked matmul gives each member's product bit for bit),
+    member k's random draws from its own generator ``generators[k]``. One call per rollout
+    step instead of S: the lock-step collection of a population (run/collect.py)."""
+
+    def __init__(self, members: list[NumpyPolicy], generators: list[torch.Generator]):
+        self.members, self.generators = members, generators
+        self.sync()
+
+    def sync(self) -> None:
+        for m in self.members:
+            m.sync()
+        first = self.members[0]
+        layers = [(np.stack([m.layers[i][0] for m in self.members]),
+                   np.stack([m.layers[i][1] for m in self.members])[:, None])
+                  for i in range(len(first.layers))]
+        log_std = None if first.log_std is None else np.stack([m.log_std for m in self.members])[:, None]
+        self._use(first.spec, layers, log_std)
+
+    def _normal(self, shape: tuple) -> np.ndarray:
+        return np.stack([torch.randn(shape[1:], generator=g).numpy() for g in self.generators])
+
+    def _uniform(self, shape: tuple) -> np.ndarray:
+        return np.stack([torch.rand(shape[1:], generator=g).numpy() for g in self.generators])
 
 
 def _tanh_gaussian(u: np.ndarray, mean: np.ndarray, log_std: np.ndarray):

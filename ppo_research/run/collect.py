@@ -1,10 +1,16 @@
-"""Step 1 of the algorithm: run pi_old in the training envs for T steps and store the rollout."""
+"""Step 1 of the algorithm: run pi_old in the training envs for T steps and store the rollout.
+
+A population's members collect in lock step (``collect_together``): at each step one stacked
+forward acts for every member, then each member's envs take their step. Each member stores,
+steps and draws exactly what its solo ``collect`` would.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..algo.batch import Rollout
+from ..algo.inference import StackedNumpyPolicy
 from ..algo.networks import ActorCritic
 from .envs import TrainingEnvs
 
@@ -17,26 +23,49 @@ def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) ->
     return Rollout.allocate(num_steps, envs.num_envs, obs_shape, envs.single_action_space.shape, params)
 
 
+Collected = tuple[Rollout, list[tuple[float, int]]]  # the rollout, (return, length) of finished episodes
+
+
 class RolloutCollector:
     def __init__(self, envs: TrainingEnvs, policy: ActorCritic, num_steps: int):
         self.envs, self.num_steps = envs, num_steps
         self.rollout = allocate_rollout(num_steps, envs, policy)
+        self.finished: list[tuple[float, int]] = []
 
-    def collect(self, actor) -> tuple[Rollout, list[tuple[float, int]]]:
+    def collect(self, actor) -> Collected:
         """Fill the rollout acting with ``actor`` (pi_old's inference path); return it and the
         (return, length) of the training episodes that finished."""
-        r, envs = self.rollout, self.envs
-        finished: list[tuple[float, int]] = []
+        self.finished = []
         for t in range(self.num_steps):
-            obs = envs.obs
-            action, r.log_probs[t], r.values[t], r.dist_params[t] = actor.act(obs)
-            r.obs[t] = obs
-            r.actions[t] = np.reshape(action, r.actions[t].shape)
-            _, reward, terminated, truncated, valid, done_episodes = envs.step(action)
-            r.rewards[t] = reward
-            r.terminated[t] = terminated
-            r.episode_end[t] = terminated | truncated
-            r.valid[t] = valid
-            finished += done_episodes
-        r.last_value[:] = actor.value(envs.obs)
-        return r, finished
+            obs = self.envs.obs
+            self.store(t, obs, *actor.act(obs))
+        return self.end(actor.value(self.envs.obs))
+
+    def store(self, t: int, obs: np.ndarray, action, log_prob, value, dist_params) -> None:
+        """Step t: what pi_old did in ``obs``, then the envs' step."""
+        r = self.rollout
+        r.obs[t], r.log_probs[t], r.values[t], r.dist_params[t] = obs, log_prob, value, dist_params
+        r.actions[t] = np.reshape(action, r.actions[t].shape)
+        _, reward, terminated, truncated, valid, done_episodes = self.envs.step(action)
+        r.rewards[t] = reward
+        r.terminated[t] = terminated
+        r.episode_end[t] = terminated | truncated
+        r.valid[t] = valid
+        self.finished += done_episodes
+
+    def end(self, last_value: np.ndarray) -> Collected:
+        self.rollout.last_value[:] = last_value
+        return self.rollout, self.finished
+
+
+def collect_together(collectors: list[RolloutCollector], actor: StackedNumpyPolicy) -> list[Collected]:
+    """Every member's rollout, in lock step; ``actor`` stacks the members' pi_old in order."""
+    for c in collectors:
+        c.finished = []
+    for t in range(collectors[0].num_steps):
+        obs = np.stack([c.envs.obs for c in collectors])  # [S, N, obs]
+        action, log_prob, value, dist_params = actor.act(obs)
+        for k, c in enumerate(collectors):
+            c.store(t, obs[k], action[k], log_prob[k], value[k], dist_params[k])
+    last_values = actor.value(np.stack([c.envs.obs for c in collectors]))
+    return [c.end(v) for c, v in zip(collectors, last_values)]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import EnvConfig
+from .vector import SerialVectorEnv
 
 
 def _clip(x: np.ndarray, low, high) -> np.ndarray:
@@ -29,13 +30,18 @@ class RunningMeanStd:
 
     def update(self, batch: np.ndarray) -> None:
         n = batch.shape[0]
-        # Called every env step: a single row (one env) skips the batch variance, which is 0.
-        b_mean = batch[0] if n == 1 else batch.mean(0)
+        # Called every env step, so numpy's mean(0) and var(0) are spelled out (the same
+        # operations, bit for bit, without their Python wrappers); one row has no batch variance.
+        if n == 1:
+            b_mean = batch[0]
+        else:
+            b_mean = np.add.reduce(batch, 0) / n
+            centred = batch - b_mean
         delta = b_mean - self.mean
         total = self.count + n
         m2 = self.var * self.count + delta * delta * (self.count * n / total)
         if n > 1:
-            m2 += batch.var(0) * n
+            m2 += np.add.reduce(centred * centred, 0) / n * n
         self.mean = self.mean + delta * (n / total)
         self.var = m2 / total
         self.count = total
@@ -156,15 +162,17 @@ class EpisodeTracker:
 class TrainingEnvs:
     """N vector envs with normalisation; steps return what the rollout stores.
 
-    gymnasium 1.x vector envs autoreset in NEXT_STEP mode: the step after an episode ends is a
+    The envs autoreset in gymnasium 1.x's NEXT_STEP mode: the step after an episode ends is a
     reset step (action ignored, reward 0). ``step`` reports it through ``valid = False``.
     """
 
     def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seeds: list[int]):
         self.cfg = cfg
         make = lambda: make_env(cfg)  # noqa: E731
-        vec_cls = gym.vector.SyncVectorEnv if cfg.vectorization == "sync" else gym.vector.AsyncVectorEnv
-        self.envs = vec_cls([make for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        if cfg.vectorization == "sync":
+            self.envs = SerialVectorEnv(make, num_envs)
+        else:
+            self.envs = gym.vector.AsyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
@@ -196,7 +204,7 @@ class TrainingEnvs:
     @property
     def exact_state_supported(self) -> bool:
         """True when ``state_dict`` captures the sub-envs exactly (see ``_sub_env_state``)."""
-        return isinstance(self.envs, gym.vector.SyncVectorEnv) and all(
+        return isinstance(self.envs, SerialVectorEnv) and all(
             _restorable(env.unwrapped) for env in self.envs.envs)
 
     def state_dict(self) -> dict:
@@ -312,7 +320,7 @@ def _load_sub_env_state(env: gym.Env, state: dict) -> None:
 
 def _spaces(envs) -> dict:
     spaces = {"action": envs.action_space, "observation": envs.observation_space}
-    if isinstance(envs, gym.vector.SyncVectorEnv):
+    if isinstance(envs, SerialVectorEnv):
         for i, env in enumerate(envs.envs):
             spaces[f"{i}.action"] = env.unwrapped.action_space
             spaces[f"{i}.observation"] = env.unwrapped.observation_space

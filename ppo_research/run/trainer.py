@@ -29,13 +29,13 @@ import torch
 
 from ..algo.advantages import AdvantageRefresh
 from ..algo.batch import Batch
-from ..algo.inference import rollout_policy
+from ..algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
 from ..algo.optim import FlatAdam
 from ..algo.update import PPOUpdate, UpdateSettings
 from ..errors import NonFiniteError
 from . import checkpoint
 from .build import RunParts
-from .collect import RolloutCollector
+from .collect import RolloutCollector, collect_together
 from .envs import TrainingEnvs
 from .evaluation import Evaluator
 from .record import RunRecord, explained_variance
@@ -73,22 +73,26 @@ class Member:
 
 
 class MemberRandom:
-    """Each member's torch random stream in a population: a member's draws (action noise,
-    shuffling) are made inside ``use(k)`` with its own generator state, so member k draws the
-    very numbers its solo run would. Between members torch's global generator holds the
+    """Each member's torch random stream in a population: member k's draws (action noise,
+    shuffling) come from its own generator, seeded as its solo run's global generator would be,
+    so member k draws the very numbers its solo run would. Code that draws from the global
+    generator does so inside ``use(k)``. Between members torch's global generator holds the
     population's own stream (run/seeds.py). A single run uses the global generator itself."""
 
     def __init__(self, states: Sequence[torch.Tensor]):
-        self.states = list(states)
+        self.generators = []
+        for state in states:
+            self.generators.append(torch.Generator())
+            self.generators[-1].set_state(state)
 
     @contextlib.contextmanager
     def use(self, k: int):
         outside = torch.get_rng_state()
-        torch.set_rng_state(self.states[k])
+        torch.set_rng_state(self.generators[k].get_state())
         try:
             yield
         finally:
-            self.states[k] = torch.get_rng_state()
+            self.generators[k].set_state(torch.get_rng_state())
             torch.set_rng_state(outside)
 
 
@@ -158,6 +162,7 @@ class Trainer:
                 start = time.perf_counter()
                 lrs = self.schedule_learning_rate()
                 taking_part = [m.ended is None for m in self.members]
+                collected_by = self.collect(taking_part)                                 # 1. COLLECT
                 batches, refreshes, rollouts = [], [], []
                 for k, m in enumerate(self.members):
                     if not taking_part[k]:
@@ -165,9 +170,7 @@ class Trainer:
                         refreshes.append(None)
                         rollouts.append(None)
                         continue
-                    with self.member_random(k):
-                        m.actor.sync()                                                # theta_old <- theta
-                        rollout, episodes = m.collector.collect(m.actor)              # 1. COLLECT
+                    rollout, episodes = collected_by[k]
                     advantages = m.estimator(rollout.rewards, rollout.values, rollout.next_values,
                                              rollout.terminated, rollout.episode_end, rollout.valid)  # 2. ADVANTAGES
                     batches.append(Batch.from_rollout(rollout, advantages))
@@ -198,6 +201,21 @@ class Trainer:
         for m in self.running:
             m.summary = m.record.summary(self.global_step, self.iteration, self.elapsed)
         return [m.ended if m.ended is not None else m.summary for m in self.members]
+
+    def collect(self, taking_part: list[bool]) -> dict:
+        """Each running member's (rollout, finished episodes), acting with theta_old <- theta:
+        in lock step when the members act through numpy mirrors, else one after another."""
+        running = [k for k, part in enumerate(taking_part) if part]
+        members = [self.members[k] for k in running]
+        if len(running) > 1 and all(isinstance(m.actor, NumpyPolicy) for m in members):
+            actor = StackedNumpyPolicy([m.actor for m in members], [self.random.generators[k] for k in running])
+            return dict(zip(running, collect_together([m.collector for m in members], actor)))
+        collected = {}
+        for k, m in zip(running, members):
+            with self.member_random(k):
+                m.actor.sync()
+                collected[k] = m.collector.collect(m.actor)
+        return collected
 
     def schedule_learning_rate(self) -> list[float]:
         lrs = [m.cfg.algo.learning_rate for m in self.members]
@@ -265,7 +283,7 @@ class Trainer:
         m = self.members[k]
         rng = checkpoint.capture_global_rng()
         if self.random is not None:
-            rng["torch"] = self.random.states[k].clone()
+            rng["torch"] = self.random.generators[k].get_state()
         state = {
             "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
             # cloned: the parameters are views of the population's buffer, which torch.save would write whole
@@ -305,7 +323,7 @@ class Trainer:
             reseed = restart_env_seeds(m.cfg.seed, self.iteration, m.cfg.algo.num_envs)
             exact.append(m.envs.load_state_dict(s["envs"], reseed=reseed))
             if self.random is not None:
-                self.random.states[k] = s["rng"]["torch"].clone()
+                self.random.generators[k].set_state(s["rng"]["torch"])
         # last: nothing above may draw from them afterwards
         checkpoint.restore_global_rng(first["rng"])
         if self.random is not None:
