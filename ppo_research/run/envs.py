@@ -5,6 +5,7 @@ that their statistics are plain arrays: saved in checkpoints, and frozen for eva
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -83,10 +84,12 @@ class RewardScaler:
         if not self.enabled:
             return rewards.astype(np.float32)
         self.discounted = self.discounted * self.gamma + rewards
-        if valid.any():  # a NEXT_STEP reset step is no transition: keep it out of the statistics
+        if valid.all():
+            self.stats.update(self.discounted)
+        elif valid.any():  # a NEXT_STEP reset step is no transition: keep it out of the statistics
             self.stats.update(self.discounted[valid])
         self.discounted[episode_end] = 0.0
-        out = rewards / np.sqrt(self.stats.var + 1e-8)
+        out = rewards / math.sqrt(float(self.stats.var) + 1e-8)  # numpy's sqrt, as a Python float
         if self.clip is not None:
             out = _clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
@@ -152,6 +155,8 @@ class EpisodeTracker:
     def step(self, rewards: np.ndarray, episode_end: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
         self.returns += np.where(valid, rewards, 0.0)
         self.lengths += valid
+        if not episode_end.any():  # most steps: nothing more to do (called every env step)
+            return []
         done = np.flatnonzero(episode_end)
         finished = [(float(self.returns[i]), int(self.lengths[i])) for i in done]
         self.returns[done] = 0.0
