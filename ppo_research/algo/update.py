@@ -131,6 +131,31 @@ class _Padded:
         return Batch(*(self.fields[name] for name in FIELDS))
 
 
+class _EpochLayout:
+    """Where each member's shuffled samples go in an epoch's gathered [S, width] tensors:
+    minibatch j of every member side by side in columns ``cols`` (as wide as the longest
+    member's minibatch j), a member's shorter minibatch padded and masked. Fixed for a whole
+    update: the members' sample counts and splits do not change between epochs."""
+
+    def __init__(self, slices: list[list[slice]]):
+        S, count = len(slices), max(len(sl) for sl in slices)
+        self.destinations = [[] for _ in range(S)]  # per member: column of each of its shuffled positions
+        self.minibatches = []  # per j: (columns, mask or None, lengths)
+        start = 0
+        for j in range(count):
+            lengths = [sl[j].stop - sl[j].start if j < len(sl) else 0 for sl in slices]
+            width = max(lengths)
+            for k in range(S):
+                self.destinations[k].append(torch.arange(start, start + lengths[k]))
+            mask = None
+            if min(lengths) < width:
+                mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+            self.minibatches.append((slice(start, start + width), mask, lengths))
+            start += width
+        self.width = start
+        self.destinations = [torch.cat(d) for d in self.destinations]
+
+
 class PPOUpdate:
     """K epochs of minibatch Adam for one network, or for a population's members.
 
@@ -208,6 +233,7 @@ class PPOUpdate:
         batches = [b if active[k] else _placeholder(batches, active) for k, b in enumerate(batches)]
         padded = _Padded(batches)
         slices = [minibatch_slices(len(b), s.minibatch_size) for b in batches]
+        layout = None if padded.single else _EpochLayout(slices)
         stopped_in = [0] * S  # the epoch (1-based) in which a member stopped; 0 = it did not
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
         clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
@@ -220,7 +246,7 @@ class PPOUpdate:
                     b.advantages, b.returns = advantages[k], refreshed[k][1]
                 padded = _Padded(batches)
             stepped_this_epoch = [False] * S
-            for j, (mb, mask, stepping) in enumerate(self._minibatches(padded, slices, active)):
+            for j, (mb, mask, stepping) in enumerate(self._minibatches(padded, layout, slices, active)):
                 pb, value = self.policy_batch(mb, with_value=True, mask=mask)
                 if s.target_kl is not None:
                     k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
@@ -265,7 +291,8 @@ class PPOUpdate:
         self._check_parameters(results)
         return self._summarise(results, steps, clip_hits, padded, [e or epoch + 1 for e in stopped_in])
 
-    def _minibatches(self, padded: _Padded, slices: list[list[slice]], active: list[bool]):
+    def _minibatches(self, padded: _Padded, layout: Optional["_EpochLayout"], slices: list[list[slice]],
+                     active: list[bool]):
         """Yield (minibatch, mask, stepping) for one epoch: each member's own shuffle and split,
         minibatch j of every member side by side (padded to the longest of them)."""
         S = self.size
@@ -286,25 +313,19 @@ class PPOUpdate:
                     return
                 yield Batch(*(getattr(shuffled, f)[idx] for f in FIELDS)), None, [True]
             return
-        count = max(len(sl) for sl in slices)
-        for j in range(count):
-            lengths = [sl[j].stop - sl[j].start if j < len(sl) else 0 for sl in slices]
+        # one gather per epoch; minibatch j is then a slice of it
+        index = torch.zeros(S, layout.width, dtype=torch.long)
+        for k in range(S):
+            index[k, layout.destinations[k]] = orders[k]
+        rows = torch.arange(S)[:, None]
+        shuffled = [padded.fields[f][rows, index] for f in FIELDS]
+        for j, (cols, mask, lengths) in enumerate(layout.minibatches):
             stepping = [active[k] and lengths[k] > 0 for k in range(S)]
             if not any(stepping):
                 if not any(active):
                     return
                 continue
-            width = max(lengths)
-            index = torch.zeros(S, width, dtype=torch.long)
-            for k in range(S):
-                if lengths[k]:
-                    index[k, :lengths[k]] = orders[k][slices[k][j]]
-            rows = torch.arange(S)[:, None]
-            mb = Batch(*(padded.fields[f][rows, index] for f in FIELDS))
-            mask = None
-            if min(lengths) < width:
-                mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-            yield mb, mask, stepping
+            yield Batch(*(t[:, cols] for t in shuffled)), mask, stepping
 
     def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None) -> None:
         """One Adam step on ``total`` (per member: each member's gradient is its own term's),
