@@ -13,6 +13,7 @@ from ..algo.batch import Rollout
 from ..algo.inference import StackedNumpyPolicy
 from ..algo.networks import ActorCritic
 from .envs import TrainingEnvs
+from .lockstep import LockstepEnvs
 
 
 def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) -> Rollout:
@@ -38,15 +39,16 @@ class RolloutCollector:
         self.finished = []
         for t in range(self.num_steps):
             obs = self.envs.obs
-            self.store(t, obs, *actor.act(obs))
+            acted = actor.act(obs)
+            self.store(t, obs, *acted, self.envs.step(acted[0]))
         return self.end(actor.value(self.envs.obs))
 
-    def store(self, t: int, obs: np.ndarray, action, log_prob, value, dist_params) -> None:
-        """Step t: what pi_old did in ``obs``, then the envs' step."""
+    def store(self, t: int, obs: np.ndarray, action, log_prob, value, dist_params, stepped) -> None:
+        """Step t: what pi_old did in ``obs``, and what the envs' step (``TrainingEnvs.step``) returned."""
         r = self.rollout
         r.obs[t], r.log_probs[t], r.values[t], r.dist_params[t] = obs, log_prob, value, dist_params
         r.actions[t] = np.reshape(action, r.actions[t].shape)
-        _, reward, terminated, truncated, valid, done_episodes = self.envs.step(action)
+        _, reward, terminated, truncated, valid, done_episodes = stepped
         r.rewards[t] = reward
         r.terminated[t] = terminated
         r.episode_end[t] = terminated | truncated
@@ -60,12 +62,18 @@ class RolloutCollector:
 
 def collect_together(collectors: list[RolloutCollector], actor: StackedNumpyPolicy) -> list[Collected]:
     """Every member's rollout, in lock step; ``actor`` stacks the members' pi_old in order."""
+    envs = LockstepEnvs([c.envs for c in collectors])
     for c in collectors:
         c.finished = []
-    for t in range(collectors[0].num_steps):
-        obs = np.stack([c.envs.obs for c in collectors])  # [S, N, obs]
-        action, log_prob, value, dist_params = actor.act(obs)
-        for k, c in enumerate(collectors):
-            c.store(t, obs[k], action[k], log_prob[k], value[k], dist_params[k])
-    last_values = actor.value(np.stack([c.envs.obs for c in collectors]))
+    try:
+        for t in range(collectors[0].num_steps):
+            obs = envs.obs  # [S, N, obs]
+            action, log_prob, value, dist_params = actor.act(obs)
+            stepped = envs.step(action)
+            for k, c in enumerate(collectors):
+                c.store(t, obs[k], action[k], log_prob[k], value[k], dist_params[k],
+                        (None, stepped[1][k], stepped[2][k], stepped[3][k], stepped[4][k], stepped[5][k]))
+        last_values = actor.value(envs.obs)
+    finally:
+        envs.release()
     return [c.end(v) for c, v in zip(collectors, last_values)]

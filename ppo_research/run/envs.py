@@ -21,6 +21,18 @@ def _clip(x: np.ndarray, low, high) -> np.ndarray:
     return np.minimum(np.maximum(x, low), high)
 
 
+def merge_moments(mean, var, count, b_mean, b_m2, n):
+    """(mean, var, count) after merging a batch of n samples with mean ``b_mean`` and sum of
+    squared deviations ``b_m2`` (None for one sample). Elementwise, so it serves one set of
+    statistics or a population's stacked ones (count broadcastable against mean)."""
+    delta = b_mean - mean
+    total = count + n
+    m2 = var * count + delta * delta * (count * n / total)
+    if b_m2 is not None:
+        m2 += b_m2
+    return mean + delta * (n / total), m2 / total, total
+
+
 class RunningMeanStd:
     """Running mean and variance (parallel-batch update of Chan et al.)."""
 
@@ -34,18 +46,12 @@ class RunningMeanStd:
         # Called every env step, so numpy's mean(0) and var(0) are spelled out (the same
         # operations, bit for bit, without their Python wrappers); one row has no batch variance.
         if n == 1:
-            b_mean = batch[0]
+            b_mean, b_m2 = batch[0], None
         else:
             b_mean = np.add.reduce(batch, 0) / n
             centred = batch - b_mean
-        delta = b_mean - self.mean
-        total = self.count + n
-        m2 = self.var * self.count + delta * delta * (self.count * n / total)
-        if n > 1:
-            m2 += np.add.reduce(centred * centred, 0) / n * n
-        self.mean = self.mean + delta * (n / total)
-        self.var = m2 / total
-        self.count = total
+            b_m2 = np.add.reduce(centred * centred, 0) / n * n
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, b_mean, b_m2, n)
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
