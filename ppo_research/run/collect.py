@@ -1,10 +1,12 @@
 """Step 1 of the algorithm: run pi_old in the training envs for T steps and store the rollout.
 
-A population's members collect in lock step (``collect_together``): at each step one stacked
+A population's members collect in lock step (``LockstepCollector``): at each step one stacked
 forward acts for every member, then each member's envs take their step. Each member stores,
 steps and draws exactly what its solo ``collect`` would.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -45,35 +47,53 @@ class RolloutCollector:
 
     def store(self, t: int, obs: np.ndarray, action, log_prob, value, dist_params, stepped) -> None:
         """Step t: what pi_old did in ``obs``, and what the envs' step (``TrainingEnvs.step``) returned."""
-        r = self.rollout
-        r.obs[t], r.log_probs[t], r.values[t], r.dist_params[t] = obs, log_prob, value, dist_params
-        r.actions[t] = np.reshape(action, r.actions[t].shape)
-        _, reward, terminated, truncated, valid, done_episodes = stepped
-        r.rewards[t] = reward
-        r.terminated[t] = terminated
-        r.episode_end[t] = terminated | truncated
-        r.valid[t] = valid
-        self.finished += done_episodes
+        self.finished += store_step(self.rollout, t, obs, action, log_prob, value, dist_params, stepped)
 
     def end(self, last_value: np.ndarray) -> Collected:
         self.rollout.last_value[:] = last_value
         return self.rollout, self.finished
 
 
-def collect_together(collectors: list[RolloutCollector], actor: StackedNumpyPolicy) -> list[Collected]:
-    """Every member's rollout, in lock step; ``actor`` stacks the members' pi_old in order."""
-    envs = LockstepEnvs([c.envs for c in collectors])
-    for c in collectors:
-        c.finished = []
-    try:
-        for t in range(collectors[0].num_steps):
-            obs = envs.obs  # [S, N, obs]
-            action, log_prob, value, dist_params = actor.act(obs)
-            stepped = envs.step(action)
-            for k, c in enumerate(collectors):
-                c.store(t, obs[k], action[k], log_prob[k], value[k], dist_params[k],
-                        (None, stepped[1][k], stepped[2][k], stepped[3][k], stepped[4][k], stepped[5][k]))
-        last_values = actor.value(envs.obs)
-    finally:
-        envs.release()
-    return [c.end(v) for c, v in zip(collectors, last_values)]
+def store_step(r: Rollout, at, obs, action, log_prob, value, dist_params, stepped) -> list:
+    """Write step ``at`` (t, or ``(slice(None), t)`` for a population's stacked rollout) and
+    return the episodes the step finished."""
+    r.obs[at], r.log_probs[at], r.values[at], r.dist_params[at] = obs, log_prob, value, dist_params
+    r.actions[at] = np.reshape(action, r.actions[at].shape)
+    _, reward, terminated, truncated, valid, done_episodes = stepped
+    r.rewards[at] = reward
+    r.terminated[at] = terminated
+    r.episode_end[at] = terminated | truncated
+    r.valid[at] = valid
+    return done_episodes
+
+
+class LockstepCollector:
+    """The members' collectors in lock step: their rollouts become rows of one stacked rollout
+    ([S, T, N, ...]), so a step is stored with one write per field for all members."""
+
+    def __init__(self, collectors: list[RolloutCollector]):
+        self.collectors = collectors
+        first = collectors[0].rollout
+        self.rollout = Rollout(*(np.zeros((len(collectors), *a.shape), a.dtype) for a in _fields(first)))
+        for k, c in enumerate(collectors):
+            c.rollout = Rollout(*(a[k] for a in _fields(self.rollout)))
+
+    def collect(self, actor: StackedNumpyPolicy) -> list[Collected]:
+        """Every member's rollout; ``actor`` stacks the members' pi_old in order."""
+        envs = LockstepEnvs([c.envs for c in self.collectors])
+        finished = [[] for _ in self.collectors]
+        try:
+            for t in range(self.collectors[0].num_steps):
+                obs = envs.obs  # [S, N, obs]
+                acted = actor.act(obs)
+                stepped = envs.step(acted[0])
+                for k, episodes in enumerate(store_step(self.rollout, (slice(None), t), obs, *acted, stepped)):
+                    finished[k] += episodes
+            self.rollout.last_value[:] = actor.value(envs.obs)
+        finally:
+            envs.release()
+        return [(c.rollout, f) for c, f in zip(self.collectors, finished)]
+
+
+def _fields(r: Rollout) -> list[np.ndarray]:
+    return [getattr(r, f.name) for f in dataclasses.fields(r)]

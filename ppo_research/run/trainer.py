@@ -35,7 +35,7 @@ from ..algo.update import PPOUpdate, UpdateSettings
 from ..errors import NonFiniteError
 from . import checkpoint
 from .build import RunParts
-from .collect import RolloutCollector, collect_together
+from .collect import LockstepCollector, RolloutCollector
 from .envs import TrainingEnvs
 from .evaluation import Evaluator
 from .record import RunRecord, explained_variance
@@ -123,6 +123,7 @@ class Trainer:
                                 update_settings(algo), ent_coefs=[m.cfg.algo.ent_coef for m in self.members],
                                 member_rng=self.random.use if self.random else None)
         self.stops = StopRequests()
+        self.lockstep: Optional[LockstepCollector] = None  # a population's members collecting together
 
         self.iteration = 0
         self.global_step = 0
@@ -208,8 +209,10 @@ class Trainer:
         running = [k for k, part in enumerate(taking_part) if part]
         members = [self.members[k] for k in running]
         if len(running) > 1 and all(isinstance(m.actor, NumpyPolicy) for m in members):
+            if self.lockstep is None or self.lockstep.collectors != [m.collector for m in members]:
+                self.lockstep = LockstepCollector([m.collector for m in members])  # (again when a member ended)
             actor = StackedNumpyPolicy([m.actor for m in members], [self.random.generators[k] for k in running])
-            return dict(zip(running, collect_together([m.collector for m in members], actor)))
+            return dict(zip(running, self.lockstep.collect(actor)))
         collected = {}
         for k, m in zip(running, members):
             with self.member_random(k):
