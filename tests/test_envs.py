@@ -52,3 +52,15 @@ def test_reward_scaling_divides_by_return_std():
         assert envs.reward_scaler.stats.count > 500
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((4, 3), 0), ((2, 9, 3), 1), ((3, 8), 1), ((5,), 0)])
+def test_batch_moments_are_numpys_mean_and_var_bit_for_bit(shape, axis, dtype):
+    from ppo_research.run.envs import batch_moments
+
+    batch = (np.random.default_rng(1).normal(size=shape) * 37.0 + 5.0).astype(dtype)
+    mean, m2 = batch_moments(batch, axis)
+    assert mean.dtype == batch.mean(axis).dtype
+    np.testing.assert_array_equal(mean, batch.mean(axis))
+    np.testing.assert_array_equal(m2, batch.var(axis) * shape[axis])

@@ -21,6 +21,18 @@ def _clip(x: np.ndarray, low, high) -> np.ndarray:
     return np.minimum(np.maximum(x, low), high)
 
 
+def batch_moments(batch: np.ndarray, axis: int):
+    """(mean, sum of squared deviations) of ``batch`` along ``axis``; None for the second when
+    there is one sample. Called every env step, so numpy's mean and var are spelled out: the
+    same operations, bit for bit, without their Python wrappers."""
+    n = batch.shape[axis]
+    if n == 1:
+        return np.take(batch, 0, axis), None
+    b_mean = np.add.reduce(batch, axis) / n
+    centred = batch - np.expand_dims(b_mean, axis)
+    return b_mean, np.add.reduce(centred * centred, axis) / n * n
+
+
 def merge_moments(mean, var, count, b_mean, b_m2, n):
     """(mean, var, count) after merging a batch of n samples with mean ``b_mean`` and sum of
     squared deviations ``b_m2`` (None for one sample). Elementwise, so it serves one set of
@@ -42,16 +54,9 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch: np.ndarray) -> None:
-        n = batch.shape[0]
-        # Called every env step, so numpy's mean(0) and var(0) are spelled out (the same
-        # operations, bit for bit, without their Python wrappers); one row has no batch variance.
-        if n == 1:
-            b_mean, b_m2 = batch[0], None
-        else:
-            b_mean = np.add.reduce(batch, 0) / n
-            centred = batch - b_mean
-            b_m2 = np.add.reduce(centred * centred, 0) / n * n
-        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, b_mean, b_m2, n)
+        b_mean, b_m2 = batch_moments(batch, 0)
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, b_mean, b_m2,
+                                                        batch.shape[0])
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .envs import TrainingEnvs, _clip, merge_moments
+from .envs import TrainingEnvs, _clip, batch_moments, merge_moments
 
 
 class LockstepEnvs:
@@ -73,28 +73,17 @@ class LockstepEnvs:
         if not self.scaler.enabled:
             return rewards.astype(np.float32)
         self.discounted = self.discounted * self.gamma + rewards
-        n = self.discounted.shape[1]
         if valid.all():
-            batch = self.discounted
-            b_mean = batch[:, 0] if n == 1 else np.add.reduce(batch, 1) / n
-            b_m2 = None
-            if n > 1:
-                centred = batch - b_mean[:, None]
-                b_m2 = np.add.reduce(centred * centred, 1) / n * n
             self.reward_mean, self.reward_var, self.reward_count = merge_moments(
-                self.reward_mean, self.reward_var, self.reward_count, b_mean, b_m2, n)
+                self.reward_mean, self.reward_var, self.reward_count, *batch_moments(self.discounted, 1),
+                self.discounted.shape[1])
         else:  # reset steps: the solo arithmetic on each member's valid rows (rare; sums must not see the gaps)
             for k in range(len(self.members)):
                 rows = self.discounted[k][valid[k]]
                 if len(rows):
-                    m = len(rows)
-                    b_mean = rows[0] if m == 1 else np.add.reduce(rows, 0) / m
-                    b_m2 = None
-                    if m > 1:
-                        centred = rows - b_mean
-                        b_m2 = np.add.reduce(centred * centred, 0) / m * m
                     self.reward_mean[k], self.reward_var[k], self.reward_count[k] = merge_moments(
-                        self.reward_mean[k], self.reward_var[k], float(self.reward_count[k]), b_mean, b_m2, m)
+                        self.reward_mean[k], self.reward_var[k], float(self.reward_count[k]), *batch_moments(rows, 0),
+                        len(rows))
         self.discounted[episode_end] = 0.0
         out = rewards / np.sqrt(self.reward_var + 1e-8)[:, None]
         if self.scaler.clip is not None:
@@ -105,14 +94,8 @@ class LockstepEnvs:
         norm = self.obs_norm
         if not norm.enabled:
             return raw_obs.astype(np.float32)
-        n = raw_obs.shape[1]
-        b_mean = raw_obs[:, 0] if n == 1 else np.add.reduce(raw_obs, 1) / n
-        b_m2 = None
-        if n > 1:
-            centred = raw_obs - b_mean[:, None]
-            b_m2 = np.add.reduce(centred * centred, 1) / n * n
         self.obs_mean, self.obs_var, self.obs_count = merge_moments(
-            self.obs_mean, self.obs_var, self.obs_count, b_mean, b_m2, n)
+            self.obs_mean, self.obs_var, self.obs_count, *batch_moments(raw_obs, 1), raw_obs.shape[1])
         out = (raw_obs - self.obs_mean[:, None]) / np.sqrt(self.obs_var[:, None] + 1e-8)
         if norm.clip is not None:
             out = _clip(out, -norm.clip, norm.clip)
