@@ -33,30 +33,22 @@ class RolloutCollector:
     def __init__(self, envs: TrainingEnvs, policy: ActorCritic, num_steps: int):
         self.envs, self.num_steps = envs, num_steps
         self.rollout = allocate_rollout(num_steps, envs, policy)
-        self.finished: list[tuple[float, int]] = []
 
     def collect(self, actor) -> Collected:
         """Fill the rollout acting with ``actor`` (pi_old's inference path); return it and the
         (return, length) of the training episodes that finished."""
-        self.finished = []
+        finished: list[tuple[float, int]] = []
         for t in range(self.num_steps):
             obs = self.envs.obs
             acted = actor.act(obs)
-            self.store(t, obs, *acted, self.envs.step(acted[0]))
-        return self.end(actor.value(self.envs.obs))
-
-    def store(self, t: int, obs: np.ndarray, action, log_prob, value, dist_params, stepped) -> None:
-        """Step t: what pi_old did in ``obs``, and what the envs' step (``TrainingEnvs.step``) returned."""
-        self.finished += store_step(self.rollout, t, obs, action, log_prob, value, dist_params, stepped)
-
-    def end(self, last_value: np.ndarray) -> Collected:
-        self.rollout.last_value[:] = last_value
-        return self.rollout, self.finished
+            finished += store_step(self.rollout, t, obs, *acted, self.envs.step(acted[0]))
+        self.rollout.last_value[:] = actor.value(self.envs.obs)
+        return self.rollout, finished
 
 
 def store_step(r: Rollout, at, obs, action, log_prob, value, dist_params, stepped) -> list:
-    """Write step ``at`` (t, or ``(slice(None), t)`` for a population's stacked rollout) and
-    return the episodes the step finished."""
+    """Write step ``at`` (t, or ``(slice(None), t)`` for a population's stacked rollout) from
+    what pi_old did in ``obs`` and what the envs' step returned; return the episodes it finished."""
     r.obs[at], r.log_probs[at], r.values[at], r.dist_params[at] = obs, log_prob, value, dist_params
     r.actions[at] = np.reshape(action, r.actions[at].shape)
     _, reward, terminated, truncated, valid, done_episodes = stepped
