@@ -77,5 +77,9 @@ class StopRequests:
         try:
             yield
         finally:
+            # After a stop the process is on its way out (checkpoint written, run closing): a
+            # second signal must still exit at once with 128 + signum, not meet the default handler.
+            stopping = self.signal is not None and self.signal != warn
             for s, old in previous.items():
-                signal.signal(s, old)
+                if not (stopping and s in signals):
+                    signal.signal(s, old)
