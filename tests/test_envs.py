@@ -64,3 +64,22 @@ def test_batch_moments_are_numpys_mean_and_var_bit_for_bit(shape, axis, dtype):
     assert mean.dtype == batch.mean(axis).dtype
     np.testing.assert_array_equal(mean, batch.mean(axis))
     np.testing.assert_array_equal(m2, batch.var(axis) * shape[axis])
+
+
+def test_statistics_keep_their_shape_through_a_checkpoint(tmp_path):
+    """A scalar's statistics (the reward scaler's) come back 0-d from a checkpoint, as a
+    population's lock-step bookkeeping stacks them with other members'; a checkpoint that holds
+    them as (1,) (written before 0-d arrays were kept 0-d) loads 0-d too."""
+    from ppo_research.run import checkpoint
+
+    scalar, vector = RunningMeanStd(()), RunningMeanStd((3,))
+    scalar.update(np.array([1.0, 3.0, 4.0]))
+    vector.update(np.arange(6.0).reshape(2, 3))
+    path = checkpoint.save(tmp_path, 1, {"iteration": 1, "scalar": scalar.state_dict(), "vector": vector.state_dict()},
+                           keep=1)
+    state = checkpoint.load(path)
+    assert np.shape(state["scalar"]["mean"]) == () and np.shape(state["vector"]["mean"]) == (3,)
+    loaded = RunningMeanStd(())
+    loaded.load_state_dict({"mean": np.array([2.5]), "var": np.array([1.5]), "count": 3.0})
+    assert loaded.mean.shape == loaded.var.shape == () and float(loaded.mean) == 2.5
+    assert np.array([loaded.mean, scalar.mean]).shape == (2,)

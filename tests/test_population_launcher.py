@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -232,3 +233,50 @@ def test_ctrl_c_stops_every_member_after_a_checkpoint_and_a_member_resumes_alone
     proc = run_cli([f"resume={member}", f"total_timesteps={steps}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_metrics(member)[-1]["global_step"] == steps and read_summary(member)["global_step"] == steps
+
+
+def test_a_killed_population_multirun_continues_with_the_command_it_prints(tmp_path):
+    """The population process SIGKILLed mid-run (as by the OOM killer): the launcher names the
+    command that continues the multirun; run as printed, every member resumes in place and ends
+    with the uninterrupted multirun's metrics. Run again, it trains nothing; with one more seed it
+    trains only the new job."""
+    grid = ["seed=0,1,2", *CARTPOLE, "total_timesteps=2560", "checkpoint.every=2"]
+    full = run_cli(["-m", *grid, f"hydra.sweep.dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    sweep = tmp_path / "cut"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", "-m", *grid, f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((sweep / j / "metrics.jsonl").exists() and len(read_metrics(sweep / j)) >= 7 for j in "012"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the members did not train"
+            time.sleep(0.05)
+        os.kill(trained_by(sweep / "0"), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert all(len(read_metrics(sweep / j)) < 20 for j in "012"), "the run ended before it was killed"
+    line = next(line for line in out.splitlines() if "ended with signal SIGKILL" in line)
+    command = shlex.split(line.split("continue the multirun with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "ppo_research"] and command[-1] == "hydra.launcher.resume=true"
+
+    resumed = run_cli(command[3:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(launched(resumed.stdout + resumed.stderr)) == 1  # the three members resumed together
+    for j in "012":
+        assert untimed(read_metrics(sweep / j)) == untimed(read_metrics(tmp_path / "full" / j))
+        assert read_summary(sweep / j)["eval_return"] == read_summary(tmp_path / "full" / j)["eval_return"]
+        assert_complete(sweep / j, steps=2560)
+
+    before = {j: (sweep / j / "metrics.jsonl").read_bytes() for j in "012"}
+    again = run_cli(command[3:], cwd=tmp_path)
+    assert again.returncode == 0 and not launched(again.stdout + again.stderr), again.stderr[-3000:]
+    grown = run_cli([a.replace("seed=0,1,2", "seed=0,1,2,3") for a in command[3:]], cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert [numbers for _, numbers in launched(grown.stdout + grown.stderr).values()] == [[3]]
+    assert all((sweep / j / "metrics.jsonl").read_bytes() == rows for j, rows in before.items())
+    assert_complete(sweep / "3", steps=2560)

@@ -367,5 +367,5 @@ def test_requeued_attempt_without_checkpoint_starts_over(tmp_path, monkeypatch, 
     run = _fake_run(tmp_path / "run", checkpoint=False)
     assert not preemption.resumes_requeued(run)
     assert owner.holds_a_run(run) == []  # a fresh run may start here now
-    assert (run / "metrics.jsonl.before_requeue").read_text() == '{"iteration": 1}\n'
+    assert (run / "metrics.jsonl.earlier_attempt").read_text() == '{"iteration": 1}\n'
     assert "SLURM job 7 was requeued (restart 2); its earlier attempt wrote no checkpoint" in capsys.readouterr().err

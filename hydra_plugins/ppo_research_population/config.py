@@ -12,6 +12,9 @@ class PopulationLauncherConf:
     population_size: int = 8
     #: population processes running at the same time (each trains its members with torch_threads threads)
     processes: int = 1
+    #: continue an earlier multirun in the same hydra.sweep.dir: a job whose directory holds its
+    #: finished run is not trained again, one holding an unfinished run resumes it, the rest start
+    resume: bool = False
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,

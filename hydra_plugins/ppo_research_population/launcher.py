@@ -10,6 +10,11 @@ population, and train each population in a fresh process, ``processes`` of them 
   ``hydra.sweep.dir/hydra.sweep.subdir`` (resolved here, so timestamps are the sweep's), ``.hydra/``
   and one JobReturn: the run's eval return, or its failure. Hydra's callbacks run here, around
   the population's process. The process itself (``worker``) sets up and trains the members.
+- ``resume=true`` continues an earlier multirun in the same sweep directory (stopped, killed,
+  or partly failed): a job whose directory holds its finished run (``summary.json``, the job's
+  config, its budget reached) is not trained again and returns that run's eval return; one that
+  holds an unfinished run resumes it in place, in a population of jobs that resume too (members
+  of one population continue together from their common checkpoint); the others start fresh.
 - Stops: the population processes run in their own session; SIGINT/SIGTERM to this process is
   passed on to each of them once per signal (so Ctrl-C stops every member after a checkpoint, a
   second one at once) and no further population starts. If this process dies, its population
@@ -137,10 +142,14 @@ def _ended(returncode: int) -> str:
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, population_size: int = 8, processes: int = 1) -> None:
+    def __init__(self, population_size: int = 8, processes: int = 1, resume: bool = False) -> None:
         self.population_size = _option("population_size", population_size)
         self.processes = _option("processes", processes)
+        if not isinstance(resume, bool):
+            _fail(f"hydra.launcher.resume={resume!r} is invalid: expected true or false")
+        self.resume = resume
         self.config: Optional[DictConfig] = None
+        self.sweep_dir: Optional[Path] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
 
@@ -157,13 +166,19 @@ class PopulationLauncher(Launcher):
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir = self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs, keys = [], []
+        jobs, keys, finished = [], [], {}
         for offset, overrides in enumerate(job_overrides):
-            job, key = self._compose(initial_job_idx + offset, list(overrides))
+            job, key, summary = self._compose(initial_job_idx + offset, list(overrides))
+            if summary is not None:
+                finished[job.idx] = job_return(job.config, JobStatus.COMPLETED, summary.get("eval_return"))
+                continue
             jobs.append(job)
             keys.append(key)
+        if finished:
+            log.info(f"hydra.launcher.resume=true: {len(finished)} job(s) hold their finished run and are not trained "
+                     f"again: {', '.join(str(idx) for idx in finished)}")
         populations = make_populations(jobs, keys, self.population_size)
         log.info(f"Launching {len(jobs)} jobs as {len(populations)} population(s) of at most {self.population_size} "
                  f"member(s), {self.processes} process(es) at a time")
@@ -172,12 +187,12 @@ class PopulationLauncher(Launcher):
             for job in population.jobs:
                 overrides = filter_overrides(OmegaConf.to_container(job.config.hydra.overrides.task))
                 log.info(f"\t\t#{job.idx} : {' '.join(overrides)}")
-        returns = self._run(populations)
-        return [returns[job.idx] for job in jobs]
+        returns = {**finished, **self._run(populations)}
+        return [returns[idx] for idx in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
-    def _compose(self, idx: int, overrides: list[str]) -> tuple[Job, str]:
+    def _compose(self, idx: int, overrides: list[str]) -> tuple[Job, str, Optional[dict]]:
         """The job's config as the basic launcher composes it, its output directory resolved (as
-        ``run_job`` does), and its population key."""
+        ``run_job`` does), its population key, and (``resume``) the summary of its finished run."""
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
             config.hydra.job.id = idx
@@ -191,13 +206,28 @@ class PopulationLauncher(Launcher):
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(output_dir)
             hydra_config.set_config(config)
+            summary = None
             try:
                 key = population_key(config)
+                if self.resume:
+                    summary, state = self._earlier_run(config)
+                    key = json.dumps([state, key])  # resuming members train apart from fresh ones
             except Exception:  # noqa: BLE001 - it does not resolve: alone, it fails in one line there
                 key = f"job {idx}"
         finally:
             hydra_config.cfg = saved
-        return Job(idx, config), key
+        return Job(idx, config), key, summary
+
+    @staticmethod
+    def _earlier_run(config: DictConfig) -> tuple[Optional[dict], str]:
+        """(summary of the job's finished run or None, "resume" | "fresh"): what the job's directory
+        holds from an earlier multirun."""
+        from ppo_research.run.owner import holds_a_run
+        from ppo_research.run.resume import finished_summary
+
+        run_dir = Path(config.hydra.runtime.output_dir)
+        summary = finished_summary(run_dir, OmegaConf.to_container(task_config(config), resolve=True))
+        return summary, "resume" if summary is None and holds_a_run(run_dir) else "fresh"
 
     # -- the population processes -----------------------------------------------------------
 
@@ -238,9 +268,20 @@ class PopulationLauncher(Launcher):
 
             stopped = next((i for i in interrupts if i.get("checkpoint")), None)
             if stopped is not None:
-                raise TrainingInterrupted(stopped["signum"], stopped["iteration"], Path(stopped["checkpoint"]))
+                stop = TrainingInterrupted(stopped["signum"], stopped["iteration"], Path(stopped["checkpoint"]))
+                stop.continue_with = self._continuation()
+                raise stop
             raise KeyboardInterrupt()
         return returns
+
+    def _continuation(self) -> str:
+        """The command that continues this multirun: the same one, in this sweep directory, with
+        ``hydra.launcher.resume=true``."""
+        import shlex
+
+        kept = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra.launcher.resume="))]
+        return shlex.join(["python", "-m", "ppo_research", *kept, f"hydra.sweep.dir={self.sweep_dir}",
+                           "hydra.launcher.resume=true"])
 
     def _start(self, population: Population, request: Path, result: Path) -> subprocess.Popen:
         from ppo_research.run import app
@@ -249,7 +290,8 @@ class PopulationLauncher(Launcher):
             self._callback("on_job_start", job.config, task_function=self.task_function)
         with open(request, "wb") as f:
             pickle.dump({"number": population.number, "jobs": [(job.idx, job.config) for job in population.jobs],
-                         "invocation": app._invocation, "parent": os.getpid(), "argv": list(sys.argv)}, f)
+                         "invocation": app._invocation, "parent": os.getpid(), "argv": list(sys.argv),
+                         "resume": self.resume}, f)
         proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
                                 stdin=subprocess.DEVNULL, env=_worker_env(), start_new_session=True)
         log.info(f"population {population.number}: process {proc.pid} trains job(s) {population.describe()}")
@@ -269,7 +311,8 @@ class PopulationLauncher(Launcher):
             from ppo_research.run.app import EXIT_BUG, RunFailed
 
             message = (f"error: the process of population {population.number} (pid {proc.pid}, jobs "
-                       f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs")
+                       f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs; "
+                       f"continue the multirun with: {self._continuation()}")
             print(message, file=sys.stderr, flush=True)
             outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
                                    for job in population.jobs}}

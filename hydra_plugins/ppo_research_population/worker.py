@@ -22,11 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from .launcher import job_return, task_config
 
 
-def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int]) -> Union["MemberJob", BaseException]:
+def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
+                   resume: bool = False) -> Union["MemberJob", BaseException]:
     """Everything a job gets before its training, for one member: Hydra's part (``run_job``: its
     Hydra config current, the output directory, ``.hydra/``) and the app's (``main``: one owner per
-    run directory; ``plan_job``: a resume in place or a fresh run, never over another run).
-    Returns the member, or the failure its JobReturn carries (already reported in one line)."""
+    run directory; ``plan_job``: a resume in place or a fresh run, never over another run; with
+    ``resume``, the run its directory holds is continued). Returns the member, or the failure its
+    JobReturn carries (already reported in one line)."""
     from ppo_research.errors import EXIT_BAD_INPUT, RunDirError
     from ppo_research.run import app, owner
     from ppo_research.run.population import MemberJob
@@ -52,7 +54,8 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int]) -> Un
     except RunDirError as err:  # another live process owns it: touch nothing
         return app._fail_job(f"error: {err}", EXIT_BAD_INPUT)
     try:
-        plan = app.plan_job(task, HydraConfig.get(), run_dir)
+        plan = app.plan_job(task, HydraConfig.get(), run_dir,
+                            continuing=f"job {idx}: hydra.launcher.resume=true" if resume else None)
     except Exception as err:  # noqa: BLE001 - reported as the app reports it
         owner.release(run_dir)
         return _failure(err, run_dir)
@@ -100,8 +103,9 @@ def configure_logging(configs: list[DictConfig]) -> None:
         configure_log(OmegaConf.create(merged), configs[0].hydra.verbose)
 
 
-def train_population(jobs: list[tuple[int, DictConfig]]) -> dict[str, Any]:
-    """Set up, train and report the members of one population; a stop ends all of them."""
+def train_population(jobs: list[tuple[int, DictConfig]], resume: bool = False) -> dict[str, Any]:
+    """Set up, train and report the members of one population (``resume``: continuing the runs
+    their directories hold); a stop ends all of them."""
     from ppo_research.run import app, owner
     from ppo_research.run.population import train_members
     from ppo_research.run.stops import TrainingInterrupted
@@ -109,7 +113,7 @@ def train_population(jobs: list[tuple[int, DictConfig]]) -> dict[str, Any]:
     configs = dict(jobs)
     returns, members, claimed = {}, {}, {}
     for idx, config in jobs:
-        prepared = prepare_member(idx, config, claimed)
+        prepared = prepare_member(idx, config, claimed, resume)
         if isinstance(prepared, BaseException):
             returns[idx] = job_return(config, JobStatus.FAILED, prepared)
         else:
@@ -178,7 +182,7 @@ def main(argv: list[str]) -> int:
     setup_globals()
     app._invocation = request["invocation"]  # what the command line said (HYDRA_FULL_ERROR, existing folders)
     try:
-        outcome = train_population(request["jobs"])
+        outcome = train_population(request["jobs"], request.get("resume", False))
     except Exception as err:  # noqa: BLE001 - a bug here: one line, the traceback in a log file; every job fails
         if app._invocation.full_error:
             raise

@@ -202,16 +202,19 @@ class JobPlan:
     resume_state: Optional[dict] = None
 
 
-def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> JobPlan:
-    """A requeued SLURM job (time limit, preemption) or ``resume=`` continues its run in place;
-    anything else is a fresh run, refused in a directory that already holds one. Raises what
-    ``job_failure`` reports. (The population launcher plans its members with this too.)"""
+def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path, continuing: Optional[str] = None) -> JobPlan:
+    """A requeued SLURM job (time limit, preemption), ``resume=``, or a job ``continuing`` an
+    earlier multirun (the population launcher's ``resume``: the reason, for the line it prints)
+    continues its run in place; anything else is a fresh run, refused in a directory that already
+    holds one. Raises what ``job_failure`` reports. (The population launcher plans its members
+    with this too.)"""
     from . import preemption
-    from .resume import resume_config
+    from .resume import continue_in_place, resume_config
 
     overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
     # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
-    if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir):
+    if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir) or \
+            (continuing is not None and continue_in_place(run_dir, continuing)):
         cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
         return JobPlan(cfg, choices, overrides, resume_from=path, resume_state=state)
     found = owner.holds_a_run(run_dir)
@@ -469,8 +472,8 @@ def cli(argv: list[str]) -> int:
         from .stops import TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
-            print(f"{err}; continue with: python -m ppo_research resume={err.checkpoint.parent.parent}",
-                  file=stderr, flush=True)
+            command = err.continue_with or f"python -m ppo_research resume={err.checkpoint.parent.parent}"
+            print(f"{err}; continue with: {command}", file=stderr, flush=True)
             return 128 + err.signum
         print("error: interrupted outside the training loop (before it started, or while closing): "
               "no checkpoint was written for this stop", file=stderr, flush=True)

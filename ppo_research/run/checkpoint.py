@@ -45,7 +45,8 @@ _TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")
 
 def _to_storable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj)).clone()}
+        # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+        return {"__ndarray__": torch.from_numpy(obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)).clone()}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):

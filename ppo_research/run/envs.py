@@ -62,7 +62,11 @@ class RunningMeanStd:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = np.asarray(state["mean"]), np.asarray(state["var"]), float(state["count"])
+        shape = self.mean.shape  # checkpoints written before 0-d arrays were kept 0-d hold a scalar's as (1,)
+        mean, var = np.asarray(state["mean"], np.float64), np.asarray(state["var"], np.float64)
+        if mean.shape != shape and mean.size == var.size == max(1, int(np.prod(shape))):
+            mean, var = mean.reshape(shape), var.reshape(shape)
+        self.mean, self.var, self.count = mean, var, float(state["count"])
 
 
 class ObsNormalizer:

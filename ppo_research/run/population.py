@@ -39,9 +39,15 @@ class MemberJob:
     hydra: Optional[DictConfig] = None  # the member's Hydra config (a multirun job's), for its tracker run
 
 
+#: Keys that are every run's own whatever its hyperparameters: ``resume`` names the member's own
+#: directory when the members continue their runs.
+RUN_OWN_KEYS = ("resume",)
+
+
 def _without_member_keys(cfg: Union[DictConfig, dict]) -> dict:
     data = copy.deepcopy(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
+    for key in ("hydra", *RUN_OWN_KEYS):
+        data.pop(key, None)
     for key in MEMBER_KEYS:
         *path, last = key.split(".")
         holder = data

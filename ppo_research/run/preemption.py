@@ -35,9 +35,6 @@ from typing import Any, Callable, Optional
 #: Written into the run directory just before the job requeues itself; the requeued job whose
 #: submitit job id it names resumes the run (and removes it).
 MARKER = ".requeue.json"
-#: The run's files an attempt that wrote no checkpoint leaves behind (run/owner.py RUN_FILES
-#: without summary.json, which only a finished run has): set aside before starting over.
-_UNFINISHED_SUFFIX = ".before_requeue"
 
 
 @dataclass
@@ -157,8 +154,8 @@ def resumes_requeued(run_dir: Path) -> bool:
     (``SLURM_RESTART_COUNT`` > 0), in a directory holding a run. An attempt that got no
     checkpoint written leaves files but nothing to resume: they are set aside and the run starts
     over. Anything else (a fresh job, a new directory, a plain run) gets False."""
-    from . import checkpoint
     from .owner import holds_a_run
+    from .resume import continue_in_place
 
     run_dir = Path(run_dir)
     if not holds_a_run(run_dir):
@@ -167,13 +164,4 @@ def resumes_requeued(run_dir: Path) -> bool:
     if why is None:
         return False
     (run_dir / MARKER).unlink(missing_ok=True)
-    if checkpoint.latest(run_dir) is None:
-        for name in ("run.json", "metrics.jsonl"):
-            path = run_dir / name
-            if path.exists():
-                path.replace(path.with_name(name + _UNFINISHED_SUFFIX))
-        print(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
-              f"kept as *{_UNFINISHED_SUFFIX})", file=sys.stderr, flush=True)
-        return False
-    print(f"{why}: resuming {run_dir} in place from its newest checkpoint", file=sys.stderr, flush=True)
-    return True
+    return continue_in_place(run_dir, why)

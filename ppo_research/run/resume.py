@@ -164,6 +164,55 @@ def set_aside(skipped: list[tuple[Path, str]], chosen: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# continuing a job's run in place (a requeued SLURM job, a population multirun run again)
+
+#: The files of an attempt that wrote no checkpoint (run/owner.py RUN_FILES without summary.json,
+#: which only a finished run has): set aside before the run starts over.
+UNFINISHED_SUFFIX = ".earlier_attempt"
+
+
+def continue_in_place(run_dir: Path, why: str) -> bool:
+    """Whether the job continues the run in ``run_dir`` (``why``: what makes it a continuation,
+    for the line it prints). A directory holding no run: False. One whose run wrote no
+    checkpoint (killed early): its files are set aside as ``*.earlier_attempt`` and the run starts
+    over (False). Otherwise True: the job resumes from the newest checkpoint."""
+    from .owner import holds_a_run
+
+    run_dir = Path(run_dir)
+    if not holds_a_run(run_dir):
+        return False
+    if checkpoint.latest(run_dir) is None:
+        for name in ("run.json", "metrics.jsonl"):
+            path = run_dir / name
+            if path.exists():
+                path.replace(path.with_name(name + UNFINISHED_SUFFIX))
+        print(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
+              f"kept as *{UNFINISHED_SUFFIX})", file=sys.stderr, flush=True)
+        return False
+    print(f"{why}: resuming {run_dir} in place from its newest checkpoint", file=sys.stderr, flush=True)
+    return True
+
+
+def finished_summary(run_dir: Path, resolved: dict) -> Optional[dict]:
+    """``run_dir``'s summary if it holds this very run (``resolved``: the job's resolved config),
+    finished at the job's budget; None if it holds no such run (a resume decides the rest)."""
+    run_dir = Path(run_dir)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    identity = run_identity(run_dir)
+    if not isinstance(summary, dict) or identity.config is None or config_difference(resolved, identity.config):
+        return None
+    try:
+        needed = iterations_for(resolved["total_timesteps"], resolved["algo"]["num_envs"] * resolved["algo"]["num_steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    done = summary.get("iterations")
+    return summary if isinstance(done, int) and not isinstance(done, bool) and done >= needed else None
+
+
+# ---------------------------------------------------------------------------------------------
 # which config
 
 def iterations_for(total_timesteps: int, batch: int) -> int:
