@@ -141,17 +141,32 @@ class NumpyPolicy:
 
     def _use(self, spec: MirrorSpec, layers: list[Linear], log_std: Optional[np.ndarray]) -> None:
         self.spec, self.layers, self.log_std = spec, layers, log_std
+        self._draws: dict[tuple, tuple] = {}
         self._act = NUMPY_ACTIVATIONS[spec.activation]
         self.gaussian = spec.distribution == "gaussian"
         self.state_dependent_std = self.gaussian and log_std is None
         self.head_size = layers[-1][0].shape[-1] - 1
 
-    # the random draws: torch's global generator, as the torch path draws
+    # The random draws: torch's global generator, as the torch path draws. Filled in place into a
+    # buffer kept per shape (the numbers torch.randn/torch.rand of that shape would return,
+    # without a new tensor per step); the array is valid until the next draw.
+    def _buffer(self, kind: str, shape: tuple) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
+        """(tensor, its numpy view, its rows) for draws of ``shape``, made on first use."""
+        key = (kind, shape)
+        if key not in self._draws:
+            tensor = torch.empty(shape)
+            self._draws[key] = (tensor, tensor.numpy(), list(tensor.unbind()) if tensor.dim() else [])
+        return self._draws[key]
+
     def _normal(self, shape: tuple) -> np.ndarray:
-        return torch.randn(shape).numpy()
+        tensor, array, _ = self._buffer("normal", shape)
+        tensor.normal_()
+        return array
 
     def _uniform(self, shape: tuple) -> np.ndarray:
-        return torch.rand(shape).numpy()
+        tensor, array, _ = self._buffer("uniform", shape)
+        tensor.uniform_()
+        return array
 
     def _heads(self, obs: np.ndarray):
         x = obs
@@ -231,10 +246,16 @@ class StackedNumpyPolicy(NumpyPolicy):
         self._use(first.spec, layers, log_std)
 
     def _normal(self, shape: tuple) -> np.ndarray:
-        return np.stack([torch.randn(shape[1:], generator=g).numpy() for g in self.generators])
+        _, array, rows = self._buffer("normal", shape)
+        for row, g in zip(rows, self.generators):  # row k: what torch.randn(shape[1:], generator=g) returns
+            row.normal_(generator=g)
+        return array
 
     def _uniform(self, shape: tuple) -> np.ndarray:
-        return np.stack([torch.rand(shape[1:], generator=g).numpy() for g in self.generators])
+        _, array, rows = self._buffer("uniform", shape)
+        for row, g in zip(rows, self.generators):
+            row.uniform_(generator=g)
+        return array
 
 
 def _tanh_gaussian(u: np.ndarray, mean: np.ndarray, log_std: np.ndarray):

@@ -7,11 +7,10 @@ buffer, so Adam, the grad-norm clip and zeroing the gradients are a few operatio
 A population's S members share the buffer member-major ([S, P]: row k is member k's
 parameters, ``algo/stacking.py``). Everything per member stays per member: the step count
 (members may skip steps: early stopping, fewer minibatches, divergence), the learning rate, the
-gradient-norm clip. The maths is torch.optim.Adam's and clip_grad_norm_'s, row by row.
+gradient-norm clip. The maths is torch.optim.Adam(fused=True)'s and clip_grad_norm_'s, row by row.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -51,13 +50,16 @@ class FlatAdam:
         self.steps = torch.zeros(self.size, 1, dtype=torch.float64)  # Adam's t, per member
         self.exp_avg = torch.zeros_like(self.rows)
         self.exp_avg_sq = torch.zeros_like(self.rows)
+        # per member: the rows the fused kernel takes (views, made once)
+        self._step_views = list(self.steps.view(-1).unbind())
+        self._param_rows, self._grad_rows = list(self.rows.unbind()), list(self.grad_rows.unbind())
+        self._exp_avg_rows, self._exp_avg_sq_rows = list(self.exp_avg.unbind()), list(self.exp_avg_sq.unbind())
 
     def set_lr(self, lr: float | Sequence[float]) -> None:
         lrs = [float(lr)] * self.size if isinstance(lr, (int, float)) else [float(x) for x in lr]
         if len(lrs) != self.size:
             raise ValueError(f"{len(lrs)} learning rates for {self.size} members")
         self.lrs = lrs
-        self._lr = torch.tensor(lrs, dtype=torch.float64).view(-1, 1)
 
     def zero_grad(self) -> None:
         self.flat.grad.zero_()
@@ -72,33 +74,22 @@ class FlatAdam:
     @torch.no_grad()
     def step(self, members: Optional[torch.Tensor] = None) -> None:
         """One Adam step for ``members`` (a bool [S] mask; None = all). The others' parameters
-        and moments stay exactly as they are, whatever their gradient holds."""
-        grad, b1, b2 = self.grad_rows, self.beta1, self.beta2
-        if members is None and self.size == 1:  # torch.optim.Adam's own sequence of operations
-            self.steps += 1.0
-            t = float(self.steps[0, 0])
-            self.exp_avg.lerp_(grad, 1.0 - b1)
-            self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-            denom = (self.exp_avg_sq.sqrt() / math.sqrt(1.0 - b2 ** t)).add_(self.eps)
-            self.rows.addcdiv_(self.exp_avg, denom, value=-self.lrs[0] / (1.0 - b1 ** t))
-            return
-        if members is None:
-            self.steps += 1.0
-            self.exp_avg.lerp_(grad, 1.0 - b1)
-            self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-            lr = self._lr
-        else:
-            on = members.view(-1, 1)
-            grad.masked_fill_(~on, 0.0)  # a skipped member's gradient may be anything, nan included
-            self.steps += on.double()
-            self.exp_avg.lerp_(grad, (1.0 - b1) * on.float())
-            self.exp_avg_sq.mul_(torch.where(on, b2, 1.0)).addcmul_(grad, grad, value=1.0 - b2)
-            lr = self._lr * on.double()
-        t = self.steps.clamp(min=1.0)
-        step_size = (lr / (1.0 - b1 ** t)).float()
-        bias_correction2_sqrt = (1.0 - b2 ** t).sqrt().float()
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        self.rows.sub_(self.exp_avg / denom * step_size)
+        and moments stay exactly as they are, whatever their gradient holds.
+
+        Each member's row is one tensor of torch's fused Adam kernel, the one
+        ``torch.optim.Adam(fused=True)`` runs (one pass over the buffer instead of ~10), called once
+        per distinct learning rate among the stepping members."""
+        chosen = range(self.size) if members is None else [k for k, on in enumerate(members.tolist()) if on]
+        by_lr: dict[float, list[int]] = {}
+        for k in chosen:
+            by_lr.setdefault(self.lrs[k], []).append(k)
+        for lr, ks in by_lr.items():
+            steps = [self._step_views[k] for k in ks]
+            torch._foreach_add_(steps, 1.0)  # as torch.optim.Adam does before its fused kernel
+            torch._fused_adam_([self._param_rows[k] for k in ks], [self._grad_rows[k] for k in ks],
+                               [self._exp_avg_rows[k] for k in ks], [self._exp_avg_sq_rows[k] for k in ks], [], steps,
+                               lr=lr, beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
+                               amsgrad=False, maximize=False)
 
     # -- state: the whole population, or one member's share (a run's checkpoint) ---------------
 

@@ -38,22 +38,35 @@ class LockstepEnvs:
         self.reward_var = np.array([s.stats.var for s in scalers], np.float64)
         self.reward_count = np.array([s.stats.count for s in scalers], np.float64)
 
+        self._into = None  # (raw obs, rewards, terminated, truncated) [S, N, ...], if every member's envs step_into
+        if all(hasattr(m.envs, "step_into") for m in members):
+            S, N, space = len(members), first.num_envs, first.single_observation_space
+            self._into = (np.zeros((S, N, *space.shape), space.dtype), np.zeros((S, N)), np.zeros((S, N), bool),
+                          np.zeros((S, N), bool))
+
     def step(self, actions: np.ndarray):
         """``actions`` [S, N, ...]; returns TrainingEnvs.step's tuple with a leading member axis
         (finished episodes: one list per member)."""
         valid = ~self.next_is_reset
         env_actions = self.members[0].actions(actions)  # the members share the env, so its bounds
-        stepped = [m.envs.step(env_actions[k]) for k, m in enumerate(self.members)]
-        raw_obs = np.stack([s[0] for s in stepped])
-        rewards = np.stack([s[1] for s in stepped])
-        terminated = np.stack([s[2] for s in stepped])
-        truncated = np.stack([s[3] for s in stepped])
+        raw_obs, rewards, terminated, truncated = self._step_envs(env_actions)
         episode_end = terminated | truncated
         finished = self._track(rewards, episode_end, valid)
         scaled = self._scale(rewards, episode_end, valid)
         self.obs = self._normalise(raw_obs)
         self.next_is_reset = episode_end
         return self.obs, scaled, terminated, truncated, valid, finished
+
+    def _step_envs(self, env_actions: np.ndarray):
+        """Each member's envs step: (raw obs, rewards, terminated, truncated), each [S, N, ...]. Our
+        own vector envs write into rows of arrays kept for the rollout (used before the next step:
+        the collector copies what it keeps); others' results are stacked."""
+        if self._into is None:
+            stepped = [m.envs.step(env_actions[k]) for k, m in enumerate(self.members)]
+            return tuple(np.stack([s[i] for s in stepped]) for i in range(4))
+        for k, m in enumerate(self.members):
+            m.envs.step_into(env_actions[k], *(a[k] for a in self._into))
+        return self._into
 
     # -- TrainingEnvs.step's bookkeeping over [S, N] ---------------------------------------------
 

@@ -41,16 +41,21 @@ class SerialVectorEnv:
     def step(self, actions: np.ndarray):
         """(obs, rewards, terminated, truncated, {}) as new arrays; ``actions`` has one row per env."""
         n = self.num_envs
-        rewards = np.zeros(n)
-        terminated = np.zeros(n, bool)
-        truncated = np.zeros(n, bool)
+        rewards, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        self.step_into(actions, self._obs, rewards, terminated, truncated)
+        return self._obs.copy(), rewards, terminated, truncated, {}
+
+    def step_into(self, actions: np.ndarray, obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+                  truncated: np.ndarray) -> None:
+        """``step``, writing into the caller's arrays (a population's [S, N] rows: no new arrays
+        per step). An env on its reset step gets reward 0 and neither flag."""
         for i, env in enumerate(self.envs):
             if self._autoreset_envs[i]:
-                self._obs[i] = env.reset()[0]
+                obs[i] = env.reset()[0]
+                rewards[i], terminated[i], truncated[i] = 0.0, False, False
             else:
-                self._obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+                obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
         self._autoreset_envs = terminated | truncated
-        return self._obs.copy(), rewards, terminated, truncated, {}
 
     def close(self) -> None:
         for env in self.envs:
