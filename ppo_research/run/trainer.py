@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..algo.advantages import AdvantageRefresh
-from ..algo.batch import Batch
+from ..algo.batch import Batch, Rollout
 from ..algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
 from ..algo.optim import FlatAdam
 from ..algo.update import PPOUpdate, UpdateSettings
@@ -94,6 +95,17 @@ class MemberRandom:
         finally:
             self.generators[k].set_state(torch.get_rng_state())
             torch.set_rng_state(outside)
+
+
+@dataclass
+class Estimated:
+    """One member's iteration after step 2: what the update takes and what the record needs."""
+
+    batch: Batch
+    refresh: Optional[AdvantageRefresh] = None
+    rollout: Optional[Rollout] = None
+    episodes: list = field(default_factory=list)
+    advantages: Optional[np.ndarray] = None
 
 
 class Trainer:
@@ -163,45 +175,59 @@ class Trainer:
                 start = time.perf_counter()
                 lrs = self.schedule_learning_rate()
                 taking_part = [m.ended is None for m in self.members]
-                collected_by = self.collect(taking_part)                                 # 1. COLLECT
-                batches, refreshes, rollouts = [], [], []
-                for k, m in enumerate(self.members):
-                    if not taking_part[k]:
-                        batches.append(Batch(*[torch.zeros(0)] * 7))
-                        refreshes.append(None)
-                        rollouts.append(None)
-                        continue
-                    rollout, episodes = collected_by[k]
-                    advantages = m.estimator(rollout.rewards, rollout.values, rollout.next_values,
-                                             rollout.terminated, rollout.episode_end, rollout.valid)  # 2. ADVANTAGES
-                    batches.append(Batch.from_rollout(rollout, advantages))
-                    refreshes.append(AdvantageRefresh(m.estimator, rollout, m.envs.obs, m.policy)
-                                     if m.cfg.algo.recompute_advantages else None)  # V_current each epoch
-                    rollouts.append((rollout, episodes, advantages))
-                collected = time.perf_counter()
-                stats = self.update(batches, refreshes, taking_part)                  # 3. UPDATE
-                rows = {}
-                for k, m in enumerate(self.members):
-                    if not taking_part[k]:
-                        continue
-                    if "failed" in stats[k]:
-                        m.ended = stats[k]["failed"].at_iteration(self.iteration + 1)
-                        continue
-                    if not stats[k].get("update_skipped"):  # skipped: no valid sample, no step, no d
-                        m.loss.observe_kl(stats[k]["kl"], "iteration")                 # 4. ADAPT
-                    rows[k] = (stats[k], m.loss.log_values())  # beta at the end of the iteration
-                updated = time.perf_counter()
-
+                collected = self.collect(taking_part)                                  # 1. COLLECT
+                estimated = self.estimate_advantages(collected)                        # 2. ADVANTAGES
+                collect_end = time.perf_counter()
+                stats = self.update([e.batch for e in estimated], [e.refresh for e in estimated],
+                                    taking_part)                                        # 3. UPDATE
+                adapted = self.adapt(stats, taking_part)                               # 4. ADAPT
+                update_end = time.perf_counter()
                 self.iteration += 1                                                    # 5. RECORD
                 self.global_step += self.batch_size
-                for k, (member_stats, loss_values) in rows.items():
-                    rollout, episodes, advantages = rollouts[k]
-                    rows[k] = self.members[k].record.row(self.iteration, self.global_step, member_stats, episodes,
-                                                         lrs[k], loss_values, explained_variance(rollout, advantages))
-                self.record_iteration(rows, start, collected, updated)
+                self.record_iteration(self.metrics_rows(adapted, estimated, lrs), start, collect_end, update_end)
         for m in self.running:
             m.summary = m.record.summary(self.global_step, self.iteration, self.elapsed)
         return [m.ended if m.ended is not None else m.summary for m in self.members]
+
+    def estimate_advantages(self, collected: dict) -> list[Estimated]:
+        """Per member: its rollout's advantages and targets as a batch (an empty one for a member
+        not taking part), and how to re-estimate them with the current V (recompute_advantages)."""
+        estimated = []
+        for k, m in enumerate(self.members):
+            if k not in collected:
+                estimated.append(Estimated(Batch(*[torch.zeros(0)] * 7)))
+                continue
+            rollout, episodes = collected[k]
+            advantages = m.estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                     rollout.episode_end, rollout.valid)
+            refresh = AdvantageRefresh(m.estimator, rollout, m.envs.obs, m.policy) \
+                if m.cfg.algo.recompute_advantages else None
+            estimated.append(Estimated(Batch.from_rollout(rollout, advantages), refresh, rollout, episodes, advantages))
+        return estimated
+
+    def adapt(self, stats: list, taking_part: list[bool]) -> dict[int, tuple[dict, dict]]:
+        """Each member's loss state (beta) to its measured KL; per member that goes on, its update
+        statistics and loss values (beta at the end of the iteration). A member whose update
+        diverged ends here."""
+        adapted = {}
+        for k, m in enumerate(self.members):
+            if not taking_part[k]:
+                continue
+            if "failed" in stats[k]:
+                m.ended = stats[k]["failed"].at_iteration(self.iteration + 1)
+                continue
+            if not stats[k].get("update_skipped"):  # skipped: no valid sample, no step, no d
+                m.loss.observe_kl(stats[k]["kl"], "iteration")
+            adapted[k] = (stats[k], m.loss.log_values())
+        return adapted
+
+    def metrics_rows(self, adapted: dict[int, tuple[dict, dict]], estimated: list[Estimated],
+                     lrs: list[float]) -> dict[int, dict]:
+        """Each recorded member's metrics row of this iteration (evaluation and timing follow)."""
+        return {k: self.members[k].record.row(self.iteration, self.global_step, member_stats, estimated[k].episodes,
+                                              lrs[k], loss_values,
+                                              explained_variance(estimated[k].rollout, estimated[k].advantages))
+                for k, (member_stats, loss_values) in adapted.items()}
 
     def collect(self, taking_part: list[bool]) -> dict:
         """Each running member's (rollout, finished episodes), acting with theta_old <- theta:
