@@ -31,6 +31,9 @@ from ppo_research.run.population import MemberJob, population_trainer, train_mem
 TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num_steps=128"],  # 8 envs x 128
                   "pendulum": ["env=pendulum", "total_timesteps=2048", "algo.num_steps=256",
                                "algo.minibatch_size=64"]}  # 4 envs x 256, 16 minibatches
+# a tanh-squashed Gaussian's entropy is a sampled estimate: its draws come from each member's stream
+TWO_ITERATIONS["pendulum_tanh"] = [*TWO_ITERATIONS["pendulum"], "network.squash=tanh", "env.action_mode=rescale",
+                                   "algo.ent_coef=0.01"]
 QUIET = ["logger=none", "progress=false", "eval.episodes=2"]
 TIMING = ("time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s")
 
@@ -69,7 +72,7 @@ def assert_rows_close(rows, expected, rtol):
                 assert row[key] == value, (row["iteration"], key)
 
 
-@pytest.mark.parametrize("env", ["cartpole", "pendulum"])
+@pytest.mark.parametrize("env", ["cartpole", "pendulum", "pendulum_tanh"])
 def test_member_k_is_its_solo_run(env, tmp_path):
     """S = 3, 2 iterations: each member's last rollout (observations, actions) and parameters
     are the solo run's with the same seed, to float32 round-off (module docstring)."""

@@ -10,7 +10,7 @@ analytic KL(pi_old || pi_new) is available to the losses.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
@@ -111,8 +111,14 @@ class TanhGaussian(DiagGaussian):
         u = torch.atanh(actions.clamp(-bound, bound))
         return super().log_prob(u) - log1m_tanh_sq(u).sum(-1)
 
-    def entropy(self) -> torch.Tensor:
-        u = self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+    #: its entropy is a sampled estimate: ``entropy(noise)`` takes the standard-normal draws
+    entropy_draws = True
+
+    def entropy(self, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noise``: the draws eps (shaped like ``mean``); default torch.randn_like(mean) from
+        torch's global generator."""
+        eps = torch.randn_like(self.mean) if noise is None else noise
+        u = self.mean + self.log_std.exp() * eps
         return super().entropy() + log1m_tanh_sq(u).sum(-1)
 
 

@@ -161,13 +161,14 @@ class PPOUpdate:
 
     ``policies``/``losses``: one network and its loss, or the members' (the networks'
     parameters must be the ``optimizer``'s). ``ent_coefs``: per-member entropy coefficients
-    (default ``settings.ent_coef``). ``member_rng(k)``: a context in which member k's random
-    draws (minibatch shuffling) are made; default torch's global generator.
+    (default ``settings.ent_coef``). ``generators``: member k's random draws (minibatch
+    shuffling, a sampled entropy estimate's noise) come from ``generators[k]``; default torch's
+    global generator.
     """
 
     def __init__(self, policies: ActorCritic | Sequence[ActorCritic], losses: PolicyLoss | Sequence[PolicyLoss],
                  optimizer: FlatAdam, settings: UpdateSettings, ent_coefs: Optional[Sequence[float]] = None,
-                 member_rng: Optional[Callable[[int], object]] = None):
+                 generators: Optional[Sequence[torch.Generator]] = None):
         if settings.value_loss not in VALUE_LOSSES:
             raise ValueError(f"value_loss={settings.value_loss!r}: expected one of {VALUE_LOSSES}")
         self.members = [policies] if isinstance(policies, nn.Module) else list(policies)
@@ -179,7 +180,7 @@ class PPOUpdate:
         self.net = optimizer.module  # all members at once
         coefs = [settings.ent_coef] * self.size if ent_coefs is None else [float(c) for c in ent_coefs]
         self.ent_coef = coefs[0] if len(set(coefs)) == 1 else torch.tensor(coefs).view(-1, 1)
-        self.member_rng = member_rng
+        self.generators = generators
 
     # one network's update keeps the single-run names
     @property
@@ -246,7 +247,7 @@ class PPOUpdate:
                     b.advantages, b.returns = advantages[k], refreshed[k][1]
                 padded = _Padded(batches)
             stepped_this_epoch = [False] * S
-            for j, (mb, mask, stepping) in enumerate(self._minibatches(padded, layout, slices, active)):
+            for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices, active)):
                 pb, value = self.policy_batch(mb, with_value=True, mask=mask)
                 if s.target_kl is not None:
                     k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
@@ -261,7 +262,7 @@ class PPOUpdate:
                 loss_view = member_view(self.losses)
                 policy_loss = loss_view(pb)
                 value_loss = self.value_loss(value, mb.values, mb.returns, pb)
-                entropy = pb.mean(pb.dist.entropy())
+                entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
                 total = policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
                 finite = torch.isfinite(total).reshape(-1).tolist()
                 for k in range(S):
@@ -301,17 +302,14 @@ class PPOUpdate:
             n = padded.lengths[k]
             if not active[k]:  # draws nothing: a member's stream is as in its solo run
                 orders.append(torch.arange(n))
-            elif self.member_rng is None:
-                orders.append(torch.randperm(n))
             else:
-                with self.member_rng(k):
-                    orders.append(torch.randperm(n))
+                orders.append(torch.randperm(n, generator=None if self.generators is None else self.generators[k]))
         if padded.single:
             shuffled = padded.batch().permuted(orders[0])
             for idx in slices[0]:
                 if not active[0]:
                     return
-                yield Batch(*(getattr(shuffled, f)[idx] for f in FIELDS)), None, [True]
+                yield Batch(*(getattr(shuffled, f)[idx] for f in FIELDS)), None, [True], [idx.stop - idx.start]
             return
         # one gather per epoch; minibatch j is then a slice of it
         index = torch.zeros(S, layout.width, dtype=torch.long)
@@ -325,7 +323,18 @@ class PPOUpdate:
                 if not any(active):
                     return
                 continue
-            yield Batch(*(t[:, cols] for t in shuffled)), mask, stepping
+            yield Batch(*(t[:, cols] for t in shuffled)), mask, stepping, lengths
+
+    def _entropy(self, dist, lengths: list[int], stepping: list[bool]) -> torch.Tensor:
+        """The entropy per sample. A sampled estimate (``entropy_draws``) draws member k's noise
+        for its own ``lengths[k]`` samples from ``generators[k]``: the draws of its solo run."""
+        if self.generators is None or not getattr(dist, "entropy_draws", False):
+            return dist.entropy()
+        noise = torch.zeros_like(dist.mean)
+        for k, g in enumerate(self.generators):
+            if stepping[k]:
+                noise[k, :lengths[k]] = torch.randn(lengths[k], dist.mean.shape[-1], generator=g)
+        return dist.entropy(noise)
 
     def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None) -> None:
         """One Adam step on ``total`` (per member: each member's gradient is its own term's),

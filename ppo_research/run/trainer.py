@@ -75,7 +75,7 @@ class Member:
 
 class MemberRandom:
     """Each member's torch random stream in a population: member k's draws (action noise,
-    shuffling) come from its own generator, seeded as its solo run's global generator would be,
+    shuffling, a sampled entropy estimate's noise) come from its own generator, seeded as its solo run's global generator would be,
     so member k draws the very numbers its solo run would. Code that draws from the global
     generator does so inside ``use(k)``. Between members torch's global generator holds the
     population's own stream (run/seeds.py). A single run uses the global generator itself."""
@@ -133,7 +133,7 @@ class Trainer:
                                   eps=algo.adam_eps, betas=(algo.adam_beta1, algo.adam_beta2))
         self.update = PPOUpdate([m.policy for m in self.members], [m.loss for m in self.members], self.optimizer,
                                 update_settings(algo), ent_coefs=[m.cfg.algo.ent_coef for m in self.members],
-                                member_rng=self.random.use if self.random else None)
+                                generators=self.random.generators if self.random else None)
         self.stops = StopRequests()
         self.lockstep: Optional[LockstepCollector] = None  # a population's members collecting together
 
