@@ -146,6 +146,9 @@ class NumpyPolicy:
         self.gaussian = spec.distribution == "gaussian"
         self.state_dependent_std = self.gaussian and log_std is None
         self.head_size = layers[-1][0].shape[-1] - 1
+        if self.gaussian and log_std is not None:  # fixed until the next sync: computed once, not per step
+            self._std = np.exp(log_std)
+            self._log_prob_offset = log_std.sum(-1) + log_std.shape[-1] * _HALF_LOG_2PI
 
     # The random draws: torch's global generator, as the torch path draws. Filled in place into a
     # buffer kept per shape (the numbers torch.randn/torch.rand of that shape would return,
@@ -195,12 +198,14 @@ class NumpyPolicy:
         if self.gaussian:
             mean, log_std = self._mean_log_std(head)
             noise = self._normal(mean.shape)
-            action = mean + np.exp(log_std) * noise
+            shared = not self.state_dependent_std
+            action = mean + (self._std if shared else np.exp(log_std)) * noise
             if self.spec.squash == "tanh":
                 action, log_prob = _tanh_gaussian(action, mean, log_std)
             else:
                 # (a - mean) / std is the noise itself: log N(a) = -noise^2/2 - log std - log(2 pi)/2
-                log_prob = -0.5 * (noise * noise).sum(-1) - (log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI)
+                offset = self._log_prob_offset if shared else log_std.sum(-1) + mean.shape[-1] * _HALF_LOG_2PI
+                log_prob = -0.5 * np.add.reduce(noise * noise, -1) - offset
             params = np.empty((*mean.shape[:-1], 2 * mean.shape[-1]), np.float32)
             params[..., :mean.shape[-1]], params[..., mean.shape[-1]:] = mean, log_std
         else:
