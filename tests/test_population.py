@@ -133,15 +133,18 @@ def test_members_with_their_own_hyperparameters_are_their_solo_runs(tmp_path):
 
 def test_members_with_their_own_adaptive_beta(tmp_path):
     """klpen with beta adapted every minibatch: each member adapts its own beta from its own
-    d (different kl_target and starting beta per member)."""
+    d (different kl_target and starting beta per member), or holds it fixed (loss.adaptive)."""
     base = [*TWO_ITERATIONS["cartpole"], "loss=klpen", "loss.adapt_every=minibatch"]
-    variants = [["loss.kl_target=0.003", "loss.beta=1.0", "seed=0"], ["loss.kl_target=0.03", "loss.beta=3.0", "seed=1"]]
+    # member 0 holds beta fixed (the paper's fixed-KL setting): the others still adapt every minibatch
+    variants = [["loss.adaptive=false", "loss.beta=0.3", "seed=2"],
+                ["loss.kl_target=0.003", "loss.beta=1.0", "seed=0"], ["loss.kl_target=0.03", "loss.beta=3.0", "seed=1"]]
     results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
     assert all(isinstance(r, dict) for r in results), results
     for i, v in enumerate(variants):
         train_members([job([*base, *v], tmp_path / f"solo{i}")])
         assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
-    assert read_metrics(tmp_path / "pop0")[-1]["beta"] != read_metrics(tmp_path / "pop1")[-1]["beta"]
+    assert read_metrics(tmp_path / "pop1")[-1]["beta"] != read_metrics(tmp_path / "pop2")[-1]["beta"]
+    assert {row["beta"] for row in read_metrics(tmp_path / "pop0")} == {0.3}
 
 
 def test_a_diverged_member_fails_alone(tmp_path):

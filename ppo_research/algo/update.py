@@ -277,12 +277,12 @@ class PPOUpdate:
                     stepped_this_epoch[k] |= stepping[k]
                 steps.append((torch.stack([policy_loss, value_loss, entropy], -1).detach().reshape(S, 3), stepping))
                 clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
-                if self.losses[0].adapt_every == "minibatch":  # d after this step, on this minibatch
+                if self._adapting("minibatch"):  # d after this step, on this minibatch
                     kls = self._divergences(mb, mask)["kl"]
                     for k in range(S):
                         if stepping[k]:
                             self.losses[k].observe_kl(kls[k], "minibatch")
-            if self.losses[0].adapt_every == "epoch" and any(stepped_this_epoch):  # only after an epoch that stepped
+            if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
                 kls = self._divergences(padded.batch(), padded.mask)["kl"]
                 for k in range(S):
                     if stepped_this_epoch[k]:
@@ -324,6 +324,11 @@ class PPOUpdate:
                     return
                 continue
             yield Batch(*(t[:, cols] for t in shuffled)), mask, stepping, lengths
+
+    def _adapting(self, granularity: str) -> bool:
+        """Whether some member's loss adapts its state at this granularity (a member with a fixed
+        beta shares a population with adaptive ones: ``loss.adaptive`` is a member key)."""
+        return any(loss.adapt_every == granularity for loss in self.losses)
 
     def _entropy(self, dist, lengths: list[int], stepping: list[bool]) -> torch.Tensor:
         """The entropy per sample. A sampled estimate (``entropy_draws``) draws member k's noise

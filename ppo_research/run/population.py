@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import CheckpointError, ConfigError, RunDirError
 
 #: The config keys in which the members of one population may differ.
-MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "advantage.lam", "advantage.gamma",
-               "algo.learning_rate", "algo.ent_coef")
+MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "loss.adaptive", "advantage.lam",
+               "advantage.gamma", "algo.learning_rate", "algo.ent_coef")
 
 
 @dataclass
