@@ -221,13 +221,13 @@ class PopulationLauncher(Launcher):
     @staticmethod
     def _earlier_run(config: DictConfig) -> tuple[Optional[dict], str]:
         """(summary of the job's finished run or None, "resume" | "fresh"): what the job's directory
-        holds from an earlier multirun."""
-        from ppo_research.run.owner import holds_a_run
+        holds from an earlier multirun. A run without a checkpoint starts over, so it is fresh."""
+        from ppo_research.run import checkpoint
         from ppo_research.run.resume import finished_summary
 
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = finished_summary(run_dir, OmegaConf.to_container(task_config(config), resolve=True))
-        return summary, "resume" if summary is None and holds_a_run(run_dir) else "fresh"
+        return summary, "resume" if summary is None and checkpoint.latest(run_dir) is not None else "fresh"
 
     # -- the population processes -----------------------------------------------------------
 
