@@ -180,6 +180,7 @@ class PPOUpdate:
         self.net = optimizer.module  # all members at once
         coefs = [settings.ent_coef] * self.size if ent_coefs is None else [float(c) for c in ent_coefs]
         self.ent_coef = coefs[0] if len(set(coefs)) == 1 else torch.tensor(coefs).view(-1, 1)
+        self.no_entropy_bonus = all(c == 0.0 for c in coefs)  # the paper's MuJoCo setting
         self.generators = generators
 
     # one network's update keeps the single-run names
@@ -262,8 +263,13 @@ class PPOUpdate:
                 loss_view = member_view(self.losses)
                 policy_loss = loss_view(pb)
                 value_loss = self.value_loss(value, mb.values, mb.returns, pb)
-                entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
-                total = policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
+                if self.no_entropy_bonus:  # reported only: kept out of the graph the backward walks
+                    with torch.no_grad():
+                        entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+                    total = policy_loss + s.vf_coef * value_loss
+                else:
+                    entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+                    total = policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
                 finite = torch.isfinite(total).reshape(-1).tolist()
                 for k in range(S):
                     if stepping[k] and not finite[k]:
