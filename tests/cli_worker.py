@@ -13,6 +13,11 @@ that got out of ``cli`` (never expected). ``timed_out``: the case was still runn
 ``cap``: a test budget, not a change of behaviour under test: at most one training iteration
 and at most two evaluation episodes, so that values such as ``total_timesteps=10**12`` or
 ``eval.episodes=10**12`` (legal, but hours of work) are exercised up to their first iteration.
+
+``fork``: the case runs in a child forked from this process (which has done the imports and
+never runs a case itself), so it starts from the state a fresh ``python -m ppo_research`` has
+after its imports - nothing an earlier case did carries over - and its exit status is the
+child's. A case past ``timeout`` is killed.
 """
 from __future__ import annotations
 
@@ -63,6 +68,10 @@ def serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         out_path, err_path = os.path.join(scratch, "out"), os.path.join(scratch, "err")
+        if request.get("fork"):
+            replies.write(json.dumps(_forked(cli, request, out_path, err_path, os.path.join(scratch, "escaped")))
+                          + "\n")
+            continue
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
@@ -99,6 +108,53 @@ def serve() -> None:
             stderr = f.read()
         replies.write(json.dumps({"status": status, "stdout": stdout[-20000:], "stderr": stderr[-20000:],
                                   "escaped": escaped, "timed_out": timed_out, "seconds": seconds}) + "\n")
+
+
+def _forked(cli, request: dict, out_path: str, err_path: str, escaped_path: str) -> dict:
+    """One case in a forked child: the reply ``serve`` gives for it."""
+    for path in (out_path, err_path, escaped_path):
+        open(path, "w").close()
+    start = time.monotonic()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: the case, then out without returning into the server's loop
+        status = 1
+        try:
+            out, err = os.open(out_path, os.O_WRONLY), os.open(err_path, os.O_WRONLY)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.chdir(request.get("cwd") or os.path.dirname(out_path))
+            CAP["on"] = bool(request.get("cap"))
+            try:
+                status = cli(list(request["argv"]))
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - what escaped cli is the finding
+            with open(escaped_path, "w") as f:
+                f.write(traceback.format_exc())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status if isinstance(status, int) and 0 <= status < 256 else 1)
+    deadline, timed_out = start + float(request.get("timeout", 60)), False
+    while True:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, wait_status = os.waitpid(pid, 0)
+            timed_out = True
+            break
+        time.sleep(0.01)
+    status = None if timed_out else os.waitstatus_to_exitcode(wait_status)
+    texts = []
+    for path in (out_path, err_path, escaped_path):
+        with open(path, errors="replace") as f:
+            texts.append(f.read())
+    return {"status": status, "stdout": texts[0][-20000:], "stderr": texts[1][-20000:], "escaped": texts[2] or None,
+            "timed_out": timed_out, "seconds": time.monotonic() - start}
 
 
 if __name__ == "__main__":

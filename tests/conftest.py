@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,49 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+CLI_WORKER = Path(__file__).with_name("cli_worker.py")
+
+
+class CliWorker:
+    """One ``tests/cli_worker.py`` process serving command lines (Python start-up and imports paid
+    once); restarted if a case kills it. ``fork``: each case in a fresh child of it."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.proc = None
+
+    def start(self) -> None:
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(self.home),
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env.pop("HYDRA_FULL_ERROR", None)
+        self.proc = subprocess.Popen([sys.executable, str(CLI_WORKER)], cwd=self.home, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def run(self, argv: list[str], cwd: Path, timeout: float = 60, cap: bool = True, fork: bool = False) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        request = {"argv": argv, "cwd": str(cwd), "timeout": timeout, "cap": cap, "fork": fork}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout + 120)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:  # the worker died (or hung past its own alarm): that is a finding too
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            return {"status": None, "stdout": "", "stderr": "", "escaped": "the worker process died",
+                    "timed_out": False, "seconds": 0.0}
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -8,13 +8,14 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import TINY, CliWorker, run_cli
 from ppo_research.run import checkpoint
 
 BASE = ["logger=none", *TINY]  # pendulum, batch = 2 envs x 64 steps = 128
@@ -149,9 +150,18 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Run every case once, two at a time (each is a Python start-up plus a Hydra compose)."""
+    """Run every case once, two at a time. Each case is a command line in a process of its own,
+    forked from a worker that did the imports once (``tests/cli_worker.py``): it starts as a
+    fresh ``python -m ppo_research`` would after its imports, without paying for them again."""
     root = tmp_path_factory.mktemp("bad_input")
     dirs = made_dirs(root)
+    workers = {}
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        worker = workers.setdefault(threading.get_ident(), CliWorker(root))
+        reply = worker.run(argv, root, timeout=120, cap=False, fork=True)
+        assert reply["escaped"] is None and not reply["timed_out"], reply
+        return subprocess.CompletedProcess(argv, reply["status"], reply["stdout"], reply["stderr"])
 
     def one(case):
         name, args, expected = case
@@ -165,11 +175,14 @@ def outcomes(tmp_path_factory):
         head = [a for a in args if a.startswith("-")]
         rest = [a for a in args if not a.startswith("-")]
         extra = [] if any(a.startswith("hydra.run.dir=") for a in rest) else [f"hydra.run.dir={run_dir}"]
-        result = run_cli([*head, *BASE, *rest, *extra], root, timeout=120)
-        return name, (result, fill(expected), run_dir)
+        return name, (run([*head, *BASE, *rest, *extra]), fill(expected), run_dir)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(pool.map(one, CASES))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = dict(pool.map(one, CASES))
+    finally:
+        for worker in workers.values():
+            worker.close()
     return results, dirs
 
 

@@ -13,69 +13,25 @@ many more. ``REGRESSIONS`` keeps the failing examples they found.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import select
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY
+from conftest import TINY, CliWorker
 from ppo_research.run.compose import CONF_DIR
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-WORKER = Path(__file__).with_name("cli_worker.py")
 BASE = ["logger=none", *TINY]
-
-
-class Worker:
-    """One ``tests/cli_worker.py`` process; restarted if a case kills it."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.proc = None
-
-    def start(self) -> None:
-        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(self.home),
-               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        env.pop("HYDRA_FULL_ERROR", None)
-        self.proc = subprocess.Popen([sys.executable, str(WORKER)], cwd=self.home, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-    def run(self, argv: list[str], cwd: Path, timeout: float = 60, cap: bool = True) -> dict:
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
-        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "timeout": timeout, "cap": cap}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout + 120)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:  # the worker died (or hung past its own alarm): that is a finding too
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            return {"status": None, "stdout": "", "stderr": "", "escaped": "the worker process died",
-                    "timed_out": False, "seconds": 0.0}
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    w = Worker(tmp_path_factory.mktemp("cli_worker"))
+    w = CliWorker(tmp_path_factory.mktemp("cli_worker"))
     yield w
     w.close()
 
