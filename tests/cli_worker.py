@@ -45,7 +45,8 @@ def _install_cap() -> None:
         init_trainer(self, *args, **kwargs)
         if CAP["on"]:
             self.num_iterations = min(self.num_iterations, 1)
-            self.record.num_iterations = self.num_iterations
+            for member in self.members:
+                member.record.num_iterations = self.num_iterations
 
     def capped_evaluator(self, cfg, episodes, *args, **kwargs):
         init_eval(self, cfg, min(episodes, 2) if CAP["on"] else episodes, *args, **kwargs)

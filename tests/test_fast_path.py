@@ -138,24 +138,24 @@ def test_trainer_minibatch_loss_gradients_and_step_match_plain_pytorch(tmp_path)
                              "algo.ent_coef=0.01", "total_timesteps=256", "progress=false"], tmp_path)
     try:
         with torch.no_grad():  # a policy that has moved, so ratios differ from 1 and some clip
-            for p in trainer.policy.parameters():
+            for p in trainer.member.policy.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        trainer.actor.sync()
-        rollout, _ = trainer.collector.collect(trainer.actor)
-        advantages = trainer.estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+        trainer.member.actor.sync()
+        rollout, _ = trainer.member.collector.collect(trainer.member.actor)
+        advantages = trainer.member.estimator(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                        rollout.episode_end, rollout.valid)
         batch = Batch.from_rollout(rollout, advantages)
         with torch.no_grad():
-            for p in trainer.policy.parameters():
+            for p in trainer.member.policy.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         idx = torch.arange(64)
-        actor, critic = sequential_copy(trainer.policy.actor), sequential_copy(trainer.policy.critic)
-        log_std = nn.Parameter(trainer.policy.log_std.detach().clone())
+        actor, critic = sequential_copy(trainer.member.policy.actor), sequential_copy(trainer.member.policy.critic)
+        log_std = nn.Parameter(trainer.member.policy.log_std.detach().clone())
 
         # the framework's path
-        algo = trainer.cfg.algo
+        algo = trainer.member.cfg.algo
         pb, value = trainer.update.policy_batch(batch, idx)
-        total = (trainer.loss(pb) + algo.vf_coef * trainer.update.value_loss(value, batch.values[idx], batch.returns[idx])
+        total = (trainer.member.loss(pb) + algo.vf_coef * trainer.update.value_loss(value, batch.values[idx], batch.returns[idx])
                  - algo.ent_coef * pb.dist.entropy().mean())
         trainer.optimizer.zero_grad()
         total.backward()
@@ -166,8 +166,8 @@ def test_trainer_minibatch_loss_gradients_and_step_match_plain_pytorch(tmp_path)
         assert total.item() == pytest.approx(reference.item(), rel=1e-5)
         assert ((pb.ratio - 1).abs() > 0.2).any(), "no sample was clipped: the comparison is too easy"
 
-        fast_grads = [p.grad for p in trainer.policy.actor.parameters()] + \
-                     [p.grad for p in trainer.policy.critic.parameters()] + [trainer.policy.log_std.grad]
+        fast_grads = [p.grad for p in trainer.member.policy.actor.parameters()] + \
+                     [p.grad for p in trainer.member.policy.critic.parameters()] + [trainer.member.policy.log_std.grad]
         plain_params = [*actor.parameters(), *critic.parameters(), log_std]
         for fast_grad, p in zip(fast_grads, plain_params):
             torch.testing.assert_close(fast_grad, p.grad, rtol=1e-4, atol=1e-6)
@@ -178,7 +178,7 @@ def test_trainer_minibatch_loss_gradients_and_step_match_plain_pytorch(tmp_path)
         plain_adam.step()
         trainer.optimizer.clip_grad_norm(algo.max_grad_norm)
         trainer.optimizer.step()
-        fast_params = [*trainer.policy.actor.parameters(), *trainer.policy.critic.parameters(), trainer.policy.log_std]
+        fast_params = [*trainer.member.policy.actor.parameters(), *trainer.member.policy.critic.parameters(), trainer.member.policy.log_std]
         for fast_p, p in zip(fast_params, plain_params):
             torch.testing.assert_close(fast_p, p, rtol=1e-5, atol=1e-6)
     finally:

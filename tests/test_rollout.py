@@ -94,7 +94,7 @@ def test_time_limit_only_task_value_bootstraps(tmp_path):
     try:
         trainer.train()
         with torch.no_grad():
-            value = trainer.policy.value(torch.zeros(1, 1)).item()
+            value = trainer.member.policy.value(torch.zeros(1, 1)).item()
     finally:
         trainer.close()
     assert value == pytest.approx(10.0, abs=0.6)

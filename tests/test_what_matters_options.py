@@ -237,17 +237,17 @@ CARTPOLE_SHORT = ["env=cartpole", "env.max_episode_steps=16", "algo.num_envs=2",
 def test_advantage_refresh_matches_brute_force_recomputation(tmp_path):
     trainer = build_trainer(CARTPOLE_SHORT, tmp_path)
     try:
-        trainer.actor.sync()
-        rollout, _ = trainer.collector.collect(trainer.actor)
+        trainer.member.actor.sync()
+        rollout, _ = trainer.member.collector.collect(trainer.member.actor)
         r = rollout
         assert r.terminated.any() and (r.episode_end > r.terminated).any() and not r.valid.all()  # both ends, resets
         with torch.no_grad():  # a value function other than the rollout's
-            for p in trainer.policy.critic.parameters():
+            for p in trainer.member.policy.critic.parameters():
                 p.add_(0.3 * torch.randn_like(p))
-        refresh = AdvantageRefresh(trainer.estimator, rollout, trainer.envs.obs, trainer.policy)
+        refresh = AdvantageRefresh(trainer.member.estimator, rollout, trainer.member.envs.obs, trainer.member.policy)
         advantages, returns = refresh()
-        est = trainer.estimator
-        expected, values = brute_force_gae(rollout, trainer.envs.obs, trainer.policy, est.gamma, est.lam)
+        est = trainer.member.estimator
+        expected, values = brute_force_gae(rollout, trainer.member.envs.obs, trainer.member.policy, est.gamma, est.lam)
         np.testing.assert_allclose(advantages.numpy(), expected[r.valid], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(returns.numpy(), (expected + values)[r.valid], rtol=1e-5, atol=1e-5)
         # and it differs from the rollout's (pi_old's V): the recomputation did something
@@ -276,12 +276,12 @@ def test_training_with_recompute_uses_each_epochs_current_value_function(tmp_pat
     trainer = build_trainer([*CARTPOLE_SHORT, "algo.recompute_advantages=true", "algo.normalize_advantage=off"],
                             tmp_path)
     try:
-        trainer.update.loss = trainer.loss = loss = RecordingClip(trainer.policy)
+        trainer.update.loss = trainer.member.loss = loss = RecordingClip(trainer.member.policy)
         trainer.train()  # one iteration: 96 steps
-        rollout = trainer.collector.rollout
+        rollout = trainer.member.collector.rollout
         per_epoch = len(minibatch_slices(int(rollout.valid.sum()), 24))
         assert len(loss.seen) == 3 * per_epoch
-        est = trainer.estimator
+        est = trainer.member.estimator
         first = torch.cat(loss.seen[:per_epoch]).sort().values
         old = est(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.episode_end,
                   rollout.valid)
@@ -289,7 +289,7 @@ def test_training_with_recompute_uses_each_epochs_current_value_function(tmp_pat
         for epoch in (1, 2):
             used = torch.cat(loss.seen[epoch * per_epoch:(epoch + 1) * per_epoch]).sort().values.numpy()
             snapshot = loss.snapshots[epoch * per_epoch]
-            expected, _ = brute_force_gae(rollout, trainer.envs.obs, snapshot, est.gamma, est.lam)
+            expected, _ = brute_force_gae(rollout, trainer.member.envs.obs, snapshot, est.gamma, est.lam)
             np.testing.assert_allclose(used, np.sort(expected[rollout.valid]), rtol=1e-5, atol=1e-5)
             assert np.abs(used - first.numpy()).max() > 1e-4  # V moved between epochs
     finally:

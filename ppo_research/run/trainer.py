@@ -141,12 +141,10 @@ class Trainer:
         self.global_step = 0
         self.elapsed = 0.0  # training wall time, summed over resumed segments
 
-    # a single run's parts under their familiar names
-    def __getattr__(self, name: str):
-        if name in ("parts", "cfg", "run_dir", "loss", "estimator", "policy", "logger", "envs", "actor", "collector",
-                    "evaluator", "record", "on_evaluation", "last_checkpoint") and "members" in self.__dict__:
-            return getattr(self.members[0], name)
-        raise AttributeError(name)
+    @property
+    def member(self) -> Member:
+        """A single run's one member: its parts, envs and records (``trainer.member.policy``)."""
+        return self.members[0]
 
     def member_random(self, k: int):
         return self.random.use(k) if self.random is not None else contextlib.nullcontext()
