@@ -156,6 +156,32 @@ class _EpochLayout:
         self.destinations = [torch.cat(d) for d in self.destinations]
 
 
+class _Members:
+    """Where each member stands during one update: its result (None: not taking part; SKIPPED:
+    no sample; {} while it trains, ``failed`` if it diverged), whether it still steps, and the
+    epoch (1-based) in which it stopped early (0: it did not)."""
+
+    def __init__(self, batches: Sequence[Batch], taking_part: list[bool]):
+        self.results: list[Optional[dict]] = [None if not part else (dict(SKIPPED) if len(b) == 0 else {})
+                                              for part, b in zip(taking_part, batches)]
+        self.active = [r == {} for r in self.results]
+        self.stopped_in = [0] * len(batches)
+
+    def stop(self, which: list[bool], stepping: list[bool], epoch: int,
+             failure: Optional[Callable[[int], NonFiniteError]] = None) -> None:
+        """Members ``which`` take no further step, from this minibatch on (``failure``: why, per member)."""
+        for k, now in enumerate(which):
+            if now:
+                stepping[k] = self.active[k] = False
+                self.stopped_in[k] = epoch + 1
+                if failure is not None:
+                    self.results[k]["failed"] = failure(k)
+
+    def epochs(self, run: int) -> list[int]:
+        """Per member, the epochs it ran (``run``: the update's)."""
+        return [stopped or run for stopped in self.stopped_in]
+
+
 class PPOUpdate:
     """K epochs of minibatch Adam for one network, or for a population's members.
 
@@ -221,82 +247,82 @@ class PPOUpdate:
 
     def _update(self, batches: list[Batch], refreshes: list, taking_part: list[bool]) -> list[Optional[dict]]:
         s, S = self.settings, self.size
-        results: list[Optional[dict]] = [None if not part else (dict(SKIPPED) if len(b) == 0 else {})
-                                         for part, b in zip(taking_part, batches)]
-        active = [r == {} for r in results]  # members still stepping
-        if not any(active):
-            return results
-        if s.recompute_advantages and any(refreshes[k] is None for k in range(S) if active[k]):
+        members = _Members(batches, taking_part)
+        if not any(members.active):
+            return members.results
+        if s.recompute_advantages and any(refreshes[k] is None for k in range(S) if members.active[k]):
             raise ValueError("recompute_advantages needs a refresh (advantages.AdvantageRefresh)")
         if s.normalize_advantage == "batch":
             for k, b in enumerate(batches):
-                if active[k]:
+                if members.active[k]:
                     b.advantages = standardise(b.advantages)
-        batches = [b if active[k] else _placeholder(batches, active) for k, b in enumerate(batches)]
+        batches = [b if members.active[k] else _placeholder(batches, members.active) for k, b in enumerate(batches)]
         padded = _Padded(batches)
         slices = [minibatch_slices(len(b), s.minibatch_size) for b in batches]
         layout = None if padded.single else _EpochLayout(slices)
-        stopped_in = [0] * S  # the epoch (1-based) in which a member stopped; 0 = it did not
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
         clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
+        epochs_run = 0
         for epoch in range(s.num_epochs):
+            epochs_run = epoch + 1
             if epoch > 0 and s.recompute_advantages:
-                refreshed = [refreshes[k]() if active[k] else (batches[k].advantages, batches[k].returns)
-                             for k in range(S)]
-                advantages = [standardise(a) if s.normalize_advantage == "batch" else a for a, _ in refreshed]
-                for k, b in enumerate(batches):
-                    b.advantages, b.returns = advantages[k], refreshed[k][1]
-                padded = _Padded(batches)
+                padded = self._refresh_advantages(batches, refreshes, members.active)
             stepped_this_epoch = [False] * S
-            for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices, active)):
+            for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices,
+                                                                                members.active)):
                 pb, value = self.policy_batch(mb, with_value=True, mask=mask)
-                if s.target_kl is not None:
+                if s.target_kl is not None:  # moved far enough: stop before this step
                     k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
-                    for k in range(S):  # moved far enough: stop before this step
-                        if stepping[k] and k3[k] > 1.5 * s.target_kl:
-                            stepping[k] = active[k] = False
-                            stopped_in[k] = epoch + 1
-                    if not any(stepping):
-                        if not any(active):
-                            break
-                        continue
+                    members.stop([stepping[k] and k3[k] > 1.5 * s.target_kl for k in range(S)], stepping, epoch)
+                if not any(stepping):
+                    continue
                 loss_view = member_view(self.losses)
-                policy_loss = loss_view(pb)
-                value_loss = self.value_loss(value, mb.values, mb.returns, pb)
-                if self.no_entropy_bonus:  # reported only: kept out of the graph the backward walks
-                    with torch.no_grad():
-                        entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
-                    total = policy_loss + s.vf_coef * value_loss
-                else:
-                    entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
-                    total = policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
+                terms = self._loss_terms(loss_view, pb, value, mb, lengths, stepping)
+                total = terms[-1]
                 finite = torch.isfinite(total).reshape(-1).tolist()
-                for k in range(S):
-                    if stepping[k] and not finite[k]:
-                        results[k]["failed"] = _non_finite(policy_loss, value_loss, entropy, k, epoch, j)
-                        stepping[k] = active[k] = False
-                        stopped_in[k] = epoch + 1
+                diverged = [stepping[k] and not finite[k] for k in range(S)]
+                members.stop(diverged, stepping, epoch, failure=lambda k: _non_finite(*terms[:3], k, epoch, j))
                 if not any(stepping):
                     continue
                 self.step(total, None if all(stepping) else torch.tensor(stepping))
-                for k in range(S):
-                    stepped_this_epoch[k] |= stepping[k]
-                steps.append((torch.stack([policy_loss, value_loss, entropy], -1).detach().reshape(S, 3), stepping))
+                stepped_this_epoch = [a or b for a, b in zip(stepped_this_epoch, stepping)]
+                steps.append((torch.stack(terms[:3], -1).detach().reshape(S, 3), stepping))
                 clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
                 if self._adapting("minibatch"):  # d after this step, on this minibatch
-                    kls = self._divergences(mb, mask)["kl"]
-                    for k in range(S):
-                        if stepping[k]:
-                            self.losses[k].observe_kl(kls[k], "minibatch")
+                    self._observe_kl(self._divergences(mb, mask)["kl"], stepping, "minibatch")
             if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
-                kls = self._divergences(padded.batch(), padded.mask)["kl"]
-                for k in range(S):
-                    if stepped_this_epoch[k]:
-                        self.losses[k].observe_kl(kls[k], "epoch")
-            if not any(active):
+                self._observe_kl(self._divergences(padded.batch(), padded.mask)["kl"], stepped_this_epoch, "epoch")
+            if not any(members.active):
                 break
-        self._check_parameters(results)
-        return self._summarise(results, steps, clip_hits, padded, [e or epoch + 1 for e in stopped_in])
+        self._check_parameters(members.results)
+        return self._summarise(members.results, steps, clip_hits, padded, members.epochs(epochs_run))
+
+    def _refresh_advantages(self, batches: list[Batch], refreshes: list, active: list[bool]) -> _Padded:
+        """recompute_advantages: each stepping member's advantages and targets re-estimated with
+        its current value function (into its batch); returns the batches padded again."""
+        for k, b in enumerate(batches):
+            if active[k]:
+                advantages, b.returns = refreshes[k]()
+                b.advantages = standardise(advantages) if self.settings.normalize_advantage == "batch" else advantages
+        return _Padded(batches)
+
+    def _loss_terms(self, loss_view: PolicyLoss, pb: PolicyBatch, value: torch.Tensor, mb: Batch, lengths: list[int],
+                    stepping: list[bool]) -> tuple[torch.Tensor, ...]:
+        """(policy term, value loss, entropy, total) on one minibatch, each a scalar or [S, 1]."""
+        s = self.settings
+        policy_loss = loss_view(pb)
+        value_loss = self.value_loss(value, mb.values, mb.returns, pb)
+        if self.no_entropy_bonus:  # reported only: kept out of the graph the backward walks
+            with torch.no_grad():
+                entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+            return policy_loss, value_loss, entropy, policy_loss + s.vf_coef * value_loss
+        entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+        return policy_loss, value_loss, entropy, policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
+
+    def _observe_kl(self, kls: list[float], who: list[bool], granularity: str) -> None:
+        for k, loss in enumerate(self.losses):
+            if who[k]:
+                loss.observe_kl(kls[k], granularity)
 
     def _minibatches(self, padded: _Padded, layout: Optional["_EpochLayout"], slices: list[list[slice]],
                      active: list[bool]):
