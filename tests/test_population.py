@@ -34,6 +34,9 @@ TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num
 # a tanh-squashed Gaussian's entropy is a sampled estimate: its draws come from each member's stream
 TWO_ITERATIONS["pendulum_tanh"] = [*TWO_ITERATIONS["pendulum"], "network.squash=tanh", "env.action_mode=rescale",
                                    "algo.ent_coef=0.01"]
+# advantages re-estimated with each member's current V every epoch: the members' padded batch is refreshed
+TWO_ITERATIONS["pendulum_recompute"] = [*TWO_ITERATIONS["pendulum"], "algo.recompute_advantages=true",
+                                        "algo.num_epochs=3", "algo.normalize_advantage=batch"]
 QUIET = ["logger=none", "progress=false", "eval.episodes=2"]
 TIMING = ("time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s")
 
@@ -72,7 +75,7 @@ def assert_rows_close(rows, expected, rtol):
                 assert row[key] == value, (row["iteration"], key)
 
 
-@pytest.mark.parametrize("env", ["cartpole", "pendulum", "pendulum_tanh"])
+@pytest.mark.parametrize("env", ["cartpole", "pendulum", "pendulum_tanh", "pendulum_recompute"])
 def test_member_k_is_its_solo_run(env, tmp_path):
     """S = 3, 2 iterations: each member's last rollout (observations, actions) and parameters
     are the solo run's with the same seed, to float32 round-off (module docstring)."""

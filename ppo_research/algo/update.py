@@ -127,6 +127,11 @@ class _Padded:
             out[k, :len(t)] = t
         return out
 
+    def refill(self, batches: Sequence[Batch], names: Sequence[str]) -> None:
+        """Pad ``names`` again from ``batches`` (the same lengths as before; the other fields stand)."""
+        for name in names:
+            self.fields[name] = self._pad([getattr(b, name) for b in batches], max(self.lengths))
+
     def batch(self) -> Batch:
         return Batch(*(self.fields[name] for name in FIELDS))
 
@@ -266,7 +271,7 @@ class PPOUpdate:
         for epoch in range(s.num_epochs):
             epochs_run = epoch + 1
             if epoch > 0 and s.recompute_advantages:
-                padded = self._refresh_advantages(batches, refreshes, members.active)
+                self._refresh_advantages(batches, refreshes, members.active, padded)
             stepped_this_epoch = [False] * S
             for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices,
                                                                                 members.active)):
@@ -297,14 +302,14 @@ class PPOUpdate:
         self._check_parameters(members.results)
         return self._summarise(members.results, steps, clip_hits, padded, members.epochs(epochs_run))
 
-    def _refresh_advantages(self, batches: list[Batch], refreshes: list, active: list[bool]) -> _Padded:
+    def _refresh_advantages(self, batches: list[Batch], refreshes: list, active: list[bool], padded: _Padded) -> None:
         """recompute_advantages: each stepping member's advantages and targets re-estimated with
-        its current value function (into its batch); returns the batches padded again."""
+        its current value function, in its batch and in ``padded``."""
         for k, b in enumerate(batches):
             if active[k]:
                 advantages, b.returns = refreshes[k]()
                 b.advantages = standardise(advantages) if self.settings.normalize_advantage == "batch" else advantages
-        return _Padded(batches)
+        padded.refill(batches, ("advantages", "returns"))
 
     def _loss_terms(self, loss_view: PolicyLoss, pb: PolicyBatch, value: torch.Tensor, mb: Batch, lengths: list[int],
                     stepping: list[bool]) -> tuple[torch.Tensor, ...]:
