@@ -162,6 +162,30 @@ def test_a_disk_that_fills_mid_run_stops_with_the_checkpoints_intact(small_disk,
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.parametrize("fill_to", [0, 300, 5000])
+def test_a_checkpoint_that_meets_a_full_disk_is_a_disk_error_and_the_older_ones_stay(small_disk, fill_to):
+    """Whatever byte of the checkpoint the disk runs out at, the save fails as a disk error
+    (CheckpointError naming ENOSPC, which the CLI maps to exit status 4), not as torch's zip
+    writer's own complaint, and leaves the checkpoints already written as they were."""
+    disk = small_disk("1m")
+    run_dir = disk / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    state = {"iteration": 1, "policy": {"w": torch.arange(40_000, dtype=torch.float32)}}
+    first = checkpoint.save(run_dir, 1, state, keep=5)
+    with open(disk / "filler", "wb", buffering=0) as f:  # another program takes the rest of the disk ...
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - fill_to)  # ... but for fill_to bytes
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device") as info:
+        checkpoint.save(run_dir, 2, {**state, "iteration": 2}, keep=5)
+    assert len(str(info.value).splitlines()) == 1
+    assert checkpoint.list_checkpoints(run_dir) == [first] and checkpoint.load(first)["iteration"] == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [first.name]
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_read_only_output_directory_is_refused_in_one_line(small_disk, tmp_path, existing):
     """Both a run directory Hydra must create on a read-only mount and one that exists there

@@ -112,9 +112,9 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
     try:
         fsync_file(Path(run_dir) / METRICS_FILE)
         directory.mkdir(parents=True, exist_ok=True)
-        encoded = _encode(state)
-        with open(tmp, "wb") as f:
-            torch.save(encoded, f)
+        data = _serialize(state)
+        with open(tmp, "wb") as f:  # a full disk fails here as OSError (torch's zip writer would hide it)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -130,11 +130,18 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
     return path
 
 
-def serialized_size(state: dict) -> int:
-    """Bytes one checkpoint of ``state`` takes on disk (for the free-space check)."""
+def _serialize(state: dict) -> memoryview:
+    """The checkpoint file's bytes. Serialised in memory, then written as plain bytes: torch's
+    zip writer reports a write that ran out of disk as a position mismatch (a RuntimeError), not
+    as the OSError it is."""
     buffer = io.BytesIO()
     torch.save(_encode(state), buffer)
-    return buffer.tell()
+    return buffer.getbuffer()
+
+
+def serialized_size(state: dict) -> int:
+    """Bytes one checkpoint of ``state`` takes on disk (for the free-space check)."""
+    return len(_serialize(state))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
