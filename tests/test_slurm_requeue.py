@@ -171,6 +171,10 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
         record = _wait(lambda: (lambda r: r if r.get("Restarts") == "1" and r.get("JobState") == "PENDING" else None)(
             _job_record(job)), 120, "the job to be requeued (PENDING, Restarts=1)", poll=0.2)
         if record.get("Reason") == "BeginTime":
+            # Not within the second of the requeue: slurmd revoked the first attempt's credential
+            # at a one-second resolution, and refuses a relaunch whose credential is from that same
+            # second ("Job credential revoked": the job then fails instead of restarting).
+            time.sleep(2.0)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=20)
         proc.wait(timeout=300)
     assert proc.returncode == 0, stderr.read_text()[-3000:]
