@@ -46,12 +46,13 @@ def check_free_space(run_dir: Path, trainer, member: int = 0) -> None:
     """Room for ``keep`` + 1 checkpoints (one is written before the oldest is pruned) plus 1 MB
     of metrics; measured from this run's (the trainer's ``member``'s) checkpoint."""
     size = checkpoint.serialized_size(trainer.member_state(member))
-    need = size * (trainer.member.cfg.checkpoint.keep + 1) + 2**20
+    keep = trainer.members[member].cfg.checkpoint.keep
+    need = size * (keep + 1) + 2**20
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise RunDirError(f"output directory {run_dir} has {free / 2**20:.1f} MB free; this run needs about "
                           f"{need / 2**20:.1f} MB (checkpoints of {size / 2**10:.0f} KB, "
-                          f"checkpoint.keep={trainer.member.cfg.checkpoint.keep})")
+                          f"checkpoint.keep={keep})")
 
 
 def write_json_durable(path: Path, data: dict) -> None:
