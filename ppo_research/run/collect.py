@@ -36,13 +36,19 @@ class RolloutCollector:
 
     def collect(self, actor) -> Collected:
         """Fill the rollout acting with ``actor`` (pi_old's inference path); return it and the
-        (return, length) of the training episodes that finished."""
+        (return, length) of the training episodes that finished. The envs step as a population
+        of one (``LockstepEnvs``): a population's members step with the very same code."""
+        envs = LockstepEnvs([self.envs])
         finished: list[tuple[float, int]] = []
-        for t in range(self.num_steps):
-            obs = self.envs.obs
-            acted = actor.act(obs)
-            finished += store_step(self.rollout, t, obs, *acted, self.envs.step(acted[0]))
-        self.rollout.last_value[:] = actor.value(self.envs.obs)
+        try:
+            for t in range(self.num_steps):
+                obs = envs.obs[0]
+                acted = actor.act(obs)
+                stepped = envs.step(acted[0][None])
+                finished += store_step(self.rollout, t, obs, *acted, [x[0] for x in stepped])
+            self.rollout.last_value[:] = actor.value(envs.obs[0])
+        finally:
+            envs.release()
         return self.rollout, finished
 
 

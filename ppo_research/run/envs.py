@@ -5,13 +5,13 @@ that their statistics are plain arrays: saved in checkpoints, and frozen for eva
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 
 from ..errors import ConfigError
+from . import bookkeeping
 from .config import EnvConfig
 from .vector import SerialVectorEnv
 
@@ -88,26 +88,13 @@ class ObsNormalizer:
 
 
 class RewardScaler:
-    """Divide rewards by the running std of the discounted return (no mean subtraction)."""
+    """Divide rewards by the running std of the discounted return (no mean subtraction). The
+    statistics and switches; the steps' arithmetic is run/bookkeeping.py's."""
 
     def __init__(self, num_envs: int, gamma: float, enabled: bool, clip: float | None):
         self.enabled, self.gamma, self.clip = enabled, gamma, clip
         self.stats = RunningMeanStd(())
         self.discounted = np.zeros(num_envs)
-
-    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if not self.enabled:
-            return rewards.astype(np.float32)
-        self.discounted = self.discounted * self.gamma + rewards
-        if valid.all():
-            self.stats.update(self.discounted)
-        elif valid.any():  # a NEXT_STEP reset step is no transition: keep it out of the statistics
-            self.stats.update(self.discounted[valid])
-        self.discounted[episode_end] = 0.0
-        out = rewards / math.sqrt(float(self.stats.var) + 1e-8)  # numpy's sqrt, as a Python float
-        if self.clip is not None:
-            out = _clip(out, -self.clip, self.clip)
-        return out.astype(np.float32)
 
     def state_dict(self) -> dict:
         return {"stats": self.stats.state_dict(), "discounted": self.discounted.copy()}
@@ -157,7 +144,7 @@ class ActionAdapter:
 
 @dataclass
 class EpisodeTracker:
-    """Undiscounted returns and lengths of training episodes, from the raw rewards."""
+    """Undiscounted returns and lengths of the training episodes in flight (raw rewards)."""
 
     num_envs: int
     returns: np.ndarray = field(init=False)
@@ -166,17 +153,6 @@ class EpisodeTracker:
     def __post_init__(self):
         self.returns = np.zeros(self.num_envs)
         self.lengths = np.zeros(self.num_envs, np.int64)
-
-    def step(self, rewards: np.ndarray, episode_end: np.ndarray, valid: np.ndarray) -> list[tuple[float, int]]:
-        self.returns += np.where(valid, rewards, 0.0)
-        self.lengths += valid
-        if not episode_end.any():  # most steps: nothing more to do (called every env step)
-            return []
-        done = np.flatnonzero(episode_end)
-        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in done]
-        self.returns[done] = 0.0
-        self.lengths[done] = 0
-        return finished
 
 
 class TrainingEnvs:
@@ -201,19 +177,24 @@ class TrainingEnvs:
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
         raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/seeds.py)
+        bookkeeping.prepare(raw.dtype)  # the steps' compiled arithmetic, ready before the first rollout
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
 
     def step(self, actions: np.ndarray):
-        """Returns (next_obs, scaled_reward, terminated, truncated, valid, finished_episodes)."""
-        valid = ~self.next_is_reset
-        raw_obs, rewards, terminated, truncated, _ = self.envs.step(self.actions(actions))
-        episode_end = terminated | truncated
-        finished = self.episodes.step(rewards, episode_end, valid)
-        scaled = self.reward_scaler(rewards, episode_end, valid)
-        self.obs = self.obs_norm(raw_obs, update=True)
-        self.next_is_reset = episode_end
-        return self.obs, scaled, terminated, truncated, valid, finished
+        """Returns (next_obs, scaled_reward, terminated, truncated, valid, finished_episodes).
+
+        One step alone; a rollout steps the envs through ``LockstepEnvs`` (run/lockstep.py), whose
+        arithmetic this is: these envs as a population of one for one step."""
+        from .lockstep import LockstepEnvs
+
+        together = LockstepEnvs([self])
+        try:
+            stepped = together.step(np.asarray(actions)[None])
+        finally:
+            together.release()
+        *arrays, finished = stepped
+        return (*(a[0].copy() for a in arrays), finished[0])
 
     # -- checkpoint state ----------------------------------------------------------------------
     # Checkpoints are taken between iterations. The envs' future is then fixed by each sub-env's
