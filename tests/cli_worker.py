@@ -60,9 +60,14 @@ def _alarm(signum, frame):
 
 
 def serve() -> None:
+    import numpy as np
+
+    from ppo_research.run import bookkeeping
     from ppo_research.run.app import cli
 
     _install_cap()
+    for dtype in (np.float32, np.float64):  # numba and the compiled step, loaded once for every case
+        bookkeeping.prepare(dtype)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     signal.signal(signal.SIGALRM, _alarm)
     scratch = tempfile.mkdtemp(prefix="cli_worker_")
