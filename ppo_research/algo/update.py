@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from .batch import Batch
+from .hand_gradient import hand_gradient_for
 from .losses import PolicyBatch, PolicyLoss, member_view
 from .networks import ActorCritic
 from .optim import FlatAdam
@@ -268,37 +269,41 @@ class PPOUpdate:
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
         clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
         epochs_run = 0
-        for epoch in range(s.num_epochs):
-            epochs_run = epoch + 1
-            if epoch > 0 and s.recompute_advantages:
-                self._refresh_advantages(batches, refreshes, members.active, padded)
-            stepped_this_epoch = [False] * S
-            for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices,
-                                                                                members.active)):
-                pb, value = self.policy_batch(mb, with_value=True, mask=mask)
-                if s.target_kl is not None:  # moved far enough: stop before this step
-                    k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
-                    members.stop([stepping[k] and k3[k] > 1.5 * s.target_kl for k in range(S)], stepping, epoch)
-                if not any(stepping):
-                    continue
-                loss_view = member_view(self.losses)
-                terms = self._loss_terms(loss_view, pb, value, mb, lengths, stepping)
-                total = terms[-1]
-                finite = torch.isfinite(total).reshape(-1).tolist()
-                diverged = [stepping[k] and not finite[k] for k in range(S)]
-                members.stop(diverged, stepping, epoch, failure=lambda k: _non_finite(*terms[:3], k, epoch, j))
-                if not any(stepping):
-                    continue
-                self.step(total, None if all(stepping) else torch.tensor(stepping))
-                stepped_this_epoch = [a or b for a, b in zip(stepped_this_epoch, stepping)]
-                steps.append((torch.stack(terms[:3], -1).detach().reshape(S, 3), stepping))
-                clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
-                if self._adapting("minibatch"):  # d after this step, on this minibatch
-                    self._observe_kl(self._divergences(mb, mask)["kl"], stepping, "minibatch")
-            if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
-                self._observe_kl(self._divergences(padded.batch(), padded.mask)["kl"], stepped_this_epoch, "epoch")
-            if not any(members.active):
-                break
+        hand = hand_gradient_for(self.net, self.losses[0], s, S, self.ent_coef)
+        with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
+            for epoch in range(s.num_epochs):
+                epochs_run = epoch + 1
+                if epoch > 0 and s.recompute_advantages:
+                    self._refresh_advantages(batches, refreshes, members.active, padded)
+                stepped_this_epoch = [False] * S
+                for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices,
+                                                                                    members.active)):
+                    pb, value = self.policy_batch(mb, with_value=True, mask=mask, forward=hand and hand.forward)
+                    if s.target_kl is not None:  # moved far enough: stop before this step
+                        k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
+                        members.stop([stepping[k] and k3[k] > 1.5 * s.target_kl for k in range(S)], stepping, epoch)
+                    if not any(stepping):
+                        continue
+                    loss_view = member_view(self.losses)
+                    terms = self._loss_terms(loss_view, pb, value, mb, lengths, stepping)
+                    total = terms[-1]
+                    finite = torch.isfinite(total).reshape(-1).tolist()
+                    diverged = [stepping[k] and not finite[k] for k in range(S)]
+                    members.stop(diverged, stepping, epoch, failure=lambda k: _non_finite(*terms[:3], k, epoch, j))
+                    if not any(stepping):
+                        continue
+                    gradient = hand and (lambda: hand.backward(pb, loss_view, value, mb.actions, mb.returns,
+                                                               not self.no_entropy_bonus))
+                    self.step(total, None if all(stepping) else torch.tensor(stepping), gradient)
+                    stepped_this_epoch = [a or b for a, b in zip(stepped_this_epoch, stepping)]
+                    steps.append((torch.stack(terms[:3], -1).detach().reshape(S, 3), stepping))
+                    clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
+                    if self._adapting("minibatch"):  # d after this step, on this minibatch
+                        self._observe_kl(self._divergences(mb, mask)["kl"], stepping, "minibatch")
+                if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
+                    self._observe_kl(self._divergences(padded.batch(), padded.mask)["kl"], stepped_this_epoch, "epoch")
+                if not any(members.active):
+                    break
         self._check_parameters(members.results)
         return self._summarise(members.results, steps, clip_hits, padded, members.epochs(epochs_run))
 
@@ -378,24 +383,31 @@ class PPOUpdate:
                 noise[k, :lengths[k]] = torch.randn(lengths[k], dist.mean.shape[-1], generator=g)
         return dist.entropy(noise)
 
-    def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None) -> None:
+    def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None,
+             gradient: Optional[Callable[[], None]] = None) -> None:
         """One Adam step on ``total`` (per member: each member's gradient is its own term's),
-        with per-member global gradient-norm clipping; ``members``: who steps (default all)."""
+        with per-member global gradient-norm clipping; ``members``: who steps (default all).
+        ``gradient``: writes the gradient of ``total`` by hand (algo/hand_gradient.py) instead of
+        autograd's backward."""
         self.optimizer.zero_grad()
-        (total if total.dim() == 0 else total.sum()).backward()
+        if gradient is not None:
+            gradient()
+        else:
+            (total if total.dim() == 0 else total.sum()).backward()
         if self.settings.max_grad_norm is not None:
             self.optimizer.clip_grad_norm(self.settings.max_grad_norm)
         self.optimizer.step(members)
 
     def policy_batch(self, batch: Batch, idx=slice(None), with_value: bool = True,
-                     mask: Optional[torch.Tensor] = None):
+                     mask: Optional[torch.Tensor] = None, forward: Optional[Callable] = None):
         """The policy term's inputs on ``batch[idx]`` (and V(s) when ``with_value``); a
-        population's batch is [S, B, ...] with its ``mask``."""
+        population's batch is [S, B, ...] with its ``mask``. ``forward``: computes (dist, value)
+        in place of the network's own call (a ``HandGradient``'s)."""
         whole = idx == slice(None) or batch.obs.dim() == 3
         pick = (lambda t: t) if whole else (lambda t: t[idx])  # noqa: E731
         obs, net = pick(batch.obs), self.net
         if with_value:
-            dist, value = net(obs)
+            dist, value = (forward or net)(obs)
         else:
             dist, value = net.distribution(obs), None
         advantages = pick(batch.advantages)

@@ -1,0 +1,99 @@
+"""The hand-written gradient (algo/hand_gradient.py) against autograd's on the same minibatch,
+for every configuration it takes, with the policy moved so that clipping and the log-std clamp
+are exercised; and the configurations it must leave to autograd."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_torch_thread
+from ppo_research.algo.batch import Batch
+from ppo_research.algo.hand_gradient import HandGradient
+from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss
+from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
+from ppo_research.algo.optim import FlatAdam
+from ppo_research.algo.update import PPOUpdate, UpdateSettings
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # conftest
+
+
+def _setup(loss, activation="tanh", ent_coef=0.0, log_std_max=2.0, seed=0, n=48):
+    torch.manual_seed(seed)
+    net = MLPActorCritic(OBS, BOX, hidden_sizes=[16, 8], activation=activation, log_std_max=log_std_max)
+    update = PPOUpdate(net, loss, FlatAdam(net, lr=1e-3, eps=1e-5), UpdateSettings(ent_coef=ent_coef))
+    g = torch.Generator().manual_seed(seed + 1)
+    obs = torch.randn(n, 5, generator=g)
+    with torch.no_grad():
+        dist, values = net(obs)
+        actions = dist.sample()
+        log_probs = dist.log_prob(actions)
+        params = dist.params()
+        for p in net.parameters():  # pi_theta away from pi_old: ratios on both sides of the clip range
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    advantages = 0.5 + 2.0 * torch.randn(n, generator=g)
+    batch = Batch(obs, actions, log_probs, params, values, advantages, advantages + values + torch.randn(n, generator=g))
+    return net, update, batch
+
+
+def _gradients(net, update, batch, hand: HandGradient | None) -> list[torch.Tensor]:
+    update.optimizer.zero_grad()
+    with torch.set_grad_enabled(hand is None):
+        pb, value = update.policy_batch(batch, with_value=True, forward=hand and hand.forward)
+        total = update._loss_terms(update.loss, pb, value, batch, [len(batch)], [True])[-1]
+    if hand is None:
+        total.backward()
+    else:
+        hand.backward(pb, update.loss, value, batch.actions, batch.returns, not update.no_entropy_bonus)
+    return [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("loss,activation,ent_coef,log_std_max", [
+    (ClipLoss(0.2), "tanh", 0.0, 2.0),
+    (ClipLoss(0.1), "relu", 0.01, 2.0),
+    (CPILoss(), "tanh", 0.0, 2.0),
+    (PGLoss(), "tanh", 0.003, 2.0),
+    (ClipLoss(0.2), "tanh", 0.0, -0.1),  # log-std clamped at its maximum for some dimensions: no gradient there
+])
+def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max):
+    net, update, batch = _setup(loss, activation, ent_coef, log_std_max)
+    hand = HandGradient(net, update.settings.vf_coef, update.ent_coef)
+    assert HandGradient.supports(net, loss, update.settings, 1)
+    expected = _gradients(net, update, batch, None)
+    got = _gradients(net, update, batch, hand)
+    if isinstance(loss, ClipLoss):  # the case exercises both sides of the clip range
+        with torch.no_grad():
+            pb, _ = update.policy_batch(batch)
+            outside = (pb.ratio - 1).abs() > loss.epsilon
+        assert 0 < int(outside.sum()) < len(batch)
+    names = [name for name, _ in net.named_parameters()]
+    if log_std_max < 0:
+        clamped = net.log_std > log_std_max
+        assert clamped.any() and (expected[names.index("log_std")][clamped] == 0).all()
+    for name, e, g in zip(names, expected, got):
+        assert e.abs().max() > 0 or name == "log_std", name
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_configurations_it_does_not_compute_go_through_autograd():
+    settings = UpdateSettings()
+    net, _, _ = _setup(ClipLoss(0.2))
+    assert HandGradient.supports(net, ClipLoss(0.2), settings, 1)
+    assert not HandGradient.supports(net, ClipLoss(0.2), settings, 2)  # a population
+    assert not HandGradient.supports(net, KLPenaltyLoss(), settings, 1)
+    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(value_loss="huber"), 1)
+    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(clip_value_loss=0.2), 1)
+    torch.manual_seed(0)
+    for other in (MLPActorCritic(OBS, BOX, activation="elu"), MLPActorCritic(OBS, BOX, state_dependent_std=True),
+                  MLPActorCritic(OBS, BOX, std_param="softplus"), MLPActorCritic(OBS, BOX, squash="tanh"),
+                  MLPActorCritic(OBS, gym.spaces.Discrete(3)), SharedMLPActorCritic(OBS, BOX)):
+        assert not HandGradient.supports(other, ClipLoss(0.2), settings, 1)
+
+    class Subclassed(MLPActorCritic):  # may change the maths: autograd
+        pass
+
+    assert not HandGradient.supports(Subclassed(OBS, BOX), ClipLoss(0.2), settings, 1)
