@@ -11,10 +11,10 @@ import torch
 from conftest import one_torch_thread
 from ppo_research.algo.batch import Batch
 from ppo_research.algo.hand_gradient import HandGradient
-from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss
+from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss, member_view
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
 from ppo_research.algo.optim import FlatAdam
-from ppo_research.algo.update import PPOUpdate, UpdateSettings
+from ppo_research.algo.update import PPOUpdate, UpdateSettings, _Padded
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
@@ -62,7 +62,7 @@ def _gradients(net, update, batch, hand: HandGradient | None) -> list[torch.Tens
 def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max):
     net, update, batch = _setup(loss, activation, ent_coef, log_std_max)
     hand = HandGradient(net, update.settings.vf_coef, update.ent_coef)
-    assert HandGradient.supports(net, loss, update.settings, 1)
+    assert HandGradient.supports(net, loss, update.settings)
     expected = _gradients(net, update, batch, None)
     got = _gradients(net, update, batch, hand)
     if isinstance(loss, ClipLoss):  # the case exercises both sides of the clip range
@@ -82,18 +82,49 @@ def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max)
 def test_configurations_it_does_not_compute_go_through_autograd():
     settings = UpdateSettings()
     net, _, _ = _setup(ClipLoss(0.2))
-    assert HandGradient.supports(net, ClipLoss(0.2), settings, 1)
-    assert not HandGradient.supports(net, ClipLoss(0.2), settings, 2)  # a population
-    assert not HandGradient.supports(net, KLPenaltyLoss(), settings, 1)
-    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(value_loss="huber"), 1)
-    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(clip_value_loss=0.2), 1)
+    assert HandGradient.supports(net, ClipLoss(0.2), settings)
+    assert not HandGradient.supports(net, KLPenaltyLoss(), settings)
+    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(value_loss="huber"))
+    assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(clip_value_loss=0.2))
     torch.manual_seed(0)
     for other in (MLPActorCritic(OBS, BOX, activation="elu"), MLPActorCritic(OBS, BOX, state_dependent_std=True),
                   MLPActorCritic(OBS, BOX, std_param="softplus"), MLPActorCritic(OBS, BOX, squash="tanh"),
                   MLPActorCritic(OBS, gym.spaces.Discrete(3)), SharedMLPActorCritic(OBS, BOX)):
-        assert not HandGradient.supports(other, ClipLoss(0.2), settings, 1)
+        assert not HandGradient.supports(other, ClipLoss(0.2), settings)
 
     class Subclassed(MLPActorCritic):  # may change the maths: autograd
         pass
 
-    assert not HandGradient.supports(Subclassed(OBS, BOX), ClipLoss(0.2), settings, 1)
+    assert not HandGradient.supports(Subclassed(OBS, BOX), ClipLoss(0.2), settings)
+
+
+@pytest.mark.parametrize("loss_class,ent_coefs", [(ClipLoss, [0.0, 0.0, 0.0]), (ClipLoss, [0.0, 0.01, 0.003]),
+                                                  (CPILoss, [0.0, 0.0, 0.0])])
+def test_a_populations_hand_gradient_is_autograds(loss_class, ent_coefs):
+    """Three members with their own epsilon and entropy coefficient and batches of different
+    lengths (so the stacked minibatch is padded and masked)."""
+    members = [_setup(loss_class(eps) if loss_class is ClipLoss else loss_class(), seed=k, n=40 + 4 * k)
+               for k, eps in enumerate([0.1, 0.2, 0.3])]
+    nets, losses, batches = [m[0] for m in members], [m[1].loss for m in members], [m[2] for m in members]
+    update = PPOUpdate(nets, losses, FlatAdam(nets, lr=1e-3, eps=1e-5), UpdateSettings(), ent_coefs=ent_coefs)
+    padded = _Padded(batches)
+    assert padded.mask is not None and not padded.mask.all()
+    stacked_batch, lengths = padded.batch(), [len(b) for b in batches]
+
+    def gradient(hand):
+        update.optimizer.zero_grad()
+        with torch.set_grad_enabled(hand is None):
+            pb, value = update.policy_batch(stacked_batch, mask=padded.mask, forward=hand and hand.forward)
+            view = member_view(update.losses)
+            total = update._loss_terms(view, pb, value, stacked_batch, lengths, [True] * 3)[-1]
+        if hand is None:
+            total.sum().backward()
+        else:
+            hand.backward(pb, view, value, stacked_batch.actions, stacked_batch.returns, not update.no_entropy_bonus)
+        return update.optimizer.grad_rows.clone()
+
+    hand = HandGradient(update.net, update.settings.vf_coef, update.ent_coef)
+    assert HandGradient.supports(update.net, member_view(update.losses), update.settings)
+    expected, got = gradient(None), gradient(hand)
+    assert (expected != 0).any(dim=1).all()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -7,7 +7,9 @@ with tanh or ReLU, a Gaussian with a state-independent log-std (std = exp(log_st
 with the clipped, CPI or PG policy term and the squared-error value loss, ``HandGradient``
 computes the same gradient with plain tensor operations and writes it straight into the
 parameters' gradient buffer; the forward it needs keeps its activations, outside autograd.
-Everything else - other networks, losses, value losses, populations - goes through autograd.
+A population's stacked module gets the same, with batched matmuls and each member's mean over
+its own valid samples. Everything else - other networks, losses, value losses - goes through
+autograd.
 tests/test_hand_gradient.py checks every gradient against autograd's on the same minibatch.
 
 With L = policy term + c_v * value loss - c_e * entropy, per sample i of a minibatch of B:
@@ -22,10 +24,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.nn import functional as F
 
 from .distributions import DiagGaussian
 from .losses import ClipLoss, CPILoss, PGLoss, PolicyBatch, PolicyLoss
+from .networks import MLPActorCritic, linear
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -34,9 +36,12 @@ class HandGradient:
     """``forward(obs)`` -> (distribution, value), remembering the activations; ``backward``
     then writes dL/dtheta for that minibatch into every parameter's ``.grad``."""
 
-    def __init__(self, net, vf_coef: float, ent_coef: float):
-        """Made for one update: it holds the parameters' tensors, as they are seated now."""
-        self.net, self.vf_coef, self.ent_coef = net, float(vf_coef), float(ent_coef)
+    def __init__(self, net, vf_coef: float, ent_coef: float | torch.Tensor):
+        """``net``: one network, or a population's stacked module (algo/stacking.py); ``ent_coef``
+        a float or the members' [S, 1]. Made for one update: it holds the parameters' tensors as
+        they are seated now."""
+        self.net, self.vf_coef = net, float(vf_coef)
+        self.ent_coef = ent_coef if isinstance(ent_coef, torch.Tensor) else float(ent_coef)
         self._act, self._tanh = ACTIVATIONS[net.activation], net.activation == "tanh"
         # per tower, per layer: (weight, bias, their gradients)
         self._towers = [[(layer.weight, layer.bias, layer.weight.grad, layer.bias.grad) for layer in mlp.layers]
@@ -45,10 +50,8 @@ class HandGradient:
         self._activations: list[list[torch.Tensor]] = []
 
     @staticmethod
-    def supports(net, loss: PolicyLoss, settings, size: int) -> bool:
-        from .networks import MLPActorCritic
-
-        return (size == 1 and type(net) is MLPActorCritic and net.activation in ACTIVATIONS
+    def supports(net, loss: PolicyLoss, settings) -> bool:
+        return (type(net) is MLPActorCritic and net.activation in ACTIVATIONS
                 and net._dist_cls is DiagGaussian and not net.state_dependent_std and net.std_param == "exp"
                 and net.std_min == 0.0 and type(loss) in (ClipLoss, CPILoss, PGLoss)
                 and settings.value_loss == "mse" and settings.clip_value_loss is None)
@@ -64,7 +67,7 @@ class HandGradient:
         outs = [x]
         last = len(layers) - 1
         for i, (weight, bias, _, _) in enumerate(layers):
-            x = F.linear(x, weight, bias)
+            x = linear(x, weight, bias)
             if i < last:
                 x = self._act(x)
             outs.append(x)
@@ -74,8 +77,11 @@ class HandGradient:
     def backward(self, pb: PolicyBatch, loss: PolicyLoss, value: torch.Tensor, actions: torch.Tensor,
                  returns: torch.Tensor, entropy_bonus: bool) -> None:
         """dL/dtheta of the minibatch last passed to ``forward`` (``pb`` and ``value`` from it)."""
-        n = pb.log_prob.shape[0]
-        scale = -1.0 / n
+        # one network: [B] samples, means over B; a population: [S, B], each member's mean over its
+        # valid samples (the padding's gradient is masked out), its own epsilon and entropy coefficient
+        stacked, mask = pb.log_prob.dim() == 2, pb.mask
+        count = mask.sum(-1, keepdim=True) if mask is not None else pb.log_prob.shape[-1]
+        scale = -1.0 / count
         if isinstance(loss, PGLoss):
             d_log_prob = scale * pb.advantages
         else:
@@ -85,35 +91,44 @@ class HandGradient:
                 clipped = ratio.clamp(1.0 - loss.epsilon, 1.0 + loss.epsilon) * adv
                 d_ratio = torch.where(ratio * adv <= clipped, d_ratio, 0.0)
             d_log_prob = d_ratio * pb.ratio
+        d_value = (self.vf_coef / count) * (value - returns)
+        if mask is not None:
+            d_log_prob, d_value = d_log_prob * mask, d_value * mask
         dist = pb.dist
         inv_std = torch.exp(-dist.log_std)
         z = (actions - dist.mean) * inv_std
-        d_mean = d_log_prob[:, None] * z * inv_std
-        d_log_std = d_log_prob @ (z * z - 1.0)
+        d_mean = d_log_prob[..., None] * z * inv_std
+        if stacked:  # [S, 1, A], as the stacked log-std parameter
+            d_log_std = torch.bmm(d_log_prob[:, None, :], z * z - 1.0)
+        else:
+            d_log_std = d_log_prob @ (z * z - 1.0)
         if entropy_bonus:
-            d_log_std -= self.ent_coef
+            d_log_std -= self.ent_coef if isinstance(self.ent_coef, float) else self.ent_coef.view(-1, 1, 1)
         raw, (low, high) = self._log_std, self._log_std_bounds  # action_log_std's clamp: no gradient outside
         torch.mul(d_log_std, (raw >= low) & (raw <= high), out=raw.grad)
-        d_value = (self.vf_coef / n) * (value - returns)
         self._tower_backward(self._towers[0], self._activations[0], d_mean)
-        self._tower_backward(self._towers[1], self._activations[1], d_value[:, None])
+        self._tower_backward(self._towers[1], self._activations[1], d_value[..., None])
 
     def _tower_backward(self, layers, inputs: list[torch.Tensor], grad: torch.Tensor) -> None:
         for i in range(len(layers) - 1, -1, -1):
             weight, _, weight_grad, bias_grad = layers[i]
             x = inputs[i]
-            torch.mm(grad.t(), x, out=weight_grad)
-            torch.sum(grad, 0, out=bias_grad)
+            if weight.dim() == 3:  # a population's stacked layer: weight [S, out, in], bias [S, 1, out]
+                torch.bmm(grad.transpose(1, 2), x, out=weight_grad)
+                torch.sum(grad, 1, keepdim=True, out=bias_grad)
+            else:
+                torch.mm(grad.t(), x, out=weight_grad)
+                torch.sum(grad, 0, out=bias_grad)
             if i > 0:
-                grad = torch.mm(grad, weight)
+                grad = torch.matmul(grad, weight)
                 if self._tanh:  # grad * (1 - x^2), x = tanh(.)
                     grad = torch.addcmul(grad, grad * x, x, value=-1.0)
                 else:
                     grad = grad * (x > 0)
 
 
-def hand_gradient_for(net, loss: PolicyLoss, settings, size: int, ent_coef) -> Optional[HandGradient]:
+def hand_gradient_for(net, loss: PolicyLoss, settings, ent_coef) -> Optional[HandGradient]:
     """A ``HandGradient`` when this update's configuration is one it computes, else None."""
-    if not isinstance(ent_coef, float) or not HandGradient.supports(net, loss, settings, size):
+    if not HandGradient.supports(net, loss, settings):
         return None
     return HandGradient(net, settings.vf_coef, ent_coef)

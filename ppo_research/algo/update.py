@@ -269,7 +269,7 @@ class PPOUpdate:
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
         clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
         epochs_run = 0
-        hand = hand_gradient_for(self.net, self.losses[0], s, S, self.ent_coef)
+        hand = hand_gradient_for(self.net, self.losses[0], s, self.ent_coef)
         with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
             for epoch in range(s.num_epochs):
                 epochs_run = epoch + 1
