@@ -58,6 +58,13 @@ def _gradients(net, update, batch, hand: HandGradient | None) -> list[torch.Tens
     (CPILoss(), "tanh", 0.0, 2.0),
     (PGLoss(), "tanh", 0.003, 2.0),
     (ClipLoss(0.2), "tanh", 0.0, -0.1),  # log-std clamped at its maximum for some dimensions: no gradient there
+    (KLPenaltyLoss(beta=3.0), "tanh", 0.0, 2.0),  # the paper's: analytic KL(old || new)
+    (KLPenaltyLoss(beta=0.5, direction="reverse"), "relu", 0.01, 2.0),
+    (KLPenaltyLoss(beta=2.0, estimator="k1"), "tanh", 0.0, 2.0),
+    (KLPenaltyLoss(beta=2.0, estimator="k3"), "tanh", 0.0, 2.0),
+    (KLPenaltyLoss(beta=2.0, estimator="k1", direction="reverse"), "tanh", 0.0, 2.0),
+    (KLPenaltyLoss(beta=2.0, estimator="k3", direction="reverse"), "tanh", 0.0, 2.0),
+    (KLPenaltyLoss(beta=1.0, epsilon=0.2), "tanh", 0.0, 2.0),  # clip + penalty
 ])
 def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max):
     net, update, batch = _setup(loss, activation, ent_coef, log_std_max)
@@ -65,7 +72,7 @@ def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max)
     assert HandGradient.supports(net, loss, update.settings)
     expected = _gradients(net, update, batch, None)
     got = _gradients(net, update, batch, hand)
-    if isinstance(loss, ClipLoss):  # the case exercises both sides of the clip range
+    if loss.epsilon is not None:  # the case exercises both sides of the clip range
         with torch.no_grad():
             pb, _ = update.policy_batch(batch)
             outside = (pb.ratio - 1).abs() > loss.epsilon
@@ -79,14 +86,19 @@ def test_the_hand_gradient_is_autograds(loss, activation, ent_coef, log_std_max)
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=name)
 
 
+class _UserLoss(ClipLoss):  # a subclass may change the maths: autograd
+    pass
+
+
 def test_configurations_it_does_not_compute_go_through_autograd():
     settings = UpdateSettings()
     net, _, _ = _setup(ClipLoss(0.2))
     assert HandGradient.supports(net, ClipLoss(0.2), settings)
-    assert not HandGradient.supports(net, KLPenaltyLoss(), settings)
+    assert HandGradient.supports(net, KLPenaltyLoss(), settings)
     assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(value_loss="huber"))
     assert not HandGradient.supports(net, ClipLoss(0.2), UpdateSettings(clip_value_loss=0.2))
     torch.manual_seed(0)
+    assert not HandGradient.supports(net, _UserLoss(), settings)
     for other in (MLPActorCritic(OBS, BOX, activation="elu"), MLPActorCritic(OBS, BOX, state_dependent_std=True),
                   MLPActorCritic(OBS, BOX, std_param="softplus"), MLPActorCritic(OBS, BOX, squash="tanh"),
                   MLPActorCritic(OBS, gym.spaces.Discrete(3)), SharedMLPActorCritic(OBS, BOX)):
@@ -98,13 +110,18 @@ def test_configurations_it_does_not_compute_go_through_autograd():
     assert not HandGradient.supports(Subclassed(OBS, BOX), ClipLoss(0.2), settings)
 
 
-@pytest.mark.parametrize("loss_class,ent_coefs", [(ClipLoss, [0.0, 0.0, 0.0]), (ClipLoss, [0.0, 0.01, 0.003]),
-                                                  (CPILoss, [0.0, 0.0, 0.0])])
-def test_a_populations_hand_gradient_is_autograds(loss_class, ent_coefs):
-    """Three members with their own epsilon and entropy coefficient and batches of different
-    lengths (so the stacked minibatch is padded and masked)."""
-    members = [_setup(loss_class(eps) if loss_class is ClipLoss else loss_class(), seed=k, n=40 + 4 * k)
-               for k, eps in enumerate([0.1, 0.2, 0.3])]
+MEMBER_LOSSES = {"clip": lambda k: ClipLoss([0.1, 0.2, 0.3][k]), "cpi": lambda k: CPILoss(),
+                 "klpen": lambda k: KLPenaltyLoss(beta=[0.3, 1.0, 3.0][k]),
+                 "klpen_k3": lambda k: KLPenaltyLoss(beta=[0.3, 1.0, 3.0][k], estimator="k3")}
+
+
+@pytest.mark.parametrize("loss_kind,ent_coefs", [("clip", [0.0, 0.0, 0.0]), ("clip", [0.0, 0.01, 0.003]),
+                                                 ("cpi", [0.0, 0.0, 0.0]), ("klpen", [0.0, 0.0, 0.0]),
+                                                 ("klpen_k3", [0.0, 0.0, 0.0])])
+def test_a_populations_hand_gradient_is_autograds(loss_kind, ent_coefs):
+    """Three members with their own epsilon, beta and entropy coefficient and batches of
+    different lengths (so the stacked minibatch is padded and masked)."""
+    members = [_setup(MEMBER_LOSSES[loss_kind](k), seed=k, n=40 + 4 * k) for k in range(3)]
     nets, losses, batches = [m[0] for m in members], [m[1].loss for m in members], [m[2] for m in members]
     update = PPOUpdate(nets, losses, FlatAdam(nets, lr=1e-3, eps=1e-5), UpdateSettings(), ent_coefs=ent_coefs)
     padded = _Padded(batches)
