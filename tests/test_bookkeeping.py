@@ -81,3 +81,33 @@ def test_the_compiled_step_is_the_numpy_formulas_bit_for_bit(S, N, D, dtype, cli
                              (state.obs_mean, ref.o_mean), (state.obs_var, ref.o_var),
                              (state.obs_count, ref.o_count.reshape(-1))]:
             np.testing.assert_array_equal(ours, theirs)
+
+
+def test_an_install_where_numba_cannot_cache_still_trains(tmp_path):
+    """A read-only install (a container image, say) with no writable cache directory: numba cannot
+    cache the kernel, so each process compiles it. A run still trains, and says so once."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    install = tmp_path / "install"
+    for part in ("ppo_research", "conf"):
+        shutil.copytree(repo / part, install / part, ignore=shutil.ignore_patterns("__pycache__"))
+    # Unwritable even for root: a file where numba's directories would be made
+    (install / "ppo_research" / "run" / "__pycache__").write_text("")
+    (tmp_path / "blocked").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "PYTHONPATH"))}
+    env.update(PYTHONPATH=str(install), PYTHONDONTWRITEBYTECODE="1", HOME=str(tmp_path / "blocked" / "home"),
+               XDG_CACHE_HOME=str(tmp_path / "blocked" / "cache"))
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "ppo_research", "env=cartpole", "logger=none", "progress=false",
+                             "total_timesteps=512", "algo.num_envs=2", "algo.num_steps=128",
+                             f"hydra.run.dir={run_dir}"], cwd=install, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("numba finds no writable cache directory") == 1, result.stderr[-2000:]
+    assert (run_dir / "summary.json").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 1
+    assert not any(install.rglob("*.nbi")), "nothing cached: there was nowhere to write"

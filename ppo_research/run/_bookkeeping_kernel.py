@@ -3,11 +3,30 @@
 Module-level functions, so that numba's on-disk cache finds them again in the next process.
 """
 import math
+import sys
 
 import numpy as np
 from numba import njit
 
-jit = njit(cache=True, nogil=True)
+
+def jit(function):
+    """Compiled, and cached on disk where numba finds a writable place: next to this file
+    (``__pycache__``), else the user's cache directory. A read-only install with no writable cache
+    directory (a container image, say) still runs; each process then compiles for itself."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError as err:  # numba: "cannot cache function ...: no locator available ..."
+        if "no locator available" not in str(err):
+            raise
+        global _told
+        if not _told:
+            print("warning: numba finds no writable cache directory (set NUMBA_CACHE_DIR to one): the rollout's "
+                  "bookkeeping is compiled in every process, about 5 s each", file=sys.stderr)
+            _told = True
+        return njit(nogil=True)(function)
+
+
+_told = False  # the warning above, once per process
 
 
 @jit
