@@ -40,8 +40,14 @@ def _setup(loss, activation="tanh", ent_coef=0.0, log_std_max=2.0, seed=0, n=48)
     return net, update, batch
 
 
+def _unwritten(update) -> None:
+    """What the gradient buffer holds before a hand-written gradient: NaN, so that a parameter it
+    leaves unwritten (the update no longer zeroes it first) fails the comparison."""
+    update.optimizer.flat.grad.fill_(float("nan"))
+
+
 def _gradients(net, update, batch, hand: HandGradient | None) -> list[torch.Tensor]:
-    update.optimizer.zero_grad()
+    update.optimizer.zero_grad() if hand is None else _unwritten(update)
     with torch.set_grad_enabled(hand is None):
         pb, value = update.policy_batch(batch, with_value=True, forward=hand and hand.forward)
         total = update._loss_terms(update.loss, pb, value, batch, [len(batch)], [True])[-1]
@@ -129,7 +135,7 @@ def test_a_populations_hand_gradient_is_autograds(loss_kind, ent_coefs):
     stacked_batch, lengths = padded.batch(), [len(b) for b in batches]
 
     def gradient(hand):
-        update.optimizer.zero_grad()
+        update.optimizer.zero_grad() if hand is None else _unwritten(update)
         with torch.set_grad_enabled(hand is None):
             pb, value = update.policy_batch(stacked_batch, mask=padded.mask, forward=hand and hand.forward)
             view = member_view(update.losses)

@@ -36,7 +36,8 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 class HandGradient:
     """``forward(obs)`` -> (distribution, value), remembering the activations; ``backward``
-    then writes dL/dtheta for that minibatch into every parameter's ``.grad``."""
+    then writes dL/dtheta for that minibatch into every parameter's ``.grad``, overwriting it (no
+    zeroing needed before)."""
 
     def __init__(self, net, vf_coef: float, ent_coef: float | torch.Tensor):
         """``net``: one network, or a population's stacked module (algo/stacking.py); ``ent_coef``
@@ -54,7 +55,7 @@ class HandGradient:
     @staticmethod
     def supports(net, loss: PolicyLoss, settings) -> bool:
         return (type(net) is MLPActorCritic and net.activation in ACTIVATIONS
-                and net._dist_cls is DiagGaussian and not net.state_dependent_std and net.std_param == "exp"
+                and net.distribution_class is DiagGaussian and not net.state_dependent_std and net.std_param == "exp"
                 and net.std_min == 0.0 and type(loss) in (ClipLoss, CPILoss, PGLoss, KLPenaltyLoss)
                 and settings.value_loss == "mse" and settings.clip_value_loss is None)
 

@@ -183,6 +183,11 @@ class _Heads(ActorCritic):
         self._head_out = head_out
         self._build()
 
+    @property
+    def distribution_class(self) -> type:
+        """The policy's distribution: DiagGaussian, TanhGaussian (``squash=tanh``) or Categorical."""
+        return self._dist_cls
+
     def _build(self) -> None:
         raise NotImplementedError
 

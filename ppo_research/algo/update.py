@@ -389,10 +389,10 @@ class PPOUpdate:
         with per-member global gradient-norm clipping; ``members``: who steps (default all).
         ``gradient``: writes the gradient of ``total`` by hand (algo/hand_gradient.py) instead of
         autograd's backward."""
-        self.optimizer.zero_grad()
-        if gradient is not None:
+        if gradient is not None:  # writes every parameter's gradient
             gradient()
         else:
+            self.optimizer.zero_grad()
             (total if total.dim() == 0 else total.sum()).backward()
         if self.settings.max_grad_norm is not None:
             self.optimizer.clip_grad_norm(self.settings.max_grad_norm)
