@@ -135,6 +135,30 @@ def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
     assert all((job / "metrics.jsonl").read_bytes() == rows for job, rows in before.items())
 
 
+def test_the_largest_population_starts_first(tmp_path):
+    """Largest first (members x steps): a long population does not run on alone at the end."""
+    from hydra_plugins.ppo_research_population.launcher import Job, Population, launch_order
+    from omegaconf import OmegaConf
+
+    def population(number, *budgets):
+        return Population(number, [Job(i, OmegaConf.create({"total_timesteps": b})) for i, b in enumerate(budgets)])
+
+    small, large, equal, bad = population(0, 100), population(1, 100, 100, 100), population(2, 100), population(3)
+    assert [p.number for p in launch_order([small, large, equal, bad])] == [1, 0, 2, 3]
+    broken = Population(4, [Job(0, OmegaConf.create({"total_timesteps": "${missing}"}))])  # fails where it runs
+    assert [p.number for p in launch_order([broken, large])] == [1, 4]
+
+    sweep = tmp_path / "sweep"  # a real multirun, one process: the 512-step population starts before the 256-step one
+    tiny = [a for a in CARTPOLE if not a.startswith("total_timesteps=")]
+    proc = run_cli(["-m", "total_timesteps=256,512", "seed=0,1", *tiny, "hydra.launcher.processes=1",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    order = [[int(j) for j in m[3].split(",")] for m in LAUNCHED.finditer(proc.stdout + proc.stderr)]
+    assert order == [[2, 3], [0, 1]], order
+    for job in job_dirs(sweep):
+        assert_complete(job, steps=int(overrides_of(job)["total_timesteps"]))
+
+
 def close(a, b) -> bool:
     """Equal, up to float round-off for floats (a batched population update may reorder sums)."""
     if isinstance(a, float) or isinstance(b, float):

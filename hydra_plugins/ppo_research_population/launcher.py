@@ -5,7 +5,7 @@ population, and train each population in a fresh process, ``processes`` of them 
   whose ``hydra.job.env_set`` agree form a group, in the order of their first job; a group larger
   than ``population_size`` is cut into the fewest near-equal populations that fit (10 jobs, size 8:
   5 + 5). A job whose config does not resolve is a population of its own (it fails there, in one
-  line, as it would alone).
+  line, as it would alone). Populations start largest first (``launch_order``).
 - Each job is what Hydra's basic launcher makes of it: job number and id, the output directory
   ``hydra.sweep.dir/hydra.sweep.subdir`` (resolved here, so timestamps are the sweep's), ``.hydra/``
   and one JobReturn: the run's eval return, or its failure. Hydra's callbacks run here, around
@@ -115,6 +115,23 @@ def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: 
             populations.append(Population(len(populations), members[start:end]))
             start = end
     return populations
+
+
+def launch_order(populations: Sequence[Population]) -> list[Population]:
+    """The order to start ``populations`` in: the most work first (members x ``total_timesteps``),
+    the order of their first jobs among equals. With several processes the long populations then
+    start early and the short ones fill in, instead of a long one running on alone at the end."""
+
+    def work(population: Population) -> int:
+        steps = 0
+        for job in population.jobs:
+            try:
+                steps += int(OmegaConf.select(job.config, "total_timesteps", default=0) or 0)
+            except Exception:  # noqa: BLE001 - a job that does not resolve fails at once wherever it starts
+                pass
+        return steps
+
+    return sorted(populations, key=work, reverse=True)  # sorted is stable: equals keep their order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ class PopulationLauncher(Launcher):
 
     def _run(self, populations: list[Population]) -> dict[int, JobReturn]:
         returns: dict[int, JobReturn] = {}
-        pending = list(populations)
+        pending = launch_order(populations)
         running: dict[subprocess.Popen, tuple[Population, Path]] = {}
         stops: list[int] = []
         interrupts: list[dict] = []
