@@ -118,12 +118,14 @@ def test_configurations_it_does_not_compute_go_through_autograd():
 
 MEMBER_LOSSES = {"clip": lambda k: ClipLoss([0.1, 0.2, 0.3][k]), "cpi": lambda k: CPILoss(),
                  "klpen": lambda k: KLPenaltyLoss(beta=[0.3, 1.0, 3.0][k]),
-                 "klpen_k3": lambda k: KLPenaltyLoss(beta=[0.3, 1.0, 3.0][k], estimator="k3")}
+                 "klpen_k3": lambda k: KLPenaltyLoss(beta=[0.3, 1.0, 3.0][k], estimator="k3"),
+                 # the paper's rows in one population: computed as the KL penalty, eps = inf / beta = 0 where absent
+                 "mixed": lambda k: [CPILoss(), ClipLoss(0.2), KLPenaltyLoss(beta=3.0)][k]}
 
 
 @pytest.mark.parametrize("loss_kind,ent_coefs", [("clip", [0.0, 0.0, 0.0]), ("clip", [0.0, 0.01, 0.003]),
                                                  ("cpi", [0.0, 0.0, 0.0]), ("klpen", [0.0, 0.0, 0.0]),
-                                                 ("klpen_k3", [0.0, 0.0, 0.0])])
+                                                 ("klpen_k3", [0.0, 0.0, 0.0]), ("mixed", [0.0, 0.0, 0.0])])
 def test_a_populations_hand_gradient_is_autograds(loss_kind, ent_coefs):
     """Three members with their own epsilon, beta and entropy coefficient and batches of
     different lengths (so the stacked minibatch is padded and masked)."""

@@ -283,3 +283,44 @@ def test_minibatch_slices_are_near_equal_and_cover_the_batch():
         assert sum(lengths) == n and slices[0].start == 0 and slices[-1].stop == n
         assert max(lengths) - min(lengths) <= 1  # no ragged last minibatch
         assert len(slices) == max(1, round(n / size))
+
+
+# -- the paper's losses as one population's surrogate (algo/losses.member_view) -------------------
+
+def test_a_view_of_mixed_loss_kinds_computes_each_members_own_loss_and_gradient():
+    """cpi, clip, the adaptive and the fixed KL penalty (with and without clipping) as one [S, B]
+    surrogate: each member's row has the value and the gradient of its own loss on its own batch."""
+    from ppo_research.algo.distributions import DiagGaussian
+    from ppo_research.algo.losses import member_view
+
+    losses = [CPILoss(), ClipLoss(0.1), KLPenaltyLoss(beta=2.0), KLPenaltyLoss(beta=0.5, adaptive=False, epsilon=0.3)]
+    S, B, A = len(losses), 96, 3
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(S, B, 2 * A, generator=g, dtype=torch.float64)
+    moved = (old + 0.4 * torch.randn(S, B, 2 * A, generator=g, dtype=torch.float64)).requires_grad_()
+    actions = DiagGaussian.from_params(old).sample()
+    advantages = torch.randn(S, B, generator=g, dtype=torch.float64)
+
+    def batch(params, k=None):
+        pick = (lambda t: t) if k is None else (lambda t: t[k])  # noqa: E731
+        new, before = DiagGaussian.from_params(pick(params)), DiagGaussian.from_params(pick(old))
+        return PolicyBatch(new.log_prob(pick(actions)), before.log_prob(pick(actions)), pick(advantages), new, before)
+
+    view = member_view(losses)
+    assert isinstance(view, KLPenaltyLoss) and view.beta.view(-1).tolist() == [0.0, 0.0, 2.0, 0.5]
+    values = view(batch(moved))
+    assert values.shape == (S, 1)
+    (grad,) = torch.autograd.grad(values.sum(), moved)
+    for k, loss in enumerate(losses):
+        own = loss(batch(moved, k))
+        (own_grad,) = torch.autograd.grad(own, moved)
+        assert values[k, 0].item() == pytest.approx(own.item(), rel=1e-6), type(loss).__name__
+        torch.testing.assert_close(grad[k], own_grad[k], rtol=1e-6, atol=1e-12)
+    assert ((batch(moved).ratio - 1).abs() > 0.1).any()  # the clip members' clipping was in play
+
+
+def test_a_population_mixes_only_the_surrogate_family():
+    from ppo_research.algo.losses import member_view
+
+    with pytest.raises(ValueError, match="PGLoss"):
+        member_view([ClipLoss(0.2), PGLoss()])

@@ -26,7 +26,7 @@ from ppo_research.errors import ConfigError, NonFiniteError
 from ppo_research.run import checkpoint
 from ppo_research.run.build import build
 from ppo_research.run.compose import compose
-from ppo_research.run.population import MemberJob, population_trainer, train_members
+from ppo_research.run.population import MemberJob, group_key, population_trainer, train_members
 
 TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num_steps=128"],  # 8 envs x 128
                   "pendulum": ["env=pendulum", "total_timesteps=2048", "algo.num_steps=256",
@@ -150,6 +150,22 @@ def test_members_with_their_own_adaptive_beta(tmp_path):
     assert {row["beta"] for row in read_metrics(tmp_path / "pop0")} == {0.3}
 
 
+@pytest.mark.parametrize("env", ["pendulum", "cartpole"])  # the hand-written gradient, autograd
+def test_members_of_different_loss_kinds_are_their_solo_runs(env, tmp_path):
+    """No clipping or penalty, clipping, adaptive and fixed KL penalty (the paper's Table 1 rows)
+    in one population: one stacked surrogate with epsilon = inf and beta = 0 where a member has
+    none. Each member's rows are its solo run's, with its own loss's fields (no beta for cpi/clip)."""
+    base = TWO_ITERATIONS[env]
+    variants = [["loss=cpi", "seed=0"], ["loss=clip", "loss.epsilon=0.1", "seed=1"], ["loss=klpen", "seed=2"],
+                ["loss=klfixed", "loss.beta=3.0", "seed=3"]]
+    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
+    assert all(isinstance(r, dict) for r in results), results
+    for i, v in enumerate(variants):
+        train_members([job([*base, *v], tmp_path / f"solo{i}")])
+        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+    assert "beta" not in read_metrics(tmp_path / "pop1")[-1] and read_metrics(tmp_path / "pop3")[-1]["beta"] == 3.0
+
+
 def test_a_diverged_member_fails_alone(tmp_path):
     base = [*TWO_ITERATIONS["cartpole"], "total_timesteps=4096", "checkpoint.every=1"]
     results = train_members([job([*base, "seed=0"], tmp_path / "ok"),
@@ -169,6 +185,20 @@ def test_members_must_share_everything_else(tmp_path):
                              job(["env=cartpole", "seed=1", "algo.num_epochs=3"], tmp_path / "b")])
     assert all(isinstance(r, ConfigError) and "algo.num_epochs" in str(r) for r in results), results
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+
+def test_loss_kinds_group_when_their_other_settings_agree():
+    """cpi, clip and the KL penalties share a group key while the penalties' own settings are the
+    defaults (or, among penalties, equal); another estimator or the plain policy gradient does not."""
+    def key(*overrides):
+        return group_key(compose(["env=cartpole", *overrides]).cfg)
+
+    paper = {key("loss=cpi"), key("loss=clip", "loss.epsilon=0.3"), key("loss=klpen", "loss.kl_target=0.03"),
+             key("loss=klfixed", "loss.beta=10")}
+    assert len(paper) == 1
+    assert key("loss=klpen", "loss.estimator=k3") not in paper | {key("loss=pg")}
+    assert key("loss=klpen", "loss.estimator=k3") == key("loss=klfixed", "loss.estimator=k3")
+    assert key("loss=pg") not in paper
 
 
 WORKER = textwrap.dedent("""

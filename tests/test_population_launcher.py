@@ -114,6 +114,20 @@ def test_jobs_that_differ_outside_the_member_keys_train_in_separate_populations(
         assert {overrides_of(job)["seed"] for job in members} == {"0", "1"}
 
 
+def test_the_paper_loss_kinds_share_a_population_and_other_losses_do_not(tmp_path):
+    """cpi, clip, klpen and klfixed differ only in epsilon and beta (one surrogate family): one
+    population; the plain policy gradient is another objective: its own."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0,1", "loss=cpi,clip,klpen,klfixed,pg", *CARTPOLE, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in job_dirs(sweep):
+        assert_complete(job)
+    groups = [{overrides_of(sweep / str(n))["loss"] for n in numbers}
+              for _, numbers in launched(proc.stdout + proc.stderr).values()]
+    assert sorted(map(sorted, groups)) == [["clip", "cpi", "klfixed", "klpen"], ["pg"]]
+
+
 def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=0,1,2", *CARTPOLE, "hydra.launcher.population_size=2", "hydra.launcher.processes=2",

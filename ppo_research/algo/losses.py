@@ -125,9 +125,12 @@ MEMBER_VALUES = ("epsilon", "beta")
 def member_view(losses: list[PolicyLoss]) -> PolicyLoss:
     """One loss object computing every member's term: the members' own values of
     ``MEMBER_VALUES`` as [S, 1] tensors where they differ (their state, e.g. an adapted beta,
-    stays in the members' objects)."""
+    stays in the members' objects). Members of different ``SURROGATES`` kinds are computed as
+    the KL penalty with epsilon = inf for no clipping and beta = 0 for no penalty."""
     if len(losses) == 1:
         return losses[0]
+    if any(type(loss) is not type(losses[0]) for loss in losses):
+        return _surrogate_view(losses)
     view = copy.copy(losses[0])
     for name in MEMBER_VALUES:
         values = [getattr(loss, name, None) for loss in losses]
@@ -250,3 +253,23 @@ class KLPenaltyLoss(PolicyLoss):
     def load_state_dict(self, state: dict) -> None:
         self.beta = float(state["beta"])
         self._restart_window()
+
+
+#: One family: each is E[min(r A, clip(r, 1-eps, 1+eps) A)] - beta KL for some epsilon (inf: no
+#: clipping, where the min is r A exactly) and beta (0: no penalty), so one population may mix them.
+SURROGATES = (CPILoss, ClipLoss, KLPenaltyLoss)
+
+
+def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
+    """The KL penalty computing members of mixed ``SURROGATES`` kinds. Its other settings are its
+    penalised members' (which share them), or the defaults: run/population.py groups only such."""
+    kinds = {type(loss).__name__ for loss in losses if type(loss) not in SURROGATES}
+    if kinds:
+        raise ValueError(f"a population mixes loss kinds only among {', '.join(c.__name__ for c in SURROGATES)}, "
+                         f"not {', '.join(sorted(kinds))}")
+    penalised = [loss for loss in losses if isinstance(loss, KLPenaltyLoss)]
+    view = copy.copy(penalised[0]) if penalised else KLPenaltyLoss(beta=0.0, adaptive=False)
+    epsilons = [float("inf") if loss.epsilon is None else loss.epsilon for loss in losses]
+    view.epsilon = None if all(e == float("inf") for e in epsilons) else torch.tensor(epsilons).view(-1, 1)
+    view.beta = torch.tensor([loss.beta if isinstance(loss, KLPenaltyLoss) else 0.0 for loss in losses]).view(-1, 1)
+    return view

@@ -269,7 +269,8 @@ class PPOUpdate:
         steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
         clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
         epochs_run = 0
-        hand = hand_gradient_for(self.net, self.losses[0], s, self.ent_coef)
+        hand = hand_gradient_for(self.net, member_view(self.losses), s, self.ent_coef)
+        report_epsilon = self._report_epsilon()
         with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
             for epoch in range(s.num_epochs):
                 epochs_run = epoch + 1
@@ -297,7 +298,7 @@ class PPOUpdate:
                     self.step(total, None if all(stepping) else torch.tensor(stepping), gradient)
                     stepped_this_epoch = [a or b for a, b in zip(stepped_this_epoch, stepping)]
                     steps.append((torch.stack(terms[:3], -1).detach().reshape(S, 3), stepping))
-                    clip_hits.append((pb.ratio.detach(), pb.mask, loss_view.epsilon))  # pre-step, as PPO reports them
+                    clip_hits.append((pb.ratio.detach(), pb.mask, report_epsilon))  # pre-step, as PPO reports them
                     if self._adapting("minibatch"):  # d after this step, on this minibatch
                         self._observe_kl(self._divergences(mb, mask)["kl"], stepping, "minibatch")
                 if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
@@ -457,17 +458,21 @@ class PPOUpdate:
         return {"kl": kl.reshape(-1).tolist(), "approx_kl_k3": k3.reshape(-1).tolist(),
                 "ratio_min": low.tolist(), "ratio_max": high.tolist()}
 
+    def _report_epsilon(self) -> float | torch.Tensor:
+        """What clip_fraction counts against: each member's loss's epsilon, or DEFAULT_CLIP_REPORT
+        for a loss without one (a float, or [S, 1] where members differ)."""
+        values = [DEFAULT_CLIP_REPORT if loss.epsilon is None else loss.epsilon for loss in self.losses]
+        return values[0] if all(v == values[0] for v in values) else torch.tensor(values).view(-1, 1)
+
     def _clip_fractions(self, clip_hits: list, took: torch.Tensor) -> list[float]:
-        """Per member: the fraction of its pre-step ratios with |r - 1| > epsilon (the loss's, or
-        DEFAULT_CLIP_REPORT), over the minibatches it stepped on."""
+        """Per member: the fraction of its pre-step ratios with |r - 1| > epsilon (``_report_epsilon``),
+        over the minibatches it stepped on."""
         if self.size == 1:  # one reduction over every step's ratios
             ratios = torch.cat([r for r, _, _ in clip_hits])
-            eps = clip_hits[0][2] if clip_hits[0][2] is not None else DEFAULT_CLIP_REPORT
-            return [((ratios - 1.0).abs() > eps).float().mean().item()]
+            return [((ratios - 1.0).abs() > clip_hits[0][2]).float().mean().item()]
         hits = torch.zeros(self.size, dtype=torch.float64)
         samples = torch.zeros(self.size, dtype=torch.float64)
         for (ratio, mask, eps), who in zip(clip_hits, took):
-            eps = eps if eps is not None else DEFAULT_CLIP_REPORT
             valid = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask
             valid = valid & who[:, None]
             hits += (((ratio - 1.0).abs() > eps) & valid).sum(-1)

@@ -48,6 +48,8 @@ def _without_member_keys(cfg: Union[DictConfig, dict]) -> dict:
     data = copy.deepcopy(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     for key in ("hydra", *RUN_OWN_KEYS):
         data.pop(key, None)
+    if isinstance(data.get("loss"), dict):
+        data["loss"] = _as_surrogate(data["loss"])
     for key in MEMBER_KEYS:
         *path, last = key.split(".")
         holder = data
@@ -56,6 +58,22 @@ def _without_member_keys(cfg: Union[DictConfig, dict]) -> dict:
         if isinstance(holder, dict):
             holder.pop(last, None)
     return data
+
+
+def _as_surrogate(loss: dict) -> dict:
+    """A CPI, clipped or KL-penalty loss config (``algo.losses.SURROGATES``, one family whose
+    members differ only in epsilon and beta) as the KL penalty's, its unset settings at their
+    defaults: so members of these kinds group together when their KL settings are the defaults or,
+    among penalties, the same. Other losses stay as they are."""
+    import inspect
+
+    from ..algo.losses import SURROGATES, KLPenaltyLoss
+
+    if loss.get("_target_") not in {f"{kind.__module__}.{kind.__name__}" for kind in SURROGATES}:
+        return loss
+    defaults = {name: p.default for name, p in inspect.signature(KLPenaltyLoss).parameters.items()}
+    own = {key: value for key, value in loss.items() if key != "_target_"}
+    return {**defaults, **own, "_target_": "a CPI, clipped or KL-penalty surrogate"}
 
 
 def group_key(cfg: DictConfig) -> str:
@@ -71,8 +89,8 @@ def check_members(cfgs: Sequence[Union[DictConfig, dict]]) -> None:
         other = _without_member_keys(cfg)
         if other != first:
             raise ConfigError("population", f"member {k}",
-                              f"a config equal to member 0's outside {', '.join(MEMBER_KEYS)} "
-                              f"(it differs in {_first_difference(first, other)})")
+                              f"a config equal to member 0's outside {', '.join(MEMBER_KEYS)} and the loss "
+                              f"kind among cpi, clip, klpen, klfixed (it differs in {_first_difference(first, other)})")
 
 
 def _first_difference(a, b, prefix: str = "") -> str:
