@@ -166,6 +166,18 @@ def test_members_of_different_loss_kinds_are_their_solo_runs(env, tmp_path):
     assert "beta" not in read_metrics(tmp_path / "pop1")[-1] and read_metrics(tmp_path / "pop3")[-1]["beta"] == 3.0
 
 
+def test_penalty_members_with_and_without_clipping_are_their_solo_runs(tmp_path):
+    """loss.epsilon is a member key, and the KL penalty's may be unset: a member without clipping
+    beside one with it (either first) keeps its own surrogate."""
+    base = [*TWO_ITERATIONS["pendulum"], "loss=klpen"]
+    variants = [["loss.epsilon=null", "seed=0"], ["loss.epsilon=0.1", "seed=1"], ["loss.epsilon=null", "seed=2"]]
+    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
+    assert all(isinstance(r, dict) for r in results), results
+    for i, v in enumerate(variants):
+        train_members([job([*base, *v], tmp_path / f"solo{i}")])
+        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+
+
 def test_a_diverged_member_fails_alone(tmp_path):
     base = [*TWO_ITERATIONS["cartpole"], "total_timesteps=4096", "checkpoint.every=1"]
     results = train_members([job([*base, "seed=0"], tmp_path / "ok"),

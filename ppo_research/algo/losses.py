@@ -129,8 +129,8 @@ def member_view(losses: list[PolicyLoss]) -> PolicyLoss:
     the KL penalty with epsilon = inf for no clipping and beta = 0 for no penalty."""
     if len(losses) == 1:
         return losses[0]
-    if any(type(loss) is not type(losses[0]) for loss in losses):
-        return _surrogate_view(losses)
+    if len({type(loss) for loss in losses}) > 1 or len({loss.epsilon is None for loss in losses}) > 1:
+        return _surrogate_view(losses)  # other kinds, or a penalty with and one without clipping
     view = copy.copy(losses[0])
     for name in MEMBER_VALUES:
         values = [getattr(loss, name, None) for loss in losses]
@@ -261,12 +261,13 @@ SURROGATES = (CPILoss, ClipLoss, KLPenaltyLoss)
 
 
 def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
-    """The KL penalty computing members of mixed ``SURROGATES`` kinds. Its other settings are its
-    penalised members' (which share them), or the defaults: run/population.py groups only such."""
+    """The KL penalty computing members of mixed ``SURROGATES`` kinds, or with and without
+    epsilon. Its other settings are its penalised members' (which share them), or the defaults:
+    run/population.py groups only such."""
     kinds = {type(loss).__name__ for loss in losses if type(loss) not in SURROGATES}
     if kinds:
-        raise ValueError(f"a population mixes loss kinds only among {', '.join(c.__name__ for c in SURROGATES)}, "
-                         f"not {', '.join(sorted(kinds))}")
+        raise ValueError(f"members with and without epsilon, or of different kinds, are computed together only "
+                         f"among {', '.join(c.__name__ for c in SURROGATES)}, not {', '.join(sorted(kinds))}")
     penalised = [loss for loss in losses if isinstance(loss, KLPenaltyLoss)]
     view = copy.copy(penalised[0]) if penalised else KLPenaltyLoss(beta=0.0, adaptive=False)
     epsilons = [float("inf") if loss.epsilon is None else loss.epsilon for loss in losses]

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 from numba import njit
 
+_told = False  # jit's warning, once per process
+
 
 def jit(function):
     """Compiled, and cached on disk where numba finds a writable place: next to this file
@@ -24,9 +26,6 @@ def jit(function):
                   "bookkeeping is compiled in every process, about 5 s each", file=sys.stderr)
             _told = True
         return njit(nogil=True)(function)
-
-
-_told = False  # the warning above, once per process
 
 
 @jit
