@@ -149,6 +149,28 @@ def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
     assert all((job / "metrics.jsonl").read_bytes() == rows for job, rows in before.items())
 
 
+@pytest.mark.parametrize("groups,size,processes,expected", [
+    ([12, 12, 12], 16, 2, [12, 12, 12]),  # the small Table 1: enough populations, kept whole
+    ([24], 16, 1, [12, 12]),  # capped: near-equal, not 16 + 8
+    ([10], 16, 2, [5, 5]),  # one group, two processes: cut so that neither waits
+    ([10, 2], 16, 3, [5, 5, 2]),  # the group with the largest populations is cut first
+    ([9, 9], 16, 3, [5, 4, 9]),  # equals: the first group
+    ([3], 16, 4, [1, 1, 1]),  # never below one job per population
+    ([3], 2, 2, [2, 1]),
+])
+def test_groups_are_cut_by_the_cap_and_to_keep_every_process_busy(groups, size, processes, expected):
+    from hydra_plugins.ppo_research_population.launcher import Job, make_populations
+    from omegaconf import OmegaConf
+
+    jobs, keys = [], []
+    for g, count in enumerate(groups):
+        jobs += [Job(len(jobs) + i, OmegaConf.create({})) for i in range(count)]
+        keys += [f"group {g}"] * count
+    populations = make_populations(jobs, keys, size, processes)
+    assert [len(p.jobs) for p in populations] == expected
+    assert [job.idx for p in populations for job in p.jobs] == list(range(len(jobs)))  # in job order, each once
+
+
 def test_the_largest_population_starts_first(tmp_path):
     """Largest first (members x steps): a long population does not run on alone at the end."""
     from hydra_plugins.ppo_research_population.launcher import Job, Population, launch_order

@@ -9,7 +9,8 @@ from hydra.core.config_store import ConfigStore
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.ppo_research_population.launcher.PopulationLauncher"
     #: at most this many jobs train in one process; a larger group is cut into near-equal parts
-    population_size: int = 8
+    #: (and a group is cut further while there are fewer populations than processes)
+    population_size: int = 16
     #: population processes running at the same time (each trains its members with torch_threads threads)
     processes: int = 1
     #: continue an earlier multirun in the same hydra.sweep.dir: a job whose directory holds its

@@ -3,9 +3,10 @@ population, and train each population in a fresh process, ``processes`` of them 
 
 - Grouping: jobs whose configs are equal outside ``MEMBER_KEYS`` (``population.group_key``) and
   whose ``hydra.job.env_set`` agree form a group, in the order of their first job; a group larger
-  than ``population_size`` is cut into the fewest near-equal populations that fit (10 jobs, size 8:
-  5 + 5). A job whose config does not resolve is a population of its own (it fails there, in one
-  line, as it would alone). Populations start largest first (``launch_order``).
+  than ``population_size`` is cut into the fewest near-equal populations that fit (24 jobs, size
+  16: 12 + 12), and further while there are fewer populations than ``processes`` (10 jobs, 2
+  processes: 5 + 5). A job whose config does not resolve is a population of its own (it fails
+  there, in one line, as it would alone). Populations start largest first (``launch_order``).
 - Each job is what Hydra's basic launcher makes of it: job number and id, the output directory
   ``hydra.sweep.dir/hydra.sweep.subdir`` (resolved here, so timestamps are the sweep's), ``.hydra/``
   and one JobReturn: the run's eval return, or its failure. Hydra's callbacks run here, around
@@ -99,18 +100,28 @@ def population_key(config: DictConfig) -> str:
     return json.dumps([group_key(task_config(config)), env], sort_keys=True, default=str)
 
 
-def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: int) -> list[Population]:
+def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: int,
+                     processes: int = 1) -> list[Population]:
     """Group ``jobs`` by ``keys`` (in the order of each group's first job) and cut every group into
-    the fewest near-equal populations of at most ``population_size`` members."""
+    the fewest near-equal populations of at most ``population_size`` members. Fewer populations
+    than ``processes`` would leave a process idle: then the group with the largest populations is
+    cut into one part more, until there are enough (or every population is a single job)."""
     groups: dict[str, list[Job]] = {}
     for job, key in zip(jobs, keys):
         groups.setdefault(key, []).append(job)
+    grouped = list(groups.values())
+    parts = [-(-len(members) // population_size) for members in grouped]
+    while sum(parts) < processes:
+        divisible = [g for g, members in enumerate(grouped) if len(members) > parts[g]]
+        if not divisible:
+            break
+        widest = max(divisible, key=lambda g: len(grouped[g]) / parts[g])  # the first of equals
+        parts[widest] += 1
     populations: list[Population] = []
-    for members in groups.values():
-        parts = -(-len(members) // population_size)
-        size, extra = divmod(len(members), parts)
+    for members, count in zip(grouped, parts):
+        size, extra = divmod(len(members), count)
         start = 0
-        for part in range(parts):
+        for part in range(count):
             end = start + size + (1 if part < extra else 0)
             populations.append(Population(len(populations), members[start:end]))
             start = end
@@ -159,7 +170,7 @@ def _ended(returncode: int) -> str:
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, population_size: int = 8, processes: int = 1, resume: bool = False) -> None:
+    def __init__(self, population_size: int = 16, processes: int = 1, resume: bool = False) -> None:
         self.population_size = _option("population_size", population_size)
         self.processes = _option("processes", processes)
         if not isinstance(resume, bool):
@@ -196,7 +207,7 @@ class PopulationLauncher(Launcher):
         if finished:
             log.info(f"hydra.launcher.resume=true: {len(finished)} job(s) hold their finished run and are not trained "
                      f"again: {', '.join(str(idx) for idx in finished)}")
-        populations = make_populations(jobs, keys, self.population_size)
+        populations = make_populations(jobs, keys, self.population_size, self.processes)
         log.info(f"Launching {len(jobs)} jobs as {len(populations)} population(s) of at most {self.population_size} "
                  f"member(s), {self.processes} process(es) at a time")
         for population in populations:
