@@ -224,7 +224,8 @@ WORKER = textwrap.dedent("""
     root, resume = Path(sys.argv[1]), sys.argv[2] == "resume"
     overrides = [*TWO_ITERATIONS["pendulum"], "algo.num_steps=64", "total_timesteps=5120", "checkpoint.every=1",
                  "eval.every=4"]
-    jobs = [job([*overrides, f"seed={{s}}", f"loss.epsilon={{0.1 + 0.1 * s}}"], root / f"m{{s}}",
+    losses = ["loss.epsilon=0.1", "loss=klpen", "loss=cpi"]  # an adaptive beta among them: its state resumes too
+    jobs = [job([*overrides, f"seed={{s}}", losses[s]], root / f"m{{s}}",
                 resume_from=checkpoint.latest(root / f"m{{s}}") if resume else None) for s in range(3)]
     results = train_members(jobs)
     assert all(isinstance(r, dict) for r in results), results
