@@ -324,3 +324,6 @@ def test_a_population_mixes_only_the_surrogate_family():
 
     with pytest.raises(ValueError, match="PGLoss"):
         member_view([ClipLoss(0.2), PGLoss()])
+    unpenalised = member_view([CPILoss(), ClipLoss(0.2)])  # no member has a penalty: beta 0 for both
+    assert unpenalised.beta.view(-1).tolist() == [0.0, 0.0] and unpenalised.adapt_every is None
+    assert unpenalised.epsilon.view(-1).tolist() == [float("inf"), pytest.approx(0.2)]

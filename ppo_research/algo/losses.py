@@ -258,6 +258,7 @@ class KLPenaltyLoss(PolicyLoss):
 #: One family: each is E[min(r A, clip(r, 1-eps, 1+eps) A)] - beta KL for some epsilon (inf: no
 #: clipping, where the min is r A exactly) and beta (0: no penalty), so one population may mix them.
 SURROGATES = (CPILoss, ClipLoss, KLPenaltyLoss)
+_UNPENALISED = KLPenaltyLoss(beta=0.0, adaptive=False)  # the view's settings when no member has a penalty
 
 
 def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
@@ -269,7 +270,7 @@ def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
         raise ValueError(f"members with and without epsilon, or of different kinds, are computed together only "
                          f"among {', '.join(c.__name__ for c in SURROGATES)}, not {', '.join(sorted(kinds))}")
     penalised = [loss for loss in losses if isinstance(loss, KLPenaltyLoss)]
-    view = copy.copy(penalised[0]) if penalised else KLPenaltyLoss(beta=0.0, adaptive=False)
+    view = copy.copy(penalised[0] if penalised else _UNPENALISED)
     epsilons = [float("inf") if loss.epsilon is None else loss.epsilon for loss in losses]
     view.epsilon = None if all(e == float("inf") for e in epsilons) else torch.tensor(epsilons).view(-1, 1)
     view.beta = torch.tensor([loss.beta if isinstance(loss, KLPenaltyLoss) else 0.0 for loss in losses]).view(-1, 1)
