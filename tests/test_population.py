@@ -75,6 +75,16 @@ def assert_rows_close(rows, expected, rtol):
                 assert row[key] == value, (row["iteration"], key)
 
 
+def assert_members_are_their_solo_runs(base, variants, tmp_path):
+    """Train ``base`` + each variant as one population (run dirs pop<i>), then each alone (solo<i>):
+    every member's metrics rows are its solo run's, to round-off."""
+    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
+    assert all(isinstance(r, dict) for r in results), results
+    for i, v in enumerate(variants):
+        train_members([job([*base, *v], tmp_path / f"solo{i}")])
+        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+
+
 @pytest.mark.parametrize("env", ["cartpole", "pendulum", "pendulum_tanh", "pendulum_recompute"])
 def test_member_k_is_its_solo_run(env, tmp_path):
     """S = 3, 2 iterations: each member's last rollout (observations, actions) and parameters
@@ -127,11 +137,7 @@ def test_members_with_their_own_hyperparameters_are_their_solo_runs(tmp_path):
     variants = [["loss.epsilon=0.1", "algo.learning_rate=3e-4", "seed=0"],
                 ["loss.epsilon=0.3", "algo.learning_rate=1e-3", "algo.ent_coef=0.01", "seed=1"],
                 ["loss.epsilon=0.2", "advantage.lam=0.9", "seed=2"]]
-    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
-    assert all(isinstance(r, dict) for r in results), results
-    for i, v in enumerate(variants):
-        (solo,) = train_members([job([*base, *v], tmp_path / f"solo{i}")])
-        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+    assert_members_are_their_solo_runs(base, variants, tmp_path)
 
 
 def test_members_with_their_own_adaptive_beta(tmp_path):
@@ -141,11 +147,7 @@ def test_members_with_their_own_adaptive_beta(tmp_path):
     # member 0 holds beta fixed (the paper's fixed-KL setting): the others still adapt every minibatch
     variants = [["loss.adaptive=false", "loss.beta=0.3", "seed=2"],
                 ["loss.kl_target=0.003", "loss.beta=1.0", "seed=0"], ["loss.kl_target=0.03", "loss.beta=3.0", "seed=1"]]
-    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
-    assert all(isinstance(r, dict) for r in results), results
-    for i, v in enumerate(variants):
-        train_members([job([*base, *v], tmp_path / f"solo{i}")])
-        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+    assert_members_are_their_solo_runs(base, variants, tmp_path)
     assert read_metrics(tmp_path / "pop1")[-1]["beta"] != read_metrics(tmp_path / "pop2")[-1]["beta"]
     assert {row["beta"] for row in read_metrics(tmp_path / "pop0")} == {0.3}
 
@@ -158,11 +160,7 @@ def test_members_of_different_loss_kinds_are_their_solo_runs(env, tmp_path):
     base = TWO_ITERATIONS[env]
     variants = [["loss=cpi", "seed=0"], ["loss=clip", "loss.epsilon=0.1", "seed=1"], ["loss=klpen", "seed=2"],
                 ["loss=klfixed", "loss.beta=3.0", "seed=3"]]
-    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
-    assert all(isinstance(r, dict) for r in results), results
-    for i, v in enumerate(variants):
-        train_members([job([*base, *v], tmp_path / f"solo{i}")])
-        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+    assert_members_are_their_solo_runs(base, variants, tmp_path)
     assert "beta" not in read_metrics(tmp_path / "pop1")[-1] and read_metrics(tmp_path / "pop3")[-1]["beta"] == 3.0
 
 
@@ -171,11 +169,7 @@ def test_penalty_members_with_and_without_clipping_are_their_solo_runs(tmp_path)
     beside one with it (either first) keeps its own surrogate."""
     base = [*TWO_ITERATIONS["pendulum"], "loss=klpen"]
     variants = [["loss.epsilon=null", "seed=0"], ["loss.epsilon=0.1", "seed=1"], ["loss.epsilon=null", "seed=2"]]
-    results = train_members([job([*base, *v], tmp_path / f"pop{i}") for i, v in enumerate(variants)])
-    assert all(isinstance(r, dict) for r in results), results
-    for i, v in enumerate(variants):
-        train_members([job([*base, *v], tmp_path / f"solo{i}")])
-        assert_rows_close(read_metrics(tmp_path / f"pop{i}"), read_metrics(tmp_path / f"solo{i}"), rtol=2e-3)
+    assert_members_are_their_solo_runs(base, variants, tmp_path)
 
 
 def test_a_diverged_member_fails_alone(tmp_path):
