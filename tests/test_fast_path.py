@@ -195,3 +195,40 @@ def test_numpy_mode_matches_torch_mode(net_cls, space, kwargs):
     policy = net_cls(OBS, space, policy_gain=1.0, **kwargs)
     obs = np.random.default_rng(1).normal(size=(16, 11)).astype(np.float32)
     np.testing.assert_allclose(NumpyPolicy(policy).mode(obs), TorchPolicy(policy).mode(obs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("space,kwargs,envs", [(gym.spaces.Box(-1, 1, (3,)), {}, 1),
+                                               (gym.spaces.Box(-1, 1, (3,)), {}, 5),  # 15 numbers a step
+                                               (gym.spaces.Box(-1, 1, (3,)), {}, 6),  # 18: drawn step by step
+                                               (gym.spaces.Box(-1, 1, (2,)), {"state_dependent_std": True}, 2),
+                                               (gym.spaces.Discrete(5), {}, 40)], ids=["box", "box15", "box18", "sde", "discrete"])
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_rollout_drawn_ahead_acts_as_one_drawn_step_by_step(space, kwargs, envs, members):
+    """begin_rollout draws a rollout's noise in one call per generator: the same actions and
+    log-probs as drawing at every step, and the generators end in the same state."""
+    from ppo_research.algo.inference import StackedNumpyPolicy
+
+    torch.manual_seed(0)
+    policies = [MLPActorCritic(OBS, space, **kwargs) for _ in range(members)]
+    obs = np.random.default_rng(0).normal(size=(members, envs, 11)).astype(np.float32)
+    steps = 7
+
+    def acts(ahead: bool):
+        generators = [torch.Generator().manual_seed(10 + k) for k in range(members)]
+        torch.manual_seed(3)
+        if members == 1:
+            actor, shape, x = NumpyPolicy(policies[0]), obs.shape[1:2], obs[0]
+        else:
+            actor = StackedNumpyPolicy([NumpyPolicy(p) for p in policies], generators)
+            shape, x = obs.shape[:2], obs
+        if ahead:
+            actor.begin_rollout(steps, shape)
+        out = [[a.copy() for a in actor.act(x)[:2]] for _ in range(steps)]
+        return out, [g.get_state() for g in generators] + [torch.get_rng_state()]
+
+    (by_step, states), (drawn_ahead, states_ahead) = acts(False), acts(True)
+    for step, step_ahead in zip(by_step, drawn_ahead):
+        for a, b in zip(step, step_ahead):
+            np.testing.assert_array_equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(states, states_ahead))
+    assert not np.array_equal(by_step[0][0], by_step[1][0])  # the steps did draw

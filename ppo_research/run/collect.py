@@ -41,6 +41,7 @@ class RolloutCollector:
         envs = LockstepEnvs([self.envs])
         finished: list[tuple[float, int]] = []
         try:
+            actor.begin_rollout(self.num_steps, envs.obs.shape[1:2])
             for t in range(self.num_steps):
                 obs = envs.obs[0]
                 acted = actor.act(obs)
@@ -81,6 +82,7 @@ class LockstepCollector:
         envs = LockstepEnvs([c.envs for c in self.collectors])
         finished = [[] for _ in self.collectors]
         try:
+            actor.begin_rollout(self.collectors[0].num_steps, envs.obs.shape[:2])
             for t in range(self.collectors[0].num_steps):
                 obs = envs.obs  # [S, N, obs]
                 acted = actor.act(obs)
