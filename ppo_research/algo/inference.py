@@ -191,19 +191,18 @@ class NumpyPolicy:
         return self._draws[key]
 
     def _normal(self, shape: tuple) -> np.ndarray:
-        ahead = self._next_ahead("normal", shape)
-        if ahead is not None:
-            return ahead
-        tensor, array, _ = self._buffer("normal", shape)
-        tensor.normal_()
-        return array
+        return self._draw("normal", shape)
 
     def _uniform(self, shape: tuple) -> np.ndarray:
-        ahead = self._next_ahead("uniform", shape)
-        if ahead is not None:
-            return ahead
-        tensor, array, _ = self._buffer("uniform", shape)
-        tensor.uniform_()
+        return self._draw("uniform", shape)
+
+    def _draw(self, kind: str, shape: tuple) -> np.ndarray:
+        ahead = self._next_ahead(kind, shape)
+        return ahead if ahead is not None else self._draw_now(kind, shape)
+
+    def _draw_now(self, kind: str, shape: tuple) -> np.ndarray:
+        tensor, array, _ = self._buffer(kind, shape)
+        getattr(tensor, f"{kind}_")()
         return array
 
     def _heads(self, obs: np.ndarray):
@@ -288,22 +287,10 @@ class StackedNumpyPolicy(NumpyPolicy):
     def _generators(self) -> list[Optional[torch.Generator]]:
         return self.generators
 
-    def _normal(self, shape: tuple) -> np.ndarray:
-        ahead = self._next_ahead("normal", shape)
-        if ahead is not None:
-            return ahead
-        _, array, rows = self._buffer("normal", shape)
+    def _draw_now(self, kind: str, shape: tuple) -> np.ndarray:
+        _, array, rows = self._buffer(kind, shape)
         for row, g in zip(rows, self.generators):  # row k: what torch.randn(shape[1:], generator=g) returns
-            row.normal_(generator=g)
-        return array
-
-    def _uniform(self, shape: tuple) -> np.ndarray:
-        ahead = self._next_ahead("uniform", shape)
-        if ahead is not None:
-            return ahead
-        _, array, rows = self._buffer("uniform", shape)
-        for row, g in zip(rows, self.generators):
-            row.uniform_(generator=g)
+            getattr(row, f"{kind}_")(generator=g)
         return array
 
 
