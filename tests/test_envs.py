@@ -31,7 +31,7 @@ def test_observation_statistics_frozen_when_not_updating():
 
 
 def test_action_modes():
-    space = gym.spaces.Box(np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
     np.testing.assert_allclose(ActionAdapter(space, "clip")(np.array([[3.0, -1.0]])), [[2.0, 0.0]])
     np.testing.assert_allclose(ActionAdapter(space, "rescale")(np.array([[0.0, 1.0]])), [[0.0, 1.0]])
     np.testing.assert_allclose(ActionAdapter(space, "rescale")(np.array([[-1.0, 0.0]])), [[-2.0, 0.5]])
