@@ -30,16 +30,13 @@ def test_cartpole_solved_at_100k(tmp_path, seed):
 
 @pytest.mark.slow
 def test_pendulum_default_preset_at_200k(tmp_path):
-    """The preset swings the pendulum up on most seeds, not on every one. Measured with
-    independent seeds (SeedSequence), seeds 0/1/2: -145.3 / -186.2 / -254.6 at commit 65b460e,
-    -546.6 / -189.7 / -207.9 at 334f03f (after the trainer changes in between; seed 0 now
-    stuck); seeds 0..9 at 4537f67: -145 to -255 except seed 5 (-505). A stuck seed sits in the
-    local optimum of not swinging up (-505 and -547: 2 of the 13 runs above); uniform random
-    actions score -1208 (100 episodes). So: two seeds of three must swing up (the median at
-    least -260; every swing-up above scored -145 to -255), and the mean tolerates one stuck
-    seed but not one that learnt nothing."""
+    """Every seed swings the pendulum up. Before the preset's early stop (algo.target_kl 0.02)
+    about one seed in twelve stayed in the local optimum of not swinging up (8 of 96 seeds, at
+    -423 to -553; uniform random actions score -1208); with it none of the 96 did, the worst
+    scoring -258 (docs/what_matters.md). Seeds 0/1/2 at the commit that added it: -155.6 / -177.6
+    / -207.4. So: each of the three at least -300."""
     returns = [train(tmp_path, f"pend{seed}", [f"seed={seed}"])["eval_return"] for seed in (0, 1, 2)]
-    assert np.median(returns) >= -260 and np.mean(returns) >= -400, returns
+    assert min(returns) >= -300, returns
 
 
 @pytest.mark.slow
