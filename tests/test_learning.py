@@ -30,13 +30,13 @@ def test_cartpole_solved_at_100k(tmp_path, seed):
 
 @pytest.mark.slow
 def test_pendulum_default_preset_at_200k(tmp_path):
-    """Every seed swings the pendulum up. Before the preset's early stop (algo.target_kl 0.02)
-    about one seed in twelve stayed in the local optimum of not swinging up (8 of 96 seeds, at
-    -423 to -553; uniform random actions score -1208); with it none of the 96 did, the worst
-    scoring -258 (docs/what_matters.md). Seeds 0/1/2 at the commit that added it: -155.6 / -177.6
-    / -207.4. So: each of the three at least -300."""
+    """Every seed swings the pendulum up. With the preset's earlier minibatch of 256 about one
+    seed in twelve stayed in the local optimum of not swinging up (8 of 96 seeds, at -423 to -553;
+    uniform random actions score -1208); with 512 none of 96 did, the worst scoring -290
+    (docs/what_matters.md). Seeds 0/1/2 at the commit that made it 512: -144.4 / -187.8 / -214.0.
+    So: each of the three at least -350."""
     returns = [train(tmp_path, f"pend{seed}", [f"seed={seed}"])["eval_return"] for seed in (0, 1, 2)]
-    assert min(returns) >= -300, returns
+    assert min(returns) >= -350, returns
 
 
 @pytest.mark.slow

@@ -201,10 +201,9 @@ def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, r
 def test_second_signal_exits_at_once(tmp_path):
     # One long iteration (a 4096-step rollout and 10 epochs) so the first signal has work to finish.
     run_dir = tmp_path / "run"
-    # (no early stop: the preset's target_kl could end it after one epoch)
     proc = start_cli(["env=pendulum", "total_timesteps=40960", "algo.num_envs=1", "algo.num_steps=4096",
-                      "algo.minibatch_size=64", "algo.num_epochs=10", "algo.target_kl=null", "eval.every=0",
-                      "progress=true", f"hydra.run.dir={run_dir}"], tmp_path)
+                      "algo.minibatch_size=64", "algo.num_epochs=10", "eval.every=0", "progress=true",
+                      f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_rows(run_dir, proc, 1)
     # the row is written just before iteration 1's own stop check: a signal landing in between
     # would stop the run there; half a second later iteration 2 (several seconds) is under way
