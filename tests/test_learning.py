@@ -2,7 +2,6 @@
 (run them with `pytest -m slow`)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import read_summary, run_cli
