@@ -199,14 +199,17 @@ def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, r
 
 
 def test_second_signal_exits_at_once(tmp_path):
-    # One long iteration (a 4096-step rollout and 10 epochs) so the first signal has work to finish.
+    # Long iterations (a 4096-step rollout, 30 epochs of 256 minibatches of 16: about 4 s here,
+    # unloaded) so that both signals land inside iteration 2. With 0.7 s iterations the second
+    # signal could land after iteration 2 had ended, while the interpreter was shutting down
+    # (CPython puts back the default handlers there): the process then died of it (-15).
     run_dir = tmp_path / "run"
     proc = start_cli(["env=pendulum", "total_timesteps=40960", "algo.num_envs=1", "algo.num_steps=4096",
-                      "algo.minibatch_size=64", "algo.num_epochs=10", "eval.every=0", "progress=true",
+                      "algo.minibatch_size=16", "algo.num_epochs=30", "eval.every=0", "progress=true",
                       f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_rows(run_dir, proc, 1)
     # the row is written just before iteration 1's own stop check: a signal landing in between
-    # would stop the run there; half a second later iteration 2 (several seconds) is under way
+    # would stop the run there; half a second later iteration 2 is under way
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
