@@ -222,6 +222,24 @@ def test_second_signal_exits_at_once(tmp_path):
     assert checkpoint.list_checkpoints(run_dir) == []  # checkpoint.every=10: none was due yet
 
 
+def test_second_signal_after_the_stop_still_exits_with_its_status(tmp_path):
+    # A stop prints its line once the run is closed; then the process leaves. A second SIGTERM
+    # during that exit used to kill it by signal (-15: with torch loaded the interpreter's teardown
+    # took half a second here, with the default handler back). Several delays after the line.
+    for delay in (0.05, 0.15, 0.3):
+        proc = start_cli(["env=cartpole", "total_timesteps=1000000", "eval.every=0", "progress=true",
+                          f"hydra.run.dir={tmp_path / f'run{delay}'}"], tmp_path)
+        for line in proc.stderr:
+            if line.startswith("iter 1/"):
+                proc.send_signal(signal.SIGTERM)
+            if line.startswith("stopped by SIGTERM"):
+                time.sleep(delay)
+                proc.send_signal(signal.SIGTERM)  # a no-op if it has already exited
+                break
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, (delay, proc.returncode, err[-2000:])
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. NaN/Inf: stop with where it happened, exit 3, the last good checkpoint untouched
 
