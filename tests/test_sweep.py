@@ -79,6 +79,25 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path, storage):
         assert rows[-1]["global_step"] == 256 and [r["iteration"] for r in rows] == [1, 2]
 
 
+def test_sigterm_stops_the_study_after_a_checkpoint_with_143(tmp_path):
+    # SIGTERM reaches the trial's training loop: it finishes the iteration, writes a checkpoint,
+    # and the study marks the trial interrupted. The exit status is the signal's, as for a run.
+    spec = write_spec(tmp_path, trials=2, overrides=[*BASE, "total_timesteps=1000000"])
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research.sweep", str(spec)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while not any(p.stat().st_size for p in study_dir(tmp_path).glob("trials/*/**/metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "no trial started training in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.strip().splitlines()[-1] == "interrupted: re-run the same command to continue the study"
+    (trial,) = load(tmp_path).get_trials()
+    assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs
+
+
 def test_rerun_after_kill_keeps_finished_trials_and_fills_the_budget(tmp_path):
     spec = write_spec(tmp_path, trials=4, overrides=[*BASE, "total_timesteps=2048"])
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}

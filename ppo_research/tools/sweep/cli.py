@@ -18,6 +18,7 @@ failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Optional
@@ -91,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except WorkersDied as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or a trial's clean stop (TrainingInterrupted: SIGINT or SIGTERM)
         print("interrupted: re-run the same command to continue the study", file=sys.stderr, flush=True)
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -191,8 +192,8 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
 def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
     try:
         work(spec, worker, parent_pid)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        sys.exit(128 + getattr(err, "signum", signal.SIGINT))
 
 
 def run_workers(spec: Spec) -> list[int]:
