@@ -91,9 +91,17 @@ def test_sigterm_stops_the_study_after_a_checkpoint_with_143(tmp_path):
         assert proc.poll() is None and time.time() < deadline, "no trial started training in time"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
+    for line in proc.stderr:
+        if line.startswith("interrupted:"):
+            assert line.strip() == "interrupted: re-run the same command to continue the study"
+            # a second SIGTERM while the process leaves: still 143 (it used to meet CPython's
+            # teardown, with the default handler back, and die of it: -15)
+            time.sleep(0.15)
+            proc.send_signal(signal.SIGTERM)
+            break
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert err.strip().splitlines()[-1] == "interrupted: re-run the same command to continue the study"
+    assert "Traceback" not in err
     (trial,) = load(tmp_path).get_trials()
     assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs
 

@@ -79,7 +79,8 @@ def stopped() -> bool:
     """Whether the last ``cli`` call ended with a clean stop (SIGINT/SIGTERM, checkpoint
     written). Its handler is still installed so that a second signal exits at once; the
     interpreter's teardown (half a second here, with torch loaded) would put the default one
-    back, and a second signal then kills the process instead: ``__main__`` skips that teardown."""
+    back, and a second signal then kills the process instead: ``__main__`` skips that teardown
+    (``stops.leave_after_stop``)."""
     return _invocation.stopped
 
 

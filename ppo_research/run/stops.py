@@ -3,6 +3,7 @@ exits at once. In a submitit (SLURM) job, the job's time-limit/preemption warnin
 (SIGUSR2 by default) stops the same way and then requeues the job (run/preemption.py)."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -37,6 +38,7 @@ class StopRequests:
 
     def __init__(self):
         self.signal: Optional[int] = None
+        self.closing = False  # the loop has stopped and checkpointed: the process is on its way out
 
     @contextlib.contextmanager
     def listening(self, signals=(signal.SIGINT, signal.SIGTERM)):
@@ -65,7 +67,8 @@ class StopRequests:
                 _say(f"\n{name}: already stopping after this iteration to requeue the job\n")
                 return
             if self.signal is not None:
-                _say(f"\n{name} again: exiting at once, without a checkpoint\n")
+                _say(f"\n{name} again: exiting at once, " + ("the stop's checkpoint is written\n" if self.closing
+                                                            else "without a checkpoint\n"))
                 os._exit(128 + signum)
             self.signal = signum
             _say(f"\n{name}: finishing the current iteration, then writing a checkpoint "
@@ -81,6 +84,19 @@ class StopRequests:
             # After a stop the process is on its way out (checkpoint written, run closing): a
             # second signal must still exit at once with 128 + signum, not meet the default handler.
             stopping = self.signal is not None and self.signal != warn
+            self.closing = stopping
             for s, old in previous.items():
                 if not (stopping and s in signals):
                     signal.signal(s, old)
+
+
+def leave_after_stop(status: int) -> None:
+    """End the process after a clean stop, keeping the stop handler to the end.
+
+    CPython's teardown (half a second with torch loaded) puts the default handlers back, so a
+    second signal there would kill the process by signal instead of exiting 128 + signum. The
+    exit handlers (wandb's) still run, under the stop handler; the module teardown is skipped."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
