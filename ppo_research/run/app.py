@@ -64,7 +64,6 @@ class _Invocation:
     full_error: bool = False  # the user set HYDRA_FULL_ERROR: bugs show their traceback
     main_started: bool = False
     interrupted: bool = False  # Ctrl-C outside the training loop
-    stopped: bool = False  # a stop signal ended training after a checkpoint
 
 
 def interrupted() -> bool:
@@ -73,15 +72,6 @@ def interrupted() -> bool:
     makes CPython re-raise SIGINT at exit whatever the exit status: ``__main__`` then leaves
     with ``os._exit`` so that the status stays 130."""
     return _invocation.interrupted
-
-
-def stopped() -> bool:
-    """Whether the last ``cli`` call ended with a clean stop (SIGINT/SIGTERM, checkpoint
-    written). Its handler is still installed so that a second signal exits at once; the
-    interpreter's teardown (half a second here, with torch loaded) would put the default one
-    back, and a second signal then kills the process instead: ``__main__`` skips that teardown
-    (``stops.leave_after_stop``)."""
-    return _invocation.stopped
 
 
 _invocation = _Invocation()
@@ -484,7 +474,6 @@ def cli(argv: list[str]) -> int:
         if isinstance(err, TrainingInterrupted):
             command = err.continue_with or f"python -m ppo_research resume={err.checkpoint.parent.parent}"
             print(f"{err}; continue with: {command}", file=stderr, flush=True)
-            _invocation.stopped = True
             return 128 + err.signum
         print("error: interrupted outside the training loop (before it started, or while closing): "
               "no checkpoint was written for this stop", file=stderr, flush=True)

@@ -33,6 +33,9 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
+_handler_kept = False  # a stop left its handler installed: the process is on its way out
+
+
 class StopRequests:
     """Remembers the first stop signal; the trainer honours it between iterations."""
 
@@ -83,19 +86,24 @@ class StopRequests:
         finally:
             # After a stop the process is on its way out (checkpoint written, run closing): a
             # second signal must still exit at once with 128 + signum, not meet the default handler.
+            global _handler_kept
             stopping = self.signal is not None and self.signal != warn
             self.closing = stopping
+            _handler_kept = _handler_kept or stopping
             for s, old in previous.items():
                 if not (stopping and s in signals):
                     signal.signal(s, old)
 
 
-def leave_after_stop(status: int) -> None:
-    """End the process after a clean stop, keeping the stop handler to the end.
+def exit_process(status: int) -> None:
+    """``sys.exit(status)``, except after a stop: then keep the stop handler to the end.
 
     CPython's teardown (half a second with torch loaded) puts the default handlers back, so a
-    second signal there would kill the process by signal instead of exiting 128 + signum. The
-    exit handlers (wandb's) still run, under the stop handler; the module teardown is skipped."""
+    second signal there would kill the process by signal instead of exiting 128 + signum. After
+    a stop the exit handlers (wandb's) still run, under the stop handler, and the module
+    teardown is skipped."""
+    if not _handler_kept:
+        sys.exit(status)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -26,7 +26,6 @@ from typing import Optional
 import optuna
 
 from ...errors import EXIT_BAD_INPUT, ConfigError
-from ...run.stops import TrainingInterrupted
 from .space import check_search_space
 from .spec import Spec, SpecError, load_spec
 from .storage import create_study
@@ -71,18 +70,7 @@ class WorkersDied(Exception):
                          f"same command to fill their places")
 
 
-_stopped = False  # the last ``main`` ended with a trial's clean stop
-
-
-def stopped() -> bool:
-    """Whether the last ``main`` call ended with a trial's clean stop: its stop handler is still
-    installed (``python -m ppo_research.sweep`` then leaves by ``stops.leave_after_stop``)."""
-    return _stopped
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    global _stopped
-    _stopped = False
     parser = argparse.ArgumentParser(prog="python -m ppo_research.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", help="study spec, e.g. sweeps/gae_lambda.yaml")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to the spec's for every trial")
@@ -106,6 +94,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         return err.status
     except KeyboardInterrupt as err:  # Ctrl-C, or a trial's clean stop (TrainingInterrupted: SIGINT or SIGTERM)
         print("interrupted: re-run the same command to continue the study", file=sys.stderr, flush=True)
-        _stopped = isinstance(err, TrainingInterrupted)
         return 128 + getattr(err, "signum", signal.SIGINT)
     return 0
