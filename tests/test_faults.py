@@ -231,6 +231,38 @@ def test_sigint_while_starting_gives_one_line(tmp_path, delay):
     assert lines[-1].startswith(("error: interrupted", "stopped by SIGINT")), lines
 
 
+STORM = """
+import os, signal, threading, time
+import numpy as np
+from ppo_research.run import bookkeeping
+
+def storm():
+    time.sleep(0.3)  # prepare is under way: a cold compile takes seconds
+    for _ in range(30):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+
+threading.Thread(target=storm, daemon=True).start()
+try:
+    bookkeeping.prepare(np.float32)
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("after" if np.dtype(np.float32) in bookkeeping._prepared else "inside")
+"""
+
+
+def test_ctrl_c_while_the_bookkeeping_kernel_compiles_waits_for_it(tmp_path):
+    # A KeyboardInterrupt raised inside numba's compiler (its ctypes callbacks) was printed and
+    # dropped - the run went on and exited 0 - or left the kernel half-built (exit 1, "no compiled
+    # object yet"). Now SIGINT waits for the compile (cold: its own empty cache), then interrupts.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", STORM], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "after", result.stdout + result.stderr[-3000:]
+    assert "Exception ignored" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # a sweep whose worker is SIGKILLed
 

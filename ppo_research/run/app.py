@@ -11,13 +11,11 @@ directory, ``.hydra/``) is removed again.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import sys
 import tempfile
-import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
 from . import owner
+from .stops import sigint_deferred
 from .compose import CONF_DIR, GROUPS, check_group_choices, choices_of
 
 EXIT_BUG = 1
@@ -407,21 +406,6 @@ class _WithoutHydraJobLine:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def sigint_deferred():
-    """Hold SIGINT back while C++ extension modules initialise (a KeyboardInterrupt inside
-    torch's start-up can end in std::terminate); a Ctrl-C that came meanwhile is delivered right
-    after, as a KeyboardInterrupt at a safe point."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def cli(argv: list[str]) -> int:

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .stops import sigint_deferred
+
 _kernel = None
 _prepared: set = set()  # observation dtypes the kernel has been compiled or loaded for
 
@@ -26,10 +28,12 @@ def prepare(obs_dtype) -> None:
     from the cache, with one call on dummy arrays. The training envs call this when they are
     made, so that a run's first rollout is not charged for it."""
     global _kernel
-    if _kernel is None:
-        from ._bookkeeping_kernel import kernel as _kernel
     dtype = np.dtype(obs_dtype) if np.dtype(obs_dtype).kind == "f" else np.dtype(np.float64)
-    if dtype not in _prepared:
+    if _kernel is not None and dtype in _prepared:
+        return
+    with sigint_deferred():  # a Ctrl-C inside numba's compiler would be dropped
+        if _kernel is None:
+            from ._bookkeeping_kernel import kernel as _kernel
         one = np.zeros((1, 1))
         state = BookkeepingState(one, one, one, [0.0], ([0.0], [1.0], [1.0]), None, True, (one, one, [1.0]), None, True)
         step_bookkeeping(np.zeros((1, 1, 1), dtype), one, one.astype(bool), one.astype(bool), state,

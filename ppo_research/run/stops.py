@@ -13,6 +13,28 @@ from pathlib import Path
 from typing import Optional
 
 
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold SIGINT back while native code runs that a KeyboardInterrupt must not enter: torch's
+    C++ start-up (one there can end in std::terminate), numba's compiler (one raised in its
+    ctypes callbacks was printed and dropped, and the run went on). The main thread blocks
+    SIGINT; one that another thread receives meanwhile is only noted. Either way it reaches the
+    previous handler right after (a KeyboardInterrupt at a safe point)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a blocked one is delivered here
+        if noted:
+            signal.raise_signal(signal.SIGINT)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """A signal stopped training cleanly at an iteration boundary, after a checkpoint.
 
