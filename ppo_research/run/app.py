@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
 from . import owner
-from .stops import sigint_deferred
 from .compose import CONF_DIR, GROUPS, check_group_choices, choices_of
+from .stops import sigint_deferred
 
 EXIT_BUG = 1
 #: OSError numbers that mean "the disk or the directory", not a bug.

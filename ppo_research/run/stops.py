@@ -63,7 +63,6 @@ class StopRequests:
 
     def __init__(self):
         self.signal: Optional[int] = None
-        self.closing = False  # the loop has stopped and checkpointed: the process is on its way out
 
     @contextlib.contextmanager
     def listening(self, signals=(signal.SIGINT, signal.SIGTERM)):
@@ -92,7 +91,7 @@ class StopRequests:
                 _say(f"\n{name}: already stopping after this iteration to requeue the job\n")
                 return
             if self.signal is not None:
-                _say(f"\n{name} again: exiting at once, " + ("the stop's checkpoint is written\n" if self.closing
+                _say(f"\n{name} again: exiting at once, " + ("the stop's checkpoint is written\n" if _handler_kept
                                                             else "without a checkpoint\n"))
                 os._exit(128 + signum)
             self.signal = signum
@@ -110,7 +109,6 @@ class StopRequests:
             # second signal must still exit at once with 128 + signum, not meet the default handler.
             global _handler_kept
             stopping = self.signal is not None and self.signal != warn
-            self.closing = stopping
             _handler_kept = _handler_kept or stopping
             for s, old in previous.items():
                 if not (stopping and s in signals):
