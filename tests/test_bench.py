@@ -21,6 +21,25 @@ def test_bench_times_the_framework_and_the_reference_side_by_side(tmp_path):
 # pendulum at a tiny size: 2 envs x 64 steps, so 256 steps per member are two iterations
 TINY_PENDULUM = ["algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64", "algo.num_epochs=2"]
 
+# matmul FLOPs per sample of the default network on Pendulum (obs 3, two 64-64 tanh towers, 1 output each),
+# counted by hand: a multiply-add is 2 FLOPs
+_TOWER_MACS = 3 * 64 + 64 * 64 + 64 * 1
+PENDULUM_FLOPS_FWD = 2 * 2 * _TOWER_MACS
+# backward: every weight's gradient (as many multiply-adds as the forward) and every layer's input
+# gradient except the first's (the observation needs none)
+PENDULUM_FLOPS_FWD_BWD = PENDULUM_FLOPS_FWD + 2 * 2 * (_TOWER_MACS + _TOWER_MACS - 3 * 64)
+
+
+def test_update_flops_match_a_count_by_hand():
+    from ppo_research.run.build import build
+    from ppo_research.run.compose import compose
+    from ppo_research.tools.floor import update_flops_per_sample
+
+    composed = compose(["env=pendulum", "logger=none"])
+    network = build(composed.cfg, composed.choices).network
+    assert update_flops_per_sample(network, (3,), num_epochs=10) == 10 * PENDULUM_FLOPS_FWD_BWD + PENDULUM_FLOPS_FWD
+    assert (PENDULUM_FLOPS_FWD_BWD, PENDULUM_FLOPS_FWD) == (51_456, 17_408)
+
 
 def test_bench_times_populations_beside_the_solo_run_and_the_reference(tmp_path):
     out = tmp_path / "bench.json"
@@ -45,6 +64,13 @@ def test_bench_times_populations_beside_the_solo_run_and_the_reference(tmp_path)
         assert row["vs_reference"] == row["aggregate_sps"] / case["reference_sps"]
         assert row["solo_from"] == "population 1" and row["solo_sps"] == solo["aggregate_sps"]
         assert row["vs_solo"] == row["aggregate_sps"] / solo["aggregate_sps"]
+        # the floor: env step + matmul FLOPs (2 epochs + the rollout's forward) at the core's peak
+        assert row["floor_flops_per_step"] == 2 * PENDULUM_FLOPS_FWD_BWD + PENDULUM_FLOPS_FWD
+        assert row["floor_env_us"] > 0 and row["floor_peak_gflops"] > 0
+        assert row["floor_us_per_member_step"] == row["floor_env_us"] + row["floor_arithmetic_us"]
+        assert row["vs_solo_bound"] == 1e6 / solo["aggregate_sps"] / row["floor_us_per_member_step"]
+        # nothing beats its own floor
+        assert row["aggregate_sps"] / size < 1e6 / row["floor_us_per_member_step"]
     assert solo["vs_solo"] == 1.0
     assert pair["peak_rss_mb"] >= 0.9 * solo["peak_rss_mb"]  # two members' envs and networks in one process
     assert "| members | aggregate SPS |" in result.stdout

@@ -21,7 +21,9 @@ the figure to quote, since absolute SPS depends on the machine (``--no-reference
 update), each member training --steps steps: its aggregate SPS (all members' steps over the
 population's training time), its ratio to the reference's single run and to the solo run (the
 population of 1 when it is measured, else the case's own run), and the process's peak RSS,
-total and per member.
+total and per member. Beside them, the floor of a member's step (tools/floor.py: its env step
+plus the update's matmul FLOPs at this core's peak, measured in the same process) and the gain
+over the solo run no population can exceed (``x solo at most``: the solo step over the floor).
 """
 from __future__ import annotations
 
@@ -139,12 +141,27 @@ def measure_population(env: str, size: int, steps: int, overrides: list[str]) ->
     train_time = members[0][-1]["time_s"] - sum(r.get("time_eval_s", 0.0) for rows in members for r in rows)
     rollout_time = sum(r["time_rollout_s"] for r in members[0])  # population-wide, per iteration
     update_time = sum(r["time_update_s"] for r in members[0])
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the floor's probes
     return {"env": env, "env_id": jobs[0].cfg.env.id, "population": size, "num_envs": algo.num_envs,
             "num_steps": algo.num_steps, "member_global_step": steps_each, "global_step": total_steps,
             "aggregate_sps": total_steps / train_time,
             "rollout_us_per_step": 1e6 * rollout_time / total_steps,
             "update_us_per_step": 1e6 * update_time / total_steps,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb, **_member_floor(jobs[0])}
+
+
+def _member_floor(job) -> dict:
+    """tools/floor.py's bound for one member of ``job``'s config, measured in this process."""
+    from ..run.build import build
+    from ..run.envs import make_env
+    from .floor import member_step_floor
+
+    parts = build(job.cfg, job.choices)
+    env_cfg = parts.config.env
+    probe = make_env(env_cfg)
+    obs_shape = probe.observation_space.shape
+    probe.close()
+    return member_step_floor(lambda: make_env(env_cfg), parts.network, obs_shape, parts.config.algo.num_epochs)
 
 
 def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str], reference: bool = False,
@@ -228,6 +245,12 @@ def population_row(samples: list[dict], solo: list[float], reference: list[float
     row["solo_sps"] = statistics.median(solo)
     ratios = [s["aggregate_sps"] / v for s, v in zip(samples, solo)]
     row["vs_solo"], row["vs_solo_all"] = statistics.median(ratios), [round(r, 2) for r in ratios]
+    # the most any population could gain over this solo run: its step over a member's floor
+    for key in ("floor_env_us", "floor_arithmetic_us", "floor_us_per_member_step", "floor_peak_gflops"):
+        row[key] = statistics.median(s[key] for s in samples)
+    row["floor_flops_per_step"] = samples[0]["floor_flops_per_step"]
+    bounds = [1e6 / v / s["floor_us_per_member_step"] for s, v in zip(samples, solo)]
+    row["vs_solo_bound"], row["vs_solo_bound_all"] = statistics.median(bounds), [round(b, 2) for b in bounds]
     if reference is not None:
         row["reference_sps"] = statistics.median(reference)
         ratios = [s["aggregate_sps"] / v for s, v in zip(samples, reference)]
@@ -238,10 +261,12 @@ def population_row(samples: list[dict], solo: list[float], reference: list[float
 
 def population_table(rows: list[dict]) -> str:
     head = ("| case | members | aggregate SPS | SPS per member | x ref | x solo | rollout us/step | update us/step "
-            "| peak RSS MB | RSS MB per member |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| floor us/step | x solo at most | peak RSS MB | RSS MB per member |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['env']} | {r['population']} | {r['aggregate_sps']:,.0f} | {r['member_sps']:,.0f} | "
              f"{format(r['vs_reference'], '.2f') if 'vs_reference' in r else '-'} | {r['vs_solo']:.2f} | "
-             f"{r['rollout_us_per_step']:.0f} | {r['update_us_per_step']:.0f} | {r['peak_rss_mb']:.0f} | "
+             f"{r['rollout_us_per_step']:.0f} | {r['update_us_per_step']:.0f} | "
+             f"{r['floor_us_per_member_step']:.1f} | {r['vs_solo_bound']:.2f} | {r['peak_rss_mb']:.0f} | "
              f"{r['peak_rss_mb_per_member']:.0f} |" for r in rows]
     return "\n".join([head, *lines])
 
