@@ -106,6 +106,40 @@ def test_sigterm_stops_the_study_after_a_checkpoint_with_143(tmp_path):
     assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs
 
 
+@pytest.mark.parametrize("to_group", [False, True], ids=["sigterm-to-the-command", "ctrl-c-to-the-group"])
+def test_a_stopped_command_stops_its_workers_after_their_checkpoints(tmp_path, to_group):
+    # --workers 2: SIGTERM to the command alone is passed on to its workers, and Ctrl-C (SIGINT to
+    # the whole process group) reaches them twice - directly and passed on - without counting as
+    # a second signal. Either way each worker finishes its iteration and writes a checkpoint.
+    spec = write_spec(tmp_path, trials=2, overrides=[*BASE, "total_timesteps=1000000"])
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research.sweep", str(spec), "--workers", "2"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,  # its own process group, as a shell job's
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while sum(1 for p in study_dir(tmp_path).glob("trials/*/**/metrics.jsonl") if p.stat().st_size) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the two trials did not start training in time"
+        time.sleep(0.05)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    signum = signal.SIGINT if to_group else signal.SIGTERM
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "exiting at once" not in err
+    assert f"{signal.Signals(signum).name}: stopping the workers after their current iteration" in err
+    assert err.strip().splitlines()[-1] == "interrupted: re-run the same command to continue the study"
+    trials = load(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    for t in trials:
+        assert t.user_attrs["interrupted"].startswith("stopped by SIG")
+        run_dir = study_dir(tmp_path) / "trials" / f"{t.number:04d}" / "s0"
+        last = read_metrics(run_dir)[-1]["iteration"]
+        assert (run_dir / "checkpoints" / f"ckpt_{last:08d}.pt").is_file()  # the stop's checkpoint
+
+
 def test_rerun_after_kill_keeps_finished_trials_and_fills_the_budget(tmp_path):
     spec = write_spec(tmp_path, trials=4, overrides=[*BASE, "total_timesteps=2048"])
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
@@ -287,3 +321,34 @@ def test_shipped_specs_cover_the_issue():
     assert params["klpen"] == {"loss.beta", "loss.kl_target"}
     assert params["klfixed_beta"] == {"loss.beta"}
     assert params["gae_lambda"] == {"advantage.lam"}
+
+
+STOP_SCRIPT = """
+import os, signal, sys
+from ppo_research.run import stops
+order = sys.argv[1:]
+stops.listen_for_forwarded_stops()  # as a sweep's worker process does first
+requests = stops.StopRequests()
+with requests.listening():
+    for name in order:
+        os.kill(os.getpid(), getattr(signal, name))
+print(signal.Signals(requests.signal).name, requests.forwarded, flush=True)
+"""
+
+
+@pytest.mark.parametrize("order, stopped_by", [
+    (["SIGUSR1", "SIGTERM"], "SIGTERM"),  # the command's stop passed on (reported as SIGTERM), then the same stop directly
+    (["SIGINT", "SIGUSR1"], "SIGINT"),    # Ctrl-C to the group, then the command's copy of it
+    (["SIGUSR1", "SIGUSR1"], None),       # the command asked twice: exit at once
+    (["SIGUSR1", "SIGTERM", "SIGTERM"], None),  # a second signal of the worker's own
+])
+def test_a_worker_takes_the_commands_stop_once(order, stopped_by):
+    res = subprocess.run([sys.executable, "-c", STOP_SCRIPT, *order], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if stopped_by:
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == [stopped_by, "False"]  # one stop, no longer waiting for the direct copy
+    else:
+        assert res.returncode == 128 + signal.SIGTERM, res.stderr
+        assert "exiting at once" in res.stderr

@@ -1,5 +1,6 @@
 """Stop requests: SIGINT/SIGTERM finish the current iteration and checkpoint; a second signal
-exits at once. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
+exits at once. A sweep's worker processes also take the sweep command's stop, passed on as
+FORWARDED. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
 (SIGUSR2 by default) stops the same way and then requeues the job (run/preemption.py)."""
 from __future__ import annotations
 
@@ -57,12 +58,41 @@ def _say(text: str) -> None:
 
 _handler_kept = False  # a stop left its handler installed: the process is on its way out
 
+# The stop a command passes on to its worker processes (a sweep's --workers) when it is asked to
+# stop. Not SIGTERM itself: Ctrl-C in a terminal, scancel and systemd signal every process of the
+# job as well, and a worker must not take the command's copy for a second signal.
+FORWARDED = signal.SIGUSR1
+_worker = False  # this process is such a worker (listen_for_forwarded_stops)
+_forwarded_before = False  # a forwarded stop arrived while no trainer listened
+
+
+def forwarded_stop_pending() -> bool:
+    return _forwarded_before
+
+
+def listen_for_forwarded_stops() -> None:
+    """In a worker process, for its whole life: a forwarded stop that arrives while no trainer
+    listens (between trials, while one is built) is kept for the next trainer, which stops
+    after its first iteration. Unblocks FORWARDED (the command starts its workers with it
+    blocked, so one sent during their start-up waits instead of killing them)."""
+    def note(signum, frame):
+        global _forwarded_before
+        if not _forwarded_before:
+            _say("\nthe sweep command is stopping: no new trial starts here\n")
+        _forwarded_before = True
+
+    global _worker
+    _worker = True
+    signal.signal(FORWARDED, note)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {FORWARDED})
+
 
 class StopRequests:
     """Remembers the first stop signal; the trainer honours it between iterations."""
 
     def __init__(self):
-        self.signal: Optional[int] = None
+        self.signal: Optional[int] = None  # the stop's signal, as the run reports it
+        self.forwarded = False  # the stop came from the command that started this worker
 
     @contextlib.contextmanager
     def listening(self, signals=(signal.SIGINT, signal.SIGTERM)):
@@ -73,9 +103,28 @@ class StopRequests:
 
         warning = preemption.job_warning()  # None unless this is a submitit job that can requeue
         warn = warning.signum if warning is not None else None
+        own = signals  # the signals sent to this process itself
+        if _worker and warn != FORWARDED:
+            signals = (*signals, FORWARDED)
+            if _forwarded_before and self.signal is None:
+                self.signal, self.forwarded = signal.SIGTERM, True
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
+            if signum == FORWARDED or (self.forwarded and signum in own):
+                if self.signal is None:  # reported as a SIGTERM: the command was asked to stop
+                    self.signal, self.forwarded = signal.SIGTERM, True
+                    _say("\nthe sweep command is stopping: finishing the current iteration, then writing a "
+                         "checkpoint\n")
+                    return
+                if not self.forwarded or signum != FORWARDED:
+                    # a stop of its own already under way, or the command's stop reaching this
+                    # process directly too (Ctrl-C's process group, scancel, systemd): the same request
+                    self.forwarded = False
+                    return
+                _say("\nthe sweep command was asked again: exiting at once, " +
+                     ("the stop's checkpoint is written\n" if _handler_kept else "without a checkpoint\n"))
+                os._exit(128 + signal.SIGTERM)
             if signum == warn:
                 if self.signal == warn:
                     return  # already stopping for a requeue

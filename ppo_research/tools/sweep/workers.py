@@ -22,6 +22,7 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
+from ...run.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
 from .trial import Interrupted, Outcome, run_population, run_trial
@@ -157,8 +158,8 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
     study.pruner = make_pruner(spec)
     grace = 3 * spec.heartbeat_s
     while True:
-        if parent_pid is not None and os.getppid() != parent_pid:
-            return  # the sweep command was killed: stop with it
+        if parent_pid is not None and (os.getppid() != parent_pid or forwarded_stop_pending()):
+            return  # the sweep command was killed or stopped: stop with it
         done, alive = budget(study, grace)
         if done >= spec.trials:
             return
@@ -177,9 +178,10 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
                     for trial in trials:  # the trials trained together
                         trial.set_user_attr("population", [t.number for t in trials])
                     outcomes = run_population(spec, trials, parent_pid)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            how = f"stopped by {signal.Signals(getattr(err, 'signum', signal.SIGINT)).name}"
             for trial in trials:
-                trial.set_user_attr("interrupted", "keyboard interrupt")
+                trial.set_user_attr("interrupted", how)
                 study.tell(trial, state=TrialState.FAIL)
             raise
         seconds = time.perf_counter() - start
@@ -190,15 +192,67 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
 
 
 def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
+    listen_for_forwarded_stops()
     try:
         work(spec, worker, parent_pid)
     except KeyboardInterrupt as err:
         sys.exit(128 + getattr(err, "signum", signal.SIGINT))
 
 
+class SweepStopped(KeyboardInterrupt):
+    """The sweep command was stopped by a signal; its workers have stopped after a checkpoint."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class _PassStopsOn:
+    """While the command waits for its workers: SIGINT/SIGTERM to the command is passed on to
+    them as a stop (each finishes its iteration and writes a checkpoint); a second one exits at once."""
+
+    def __init__(self, procs: list):
+        self.procs, self.signum = procs, None
+
+    def _pass_on(self) -> None:
+        for p in self.procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, FORWARDED)
+                except ProcessLookupError:
+                    pass
+
+    def _handler(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\n{name} again: stopping the workers at once, without their checkpoints", file=sys.stderr, flush=True)
+            self._pass_on()
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\n{name}: stopping the workers after their current iteration (each writes a checkpoint; "
+              f"send it again to exit at once)", file=sys.stderr, flush=True)
+        self._pass_on()
+
+    def __enter__(self):
+        # started with FORWARDED blocked, a worker keeps one sent during its start-up pending
+        # until it listens (listen_for_forwarded_stops) instead of dying of it
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {FORWARDED})
+        self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def started(self) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+
+    def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+        for s, old in self._previous.items():
+            signal.signal(s, old)
+
+
 def run_workers(spec: Spec) -> list[int]:
     """``spec.workers`` workers on this machine; returns their exit codes when all have stopped
-    (-N: killed by signal N; a killed worker's running trial is marked interrupted by the others)."""
+    (-N: killed by signal N; a killed worker's running trial is marked interrupted by the others).
+    Raises ``SweepStopped`` when the command was stopped by a signal (its workers stopped first)."""
     if spec.workers == 1:
         work(spec, 0)
         return [0]
@@ -206,8 +260,12 @@ def run_workers(spec: Spec) -> list[int]:
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=False)
              for i in range(spec.workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    with _PassStopsOn(procs) as stops:
+        for p in procs:
+            p.start()
+        stops.started()
+        for p in procs:
+            p.join()
+    if stops.signum is not None:
+        raise SweepStopped(stops.signum)
     return [p.exitcode for p in procs]
