@@ -25,6 +25,9 @@ def sigint_deferred():
         yield
         return
     noted = []
+    if signal.getsignal(signal.SIGINT) is None:  # a handler not installed from Python: nothing can put it back
+        yield
+        return
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     try:
