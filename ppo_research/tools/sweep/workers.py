@@ -216,7 +216,7 @@ class _PassStopsOn:
 
     def _pass_on(self) -> None:
         for p in self.procs:
-            if p.pid is not None and p.exitcode is None:
+            if p.pid is not None:  # started (no exitcode check here: it would reap the child under join)
                 try:
                     os.kill(p.pid, FORWARDED)
                 except ProcessLookupError:
@@ -262,10 +262,12 @@ def run_workers(spec: Spec) -> list[int]:
              for i in range(spec.workers)]
     with _PassStopsOn(procs) as stops:
         for p in procs:
-            p.start()
+            if stops.signum is None:  # stopped while starting them: start no more
+                p.start()
         stops.started()
         for p in procs:
-            p.join()
+            if p.pid is not None:
+                p.join()
     if stops.signum is not None:
         raise SweepStopped(stops.signum)
     return [p.exitcode for p in procs]
