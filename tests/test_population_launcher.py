@@ -184,6 +184,13 @@ def test_the_largest_population_starts_first(tmp_path):
     broken = Population(4, [Job(0, OmegaConf.create({"total_timesteps": "${missing}"}))])  # fails where it runs
     assert [p.number for p in launch_order([broken, large])] == [1, 4]
 
+    # work is steps x what a step costs: a MuJoCo env's step costs several times CartPole's
+    from ppo_research.run.compose import compose
+
+    cheap, dear = (Population(n, [Job(0, compose([f"env={env}", "total_timesteps=1000"]).cfg)])
+                   for n, env in ((5, "cartpole"), (6, "hopper")))
+    assert [p.number for p in launch_order([cheap, dear])] == [6, 5]
+
     sweep = tmp_path / "sweep"  # a real multirun, one process: the 512-step population starts before the 256-step one
     tiny = [a for a in CARTPOLE if not a.startswith("total_timesteps=")]
     proc = run_cli(["-m", "total_timesteps=256,512", "seed=0,1", *tiny, "hydra.launcher.processes=1",

@@ -6,7 +6,7 @@ population, and train each population in a fresh process, ``processes`` of them 
   than ``population_size`` is cut into the fewest near-equal populations that fit (24 jobs, size
   16: 12 + 12), and further while there are fewer populations than ``processes`` (10 jobs, 2
   processes: 5 + 5). A job whose config does not resolve is a population of its own (it fails
-  there, in one line, as it would alone). Populations start largest first (``launch_order``).
+  there, in one line, as it would alone). Populations start the most work first (``launch_order``).
 - Each job is what Hydra's basic launcher makes of it: job number and id, the output directory
   ``hydra.sweep.dir/hydra.sweep.subdir`` (resolved here, so timestamps are the sweep's), ``.hydra/``
   and one JobReturn: the run's eval return, or its failure. Hydra's callbacks run here, around
@@ -76,7 +76,7 @@ def task_config(config: DictConfig) -> DictConfig:
     """The job's config without Hydra's node: what the app's ``main`` receives."""
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
-        del task["hydra"]
+        task.pop("hydra", None)
     return task
 
 
@@ -128,19 +128,44 @@ def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: 
     return populations
 
 
-def launch_order(populations: Sequence[Population]) -> list[Population]:
-    """The order to start ``populations`` in: the most work first (members x ``total_timesteps``),
-    the order of their first jobs among equals. With several processes the long populations then
-    start early and the short ones fill in, instead of a long one running on alone at the end."""
+# What a member-step costs besides its env step: about the update's share at the paper's settings
+# (25-30 us per member-step in a population of 12, docs/paper_table1.md), the same for every env.
+UPDATE_US = 30.0
 
-    def work(population: Population) -> int:
-        steps = 0
+
+def launch_order(populations: Sequence[Population]) -> list[Population]:
+    """The order to start ``populations`` in: the most work first, the order of their first jobs
+    among equals. A population's work is its members' ``total_timesteps`` times what a step
+    costs: the env's step, timed here for a few hundred steps per distinct env (a MuJoCo
+    step costs several times a classic-control one), plus ``UPDATE_US``. With several processes
+    the long populations then start early and the short ones fill in, instead of a long one
+    running on alone at the end."""
+    step_us: dict[str, float] = {}
+
+    def env_us(config: DictConfig) -> float:
+        from ppo_research.run.config import validate
+        from ppo_research.run.envs import make_env
+        from ppo_research.tools.floor import env_step_us
+
+        env = validate(task_config(config)).env
+        key = json.dumps([env.id, env.kwargs, env.max_episode_steps], sort_keys=True, default=str)
+        if key not in step_us:
+            step_us[key] = env_step_us(lambda: make_env(env), steps=300, warm_up=50)
+        return step_us[key]
+
+    def work(population: Population) -> float:
+        total = 0.0
         for job in population.jobs:
             try:
-                steps += int(OmegaConf.select(job.config, "total_timesteps", default=0) or 0)
+                steps = int(OmegaConf.select(job.config, "total_timesteps", default=0) or 0)
             except Exception:  # noqa: BLE001 - a job that does not resolve fails at once wherever it starts
-                pass
-        return steps
+                continue
+            try:
+                cost = env_us(job.config) + UPDATE_US
+            except Exception:  # noqa: BLE001 - no env to time (or a bad one: the job fails where it runs)
+                cost = UPDATE_US
+            total += steps * cost
+        return total
 
     return sorted(populations, key=work, reverse=True)  # sorted is stable: equals keep their order
 

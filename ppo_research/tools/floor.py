@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+# torch is imported where it is used: the population launcher times env steps with this module
+# and has no other use for it
 
 
 def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
     """The best rate of a ``size`` x ``size`` float32 matmul on this process's torch threads."""
+    import torch
+
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up: kernel selection, page faults
     best = float("inf")
@@ -33,9 +35,12 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def update_flops_per_sample(network: torch.nn.Module, obs_shape: tuple, num_epochs: int, batch: int = 64) -> float:
+def update_flops_per_sample(network, obs_shape: tuple, num_epochs: int, batch: int = 64) -> float:
     """Matmul FLOPs one collected sample costs: ``num_epochs`` forward-and-backward passes (the
     gradient of log pi and V: the matmuls of every PPO loss) plus the rollout's forward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     obs = torch.zeros(batch, *obs_shape)
     with torch.no_grad():
         actions = network.distribution(obs).sample()
@@ -50,14 +55,14 @@ def update_flops_per_sample(network: torch.nn.Module, obs_shape: tuple, num_epoc
     return (num_epochs * counter.get_total_flops() + forward) / batch
 
 
-def env_step_us(make, steps: int = 3000, seed: int = 0) -> float:
+def env_step_us(make, steps: int = 3000, seed: int = 0, warm_up: int = 200) -> float:
     """Microseconds per step of one env from ``make()``, random actions, reset when an episode ends."""
     env = make()
     try:
         env.reset(seed=seed)
         env.action_space.seed(seed)
         actions = [env.action_space.sample() for _ in range(256)]
-        for i in range(200):  # warm-up
+        for i in range(warm_up):
             if any(env.step(actions[i % 256])[2:4]):
                 env.reset()
         start = time.perf_counter()
@@ -69,7 +74,7 @@ def env_step_us(make, steps: int = 3000, seed: int = 0) -> float:
         env.close()
 
 
-def member_step_floor(make, network: torch.nn.Module, obs_shape: tuple, num_epochs: int) -> dict:
+def member_step_floor(make, network, obs_shape: tuple, num_epochs: int) -> dict:
     """The three measured parts and the floor, in us per member-step."""
     env_us = env_step_us(make)
     flops = update_flops_per_sample(network, obs_shape, num_epochs)
