@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -58,17 +59,22 @@ def reference(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # SIGKILL at the moment a checkpoint is being written
 
+CHECKPOINT_TMP = re.compile(r"^\.ckpt_(\d{8})\.pt\.tmp$")  # a checkpoint being written (run/checkpoint.py)
+
+
 def kill_during_a_checkpoint_write(run_dir: Path, proc: subprocess.Popen, after: int) -> None:
-    """SIGKILL as soon as the ``after``-th checkpoint temp file is seen (mid-write)."""
-    directory, seen = run_dir / "checkpoints", set()
+    """SIGKILL as soon as the temp file of a checkpoint of iteration ``after`` or later is seen
+    (mid-write). By its iteration, not by counting temp files: a loaded machine can miss a
+    temp file's short life between two looks."""
+    directory = run_dir / "checkpoints"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             names = []
-        seen.update(n for n in names if n.endswith(".tmp"))
-        if len(seen) >= after:
+        writing = [int(m[1]) for m in map(CHECKPOINT_TMP.match, names) if m]
+        if writing and max(writing) >= after:
             proc.send_signal(signal.SIGKILL)
             return
         time.sleep(0.0005)
