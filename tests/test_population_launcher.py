@@ -268,6 +268,34 @@ def test_a_bad_launcher_option_is_one_error_line(tmp_path, option, line):
     assert not (tmp_path / "outputs").exists()  # rejected before any directory was made
 
 
+def test_sigterm_to_the_launcher_and_its_population_at_once_is_one_stop(tmp_path):
+    # scancel and systemd signal every process of the job: the population process gets SIGTERM
+    # directly and the launcher's copy of it; the two are one stop, with its checkpoints
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = ["-m", "seed=0,1", *CARTPOLE, "total_timesteps=10000000", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((sweep / j / "metrics.jsonl").exists() for j in "01"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the members did not start training"
+            time.sleep(0.2)
+        worker = trained_by(sweep / "0")
+        os.kill(worker, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "exiting at once" not in err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM after iteration")
+    for job in job_dirs(sweep):
+        last = read_metrics(job)[-1]["iteration"]
+        assert (job / "checkpoints" / f"ckpt_{last:08d}.pt").is_file()  # the stop's checkpoint
+
+
 def test_ctrl_c_stops_every_member_after_a_checkpoint_and_a_member_resumes_alone(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

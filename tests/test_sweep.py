@@ -327,7 +327,7 @@ STOP_SCRIPT = """
 import os, signal, sys
 from ppo_research.run import stops
 order = sys.argv[1:]
-stops.listen_for_forwarded_stops()  # as a sweep's worker process does first
+stops.listen_for_forwarded_stops("the sweep command")  # as a sweep's worker process does first
 requests = stops.StopRequests()
 with requests.listening():
     for name in order:

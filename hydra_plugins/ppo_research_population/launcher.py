@@ -17,9 +17,11 @@ population, and train each population in a fresh process, ``processes`` of them 
   holds an unfinished run resumes it in place, in a population of jobs that resume too (members
   of one population continue together from their common checkpoint); the others start fresh.
 - Stops: the population processes run in their own session; SIGINT/SIGTERM to this process is
-  passed on to each of them once per signal (so Ctrl-C stops every member after a checkpoint, a
-  second one at once) and no further population starts. If this process dies, its population
-  processes get SIGTERM (Linux) and stop the same way.
+  passed on to each of them once per signal, as the stop workers take (``run/stops.FORWARDED``:
+  a copy of the same stop that scancel or systemd also sends them directly is not a second
+  signal), so Ctrl-C stops every member after a checkpoint, a second one at once, and no
+  further population starts. If this process dies, its population processes get SIGTERM
+  (Linux) and stop the same way.
 """
 
 import copy
@@ -291,11 +293,13 @@ class PopulationLauncher(Launcher):
         stops: list[int] = []
         interrupts: list[dict] = []
 
-        def forward(signum, frame):
+        def forward(signum, frame):  # as the stop its population processes take (run/stops.FORWARDED)
+            from ppo_research.run.stops import FORWARDED
+
             stops.append(signum)
             for proc in running:
                 if proc.poll() is None:
-                    proc.send_signal(signum)
+                    proc.send_signal(FORWARDED)
 
         main_thread = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
@@ -320,8 +324,9 @@ class PopulationLauncher(Launcher):
             from ppo_research.run.stops import TrainingInterrupted
 
             stopped = next((i for i in interrupts if i.get("checkpoint")), None)
-            if stopped is not None:
-                stop = TrainingInterrupted(stopped["signum"], stopped["iteration"], Path(stopped["checkpoint"]))
+            if stopped is not None:  # the launcher's own signal, if it was the one stopped
+                signum = stops[0] if stops else stopped["signum"]
+                stop = TrainingInterrupted(signum, stopped["iteration"], Path(stopped["checkpoint"]))
                 stop.continue_with = self._continuation()
                 raise stop
             raise KeyboardInterrupt()
@@ -345,8 +350,11 @@ class PopulationLauncher(Launcher):
             pickle.dump({"number": population.number, "jobs": [(job.idx, job.config) for job in population.jobs],
                          "invocation": app._invocation, "parent": os.getpid(), "argv": list(sys.argv),
                          "resume": self.resume}, f)
-        proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
-                                stdin=subprocess.DEVNULL, env=_worker_env(), start_new_session=True)
+        from ppo_research.run.stops import starting_workers
+
+        with starting_workers():
+            proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
+                                    stdin=subprocess.DEVNULL, env=_worker_env(), start_new_session=True)
         log.info(f"population {population.number}: process {proc.pid} trains job(s) {population.describe()}")
         return proc
 

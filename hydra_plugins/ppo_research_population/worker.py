@@ -170,6 +170,9 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from ppo_research.run.stops import listen_for_forwarded_stops
+
+    listen_for_forwarded_stops("the multirun's launcher")
     request_path, result_path = argv
     with open(request_path, "rb") as f:
         request = pickle.load(f)

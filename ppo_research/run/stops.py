@@ -1,6 +1,6 @@
 """Stop requests: SIGINT/SIGTERM finish the current iteration and checkpoint; a second signal
-exits at once. A sweep's worker processes also take the sweep command's stop, passed on as
-FORWARDED. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
+exits at once. Worker processes (a sweep's, the population launcher's) also take their
+command's stop, passed on as FORWARDED. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
 (SIGUSR2 by default) stops the same way and then requeues the job (run/preemption.py)."""
 from __future__ import annotations
 
@@ -61,11 +61,12 @@ def _say(text: str) -> None:
 
 _handler_kept = False  # a stop left its handler installed: the process is on its way out
 
-# The stop a command passes on to its worker processes (a sweep's --workers) when it is asked to
-# stop. Not SIGTERM itself: Ctrl-C in a terminal, scancel and systemd signal every process of the
-# job as well, and a worker must not take the command's copy for a second signal.
+# The stop a command passes on to its worker processes (a sweep's --workers, the population
+# launcher's populations) when it is asked to stop. Not SIGTERM itself: Ctrl-C in a terminal,
+# scancel and systemd signal every process of the job as well, and a worker must not take the
+# command's copy for a second signal.
 FORWARDED = signal.SIGUSR1
-_worker = False  # this process is such a worker (listen_for_forwarded_stops)
+_forwarder: Optional[str] = None  # this process is such a worker: who passes stops on to it
 _forwarded_before = False  # a forwarded stop arrived while no trainer listened
 
 
@@ -73,21 +74,33 @@ def forwarded_stop_pending() -> bool:
     return _forwarded_before
 
 
-def listen_for_forwarded_stops() -> None:
-    """In a worker process, for its whole life: a forwarded stop that arrives while no trainer
-    listens (between trials, while one is built) is kept for the next trainer, which stops
-    after its first iteration. Unblocks FORWARDED (the command starts its workers with it
-    blocked, so one sent during their start-up waits instead of killing them)."""
+def listen_for_forwarded_stops(forwarder: str) -> None:
+    """In a worker process, for its whole life (``forwarder`` names the command in messages): a
+    forwarded stop that arrives while no trainer listens (between trials, while one is built)
+    is kept for the next trainer, which stops after its first iteration. Unblocks FORWARDED
+    (the command starts its workers with it blocked, so one sent during their start-up waits
+    instead of killing them)."""
     def note(signum, frame):
         global _forwarded_before
         if not _forwarded_before:
-            _say("\nthe sweep command is stopping: no new trial starts here\n")
+            _say(f"\n{forwarder} is stopping: no new training starts here\n")
         _forwarded_before = True
 
-    global _worker
-    _worker = True
+    global _forwarder
+    _forwarder = forwarder
     signal.signal(FORWARDED, note)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {FORWARDED})
+
+
+@contextlib.contextmanager
+def starting_workers():
+    """Around starting worker processes: they start with FORWARDED blocked (listen_for_forwarded_stops
+    unblocks it), so a stop passed on before they listen is kept, not their death."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {FORWARDED})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopRequests:
@@ -107,7 +120,7 @@ class StopRequests:
         warning = preemption.job_warning()  # None unless this is a submitit job that can requeue
         warn = warning.signum if warning is not None else None
         own = signals  # the signals sent to this process itself
-        if _worker and warn != FORWARDED:
+        if _forwarder and warn != FORWARDED:
             signals = (*signals, FORWARDED)
             if _forwarded_before and self.signal is None:
                 self.signal, self.forwarded = signal.SIGTERM, True
@@ -117,15 +130,14 @@ class StopRequests:
             if signum == FORWARDED or (self.forwarded and signum in own):
                 if self.signal is None:  # reported as a SIGTERM: the command was asked to stop
                     self.signal, self.forwarded = signal.SIGTERM, True
-                    _say("\nthe sweep command is stopping: finishing the current iteration, then writing a "
-                         "checkpoint\n")
+                    _say(f"\n{_forwarder} is stopping: finishing the current iteration, then writing a checkpoint\n")
                     return
                 if not self.forwarded or signum != FORWARDED:
                     # a stop of its own already under way, or the command's stop reaching this
                     # process directly too (Ctrl-C's process group, scancel, systemd): the same request
                     self.forwarded = False
                     return
-                _say("\nthe sweep command was asked again: exiting at once, " +
+                _say(f"\n{_forwarder} was asked again: exiting at once, " +
                      ("the stop's checkpoint is written\n" if _handler_kept else "without a checkpoint\n"))
                 os._exit(128 + signal.SIGTERM)
             if signum == warn:

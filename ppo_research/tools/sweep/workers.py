@@ -22,7 +22,7 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from ...run.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops
+from ...run.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops, starting_workers
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
 from .trial import Interrupted, Outcome, run_population, run_trial
@@ -192,7 +192,7 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
 
 
 def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
-    listen_for_forwarded_stops()
+    listen_for_forwarded_stops("the sweep command")
     try:
         work(spec, worker, parent_pid)
     except KeyboardInterrupt as err:
@@ -234,17 +234,10 @@ class _PassStopsOn:
         self._pass_on()
 
     def __enter__(self):
-        # started with FORWARDED blocked, a worker keeps one sent during its start-up pending
-        # until it listens (listen_for_forwarded_stops) instead of dying of it
-        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {FORWARDED})
         self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def started(self) -> None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
-
     def __exit__(self, *exc):
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
         for s, old in self._previous.items():
             signal.signal(s, old)
 
@@ -261,10 +254,10 @@ def run_workers(spec: Spec) -> list[int]:
     procs = [ctx.Process(target=_worker_main, args=(spec, i, os.getpid()), daemon=False)
              for i in range(spec.workers)]
     with _PassStopsOn(procs) as stops:
-        for p in procs:
-            if stops.signum is None:  # stopped while starting them: start no more
-                p.start()
-        stops.started()
+        with starting_workers():
+            for p in procs:
+                if stops.signum is None:  # stopped while starting them: start no more
+                    p.start()
         for p in procs:
             if p.pid is not None:
                 p.join()
