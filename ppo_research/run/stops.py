@@ -83,7 +83,8 @@ def listen_for_forwarded_stops(forwarder: str) -> None:
     def note(signum, frame):
         global _forwarded_before
         if not _forwarded_before:
-            _say(f"\n{forwarder} is stopping: no new training starts here\n")
+            _say(f"\n{forwarder} is stopping, and so does this process (a training it starts stops after "
+                 f"its first iteration, with a checkpoint)\n")
         _forwarded_before = True
 
     global _forwarder
