@@ -268,19 +268,29 @@ def test_a_bad_launcher_option_is_one_error_line(tmp_path, option, line):
     assert not (tmp_path / "outputs").exists()  # rejected before any directory was made
 
 
-def test_sigterm_to_the_launcher_and_its_population_at_once_is_one_stop(tmp_path):
-    # scancel and systemd signal every process of the job: the population process gets SIGTERM
-    # directly and the launcher's copy of it; the two are one stop, with its checkpoints
+def start_a_long_population(tmp_path: Path, rows: int) -> tuple[subprocess.Popen, Path]:
+    """A multirun of two seeds as one population with an endless budget, once each member has
+    written ``rows`` metrics rows; and its sweep directory."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = ["-m", "seed=0,1", *CARTPOLE, "total_timesteps=10000000", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not all((sweep / j / "metrics.jsonl").exists() and (sweep / j / "metrics.jsonl").read_text().count("\n") >= rows
+                  for j in "01"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the members did not start training")
+        time.sleep(0.2)
+    return proc, sweep
+
+
+def test_sigterm_to_the_launcher_and_its_population_at_once_is_one_stop(tmp_path):
+    # scancel and systemd signal every process of the job: the population process gets SIGTERM
+    # directly and the launcher's copy of it; the two are one stop, with its checkpoints
+    proc, sweep = start_a_long_population(tmp_path, rows=1)
     try:
-        deadline = time.monotonic() + 180
-        while not all((sweep / j / "metrics.jsonl").exists() for j in "01"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the members did not start training"
-            time.sleep(0.2)
         worker = trained_by(sweep / "0")
         os.kill(worker, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
@@ -297,17 +307,8 @@ def test_sigterm_to_the_launcher_and_its_population_at_once_is_one_stop(tmp_path
 
 
 def test_ctrl_c_stops_every_member_after_a_checkpoint_and_a_member_resumes_alone(tmp_path):
-    sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    args = ["-m", "seed=0,1", *CARTPOLE, "total_timesteps=10000000", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, sweep = start_a_long_population(tmp_path, rows=2)
     try:
-        deadline = time.monotonic() + 180
-        while not all((sweep / j / "metrics.jsonl").exists() and (sweep / j / "metrics.jsonl").read_text().count("\n") >= 2
-                      for j in "01"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the members did not start training"
-            time.sleep(0.5)
         worker = trained_by(sweep / "0")
         proc.send_signal(signal.SIGINT)  # to the launcher only: it passes the stop on to its population
         out, err = proc.communicate(timeout=180)
