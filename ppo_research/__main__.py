@@ -8,8 +8,4 @@ except KeyboardInterrupt:  # Ctrl-C while the imports load: nothing has run yet
     os._exit(128 + 2)  # (CPython would re-raise SIGINT at exit after an interrupted import)
 
 status = app.cli(sys.argv[1:])
-if app.interrupted():  # see app.interrupted
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-stops.exit_process(status)
+stops.exit_process(status, at_once=app.interrupted())  # see app.interrupted

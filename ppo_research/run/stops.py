@@ -180,16 +180,17 @@ class StopRequests:
                     signal.signal(s, old)
 
 
-def exit_process(status: int) -> None:
+def exit_process(status: int, at_once: bool = False) -> None:
     """``sys.exit(status)``, except after a stop: then keep the stop handler to the end.
 
     CPython's teardown (half a second with torch loaded) puts the default handlers back, so a
     second signal there would kill the process by signal instead of exiting 128 + signum. After
     a stop the exit handlers (wandb's) still run, under the stop handler, and the module
-    teardown is skipped."""
-    if not _handler_kept:
+    teardown is skipped. ``at_once``: skip the exit handlers too (streams are still flushed)."""
+    if not (_handler_kept or at_once):
         sys.exit(status)
-    atexit._run_exitfuncs()
+    if not at_once:
+        atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -153,14 +153,12 @@ def measure_population(env: str, size: int, steps: int, overrides: list[str]) ->
 def _member_floor(job) -> dict:
     """tools/floor.py's bound for one member of ``job``'s config, measured in this process."""
     from ..run.build import build
-    from ..run.envs import make_env
+    from ..run.envs import make_env, probe_spaces
     from .floor import member_step_floor
 
     parts = build(job.cfg, job.choices)
     env_cfg = parts.config.env
-    probe = make_env(env_cfg)
-    obs_shape = probe.observation_space.shape
-    probe.close()
+    obs_shape = probe_spaces(env_cfg)[0].shape
     return member_step_floor(lambda: make_env(env_cfg), parts.network, obs_shape, parts.config.algo.num_epochs)
 
 
