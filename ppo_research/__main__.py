@@ -4,7 +4,7 @@ import sys
 try:
     from .run import app, stops
 except KeyboardInterrupt:  # Ctrl-C while the imports load: nothing has run yet
-    print("error: interrupted while starting: nothing was run", file=sys.stderr, flush=True)
+    os.write(2, b"error: interrupted while starting: nothing was run\n")  # one write: the line stays whole
     os._exit(128 + 2)  # (CPython would re-raise SIGINT at exit after an interrupted import)
 
 status = app.cli(sys.argv[1:])

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,43 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_cli_writes(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
+                   module: str = "ppo_research") -> tuple[int, str, list[str]]:
+    """Run ``python -m <module> <args>`` with its stderr (and its children's) on a datagram-like
+    socket (AF_UNIX SOCK_SEQPACKET): every ``write`` any of the processes makes to stderr arrives
+    as one message, so a test sees the writes themselves, not how a pipe happened to join them.
+    Returns (exit status, stdout, the stderr writes in arrival order)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    full_env.setdefault("WANDB_DIR", str(cwd))
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writes: list[str] = []
+
+    def read() -> None:
+        while True:
+            message = ours.recv(1 << 20)
+            if not message:  # every process holding the other end has closed it
+                return
+            writes.append(message.decode("utf-8", errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with theirs:
+            proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, text=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=theirs.fileno())
+        stdout, _ = proc.communicate(timeout=timeout)
+        reader.join(timeout=60)
+    finally:
+        ours.close()
+    return proc.returncode, stdout, writes
+
+
+def partial_lines(writes: list[str]) -> list[str]:
+    """The writes that are not whole lines (each should end with its newline)."""
+    return [w for w in writes if not w.endswith("\n")]
 
 
 CLI_WORKER = Path(__file__).with_name("cli_worker.py")

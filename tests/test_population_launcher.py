@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, read_metrics, read_summary, run_cli, without_timing
+from conftest import REPO, TINY, partial_lines, read_metrics, read_summary, run_cli, run_cli_writes, without_timing
 from wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
@@ -140,12 +140,16 @@ def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
     populations = launched(proc.stdout + proc.stderr)
     assert sorted(len(numbers) for _, numbers in populations.values()) == [1, 2]  # 3 jobs, at most 2: 2 + 1
     assert len({trained_by(job) for job in jobs}) == 2
-    # the same command again: every member refuses to overwrite its finished run, in one line each
+    # the same command again: every member refuses to overwrite its finished run, in one line each.
+    # Two population processes print at once: each line must be one write of its own (a write of
+    # "error: ..." and another of its newline fused with the other process's line in a pipe).
     before = {job: (job / "metrics.jsonl").read_bytes() for job in jobs}
-    proc = run_cli(args, cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 3 and all("already holds a run" in line for line in errors), proc.stderr[-3000:]
+    status, _, writes = run_cli_writes(args, cwd=tmp_path)
+    stderr = "".join(writes)
+    assert status == 2 and "Traceback" not in stderr
+    assert partial_lines(writes) == [], writes
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and all("already holds a run" in line for line in errors), stderr[-3000:]
     assert all((job / "metrics.jsonl").read_bytes() == rows for job, rows in before.items())
 
 

@@ -46,6 +46,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from ppo_research.run.console import write_line
+
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "hydra_plugins.ppo_research_population.worker"
@@ -374,7 +376,7 @@ class PopulationLauncher(Launcher):
             message = (f"error: the process of population {population.number} (pid {proc.pid}, jobs "
                        f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs; "
                        f"continue the multirun with: {self._continuation()}")
-            print(message, file=sys.stderr, flush=True)
+            write_line(message)
             outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
                                    for job in population.jobs}}
         if outcome.get("interrupted"):
@@ -385,7 +387,7 @@ class PopulationLauncher(Launcher):
                 from ppo_research.run.app import EXIT_BUG, RunFailed
 
                 message = f"error: population {population.number} did not report job {job.idx}"
-                print(message, file=sys.stderr, flush=True)
+                write_line(message)
                 ret = job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
             if ret is not None:
                 returns[job.idx] = ret

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, configure_log, env_override, setup_globals
 from omegaconf import DictConfig, OmegaConf
 
+from ppo_research.run.console import write_line
+
 from .launcher import job_return, task_config
 
 
@@ -190,7 +192,7 @@ def main(argv: list[str]) -> int:
         if app._invocation.full_error:
             raise
         line = app.bug_line(err, app.log_bug(err))
-        print(line, file=sys.stderr, flush=True)
+        write_line(line)
         outcome = {"returns": {idx: job_return(config, JobStatus.FAILED, app.RunFailed(line, app.EXIT_BUG))
                                for idx, config in request["jobs"]}, "interrupted": None}
     tmp = Path(f"{result_path}.tmp")

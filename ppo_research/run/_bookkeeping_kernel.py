@@ -3,10 +3,11 @@
 Module-level functions, so that numba's on-disk cache finds them again in the next process.
 """
 import math
-import sys
 
 import numpy as np
 from numba import njit
+
+from .console import write_line
 
 _told = False  # jit's warning, once per process
 
@@ -22,8 +23,8 @@ def jit(function):
             raise
         global _told
         if not _told:
-            print("warning: numba finds no writable cache directory (set NUMBA_CACHE_DIR to one): the rollout's "
-                  "bookkeeping is compiled in every process, about 5 s each", file=sys.stderr)
+            write_line("warning: numba finds no writable cache directory (set NUMBA_CACHE_DIR to one): the rollout's "
+                  "bookkeeping is compiled in every process, about 5 s each")
             _told = True
         return njit(nogil=True)(function)
 

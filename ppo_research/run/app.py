@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
 from . import owner
 from .compose import CONF_DIR, GROUPS, check_group_choices, choices_of
+from .console import write_line
 from .stops import sigint_deferred
 
 EXIT_BUG = 1
@@ -77,7 +78,7 @@ _invocation = _Invocation()
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    write_line(f"error: {message}")
     sys.exit(code)
 
 
@@ -101,7 +102,7 @@ def _fail_job(message: str, status: int) -> RunFailed:
     """One line on stderr; a single run exits with ``status``, a multirun job fails alone."""
     from hydra.types import RunMode
 
-    print(message, file=sys.stderr, flush=True)
+    write_line(message)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(status)
     return RunFailed(message, status)
@@ -450,17 +451,17 @@ def cli(argv: list[str]) -> int:
     except RunFailed as err:  # already printed by main
         return err.status
     except RunDirError as err:  # the owner lock taken above
-        print(f"error: {err}", file=stderr, flush=True)
+        write_line(f"error: {err}", stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as err:
         from .stops import TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
             command = err.continue_with or f"python -m ppo_research resume={err.checkpoint.parent.parent}"
-            print(f"{err}; continue with: {command}", file=stderr, flush=True)
+            write_line(f"{err}; continue with: {command}", stderr)
             return 128 + err.signum
-        print("error: interrupted outside the training loop (before it started, or while closing): "
-              "no checkpoint was written for this stop", file=stderr, flush=True)
+        write_line("error: interrupted outside the training loop (before it started, or while closing): "
+              "no checkpoint was written for this stop", stderr)
         _invocation.interrupted = True
         return 128 + 2
     except Exception as err:
@@ -471,9 +472,9 @@ def cli(argv: list[str]) -> int:
         else:
             line = hydra_error_line(err, argv)
         if line is None:
-            print(bug_line(err, log_bug(err)), file=stderr, flush=True)
+            write_line(bug_line(err, log_bug(err)), stderr)
             return EXIT_BUG
-        print(f"error: {line}", file=stderr, flush=True)
+        write_line(f"error: {line}", stderr)
         return EXIT_BAD_INPUT
     finally:
         sys.stderr = stderr

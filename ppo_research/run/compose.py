@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import EXIT_BAD_INPUT
 from .config import register_base_config
+from .console import write_line
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: The config groups a run is composed of; their choices name a run and describe it.
@@ -50,15 +51,15 @@ def check_group_choices(argv: Sequence[str]) -> None:
         key = key.lstrip("+~")
         if key in REQUIRED_GROUPS and value in ("", "null"):
             shown = value or "''"
-            print(f"error: {key}={shown} is invalid: expected one of {', '.join(group_options(key))} "
-                  f"(every run needs a {key})", file=sys.stderr, flush=True)
+            write_line(f"error: {key}={shown} is invalid: expected one of {', '.join(group_options(key))} "
+                  f"(every run needs a {key})")
             sys.exit(EXIT_BAD_INPUT)
         if key in GROUPS and value not in ("", "null"):
             options = group_options(key)
             for choice in value.split(","):
                 if choice not in options:
-                    print(f"error: {key}={choice!r} is not an option of group '{key}': expected one of "
-                          f"{', '.join(options)}", file=sys.stderr, flush=True)
+                    write_line(f"error: {key}={choice!r} is not an option of group '{key}': expected one of "
+                          f"{', '.join(options)}")
                     sys.exit(EXIT_BAD_INPUT)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -19,6 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import CheckpointError, ConfigError, RunDirError
+from .console import write_line
 
 #: The config keys in which the members of one population may differ.
 MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "loss.adaptive", "advantage.lam",
@@ -264,7 +264,7 @@ def _common_iteration(jobs, indices: list[int], states: list[dict]):
         if not path.exists():
             return CheckpointError(f"the population's members were checkpointed at iterations {sorted(set(iterations))} "
                                    f"and {jobs[i].run_dir} keeps no checkpoint of iteration {target}")
-        print(f"resuming {jobs[i].run_dir} from iteration {target}, the population's common checkpoint "
-              f"(its latest is {it})", file=sys.stderr, flush=True)
+        write_line(f"resuming {jobs[i].run_dir} from iteration {target}, the population's common checkpoint "
+              f"(its latest is {it})")
         out.append(checkpoint.load(path))
     return out

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .console import write_line
+
 #: Written into the run directory just before the job requeues itself; the requeued job whose
 #: submitit job id it names resumes the run (and removes it).
 MARKER = ".requeue.json"
@@ -109,8 +111,8 @@ def after_stop(err) -> Optional[str]:
     job = job_id()
     if warning is None or err.signum != warning.signum:
         if os.environ.get("SUBMITIT_EXECUTOR"):  # the job ends here: a line, not a KeyboardInterrupt traceback
-            print(f"{err}; if SLURM requeues job {job}, it resumes from there (else: python -m ppo_research "
-                  f"resume={run_dir})", file=sys.stderr, flush=True)
+            write_line(f"{err}; if SLURM requeues job {job}, it resumes from there (else: python -m ppo_research "
+                  f"resume={run_dir})")
             raise SystemExit(128 + err.signum)
         return None
     marker = run_dir / MARKER
@@ -119,8 +121,8 @@ def after_stop(err) -> Optional[str]:
                                       "signal": warning.name}) + "\n", encoding="utf-8")
     except OSError:
         pass  # SLURM's restart count still identifies the requeued job
-    print(f"{warning.name}: time limit or preemption ahead; requeueing job {job} through submitit (the requeued "
-          f"job resumes {run_dir} from {Path(err.checkpoint).name})", file=sys.stderr, flush=True)
+    write_line(f"{warning.name}: time limit or preemption ahead; requeueing job {job} through submitit (the requeued "
+          f"job resumes {run_dir} from {Path(err.checkpoint).name})")
     try:
         warning.handler(warning.signum, None)  # submitit: dump the call again, requeue, sys.exit
         why = "submitit did not requeue it"

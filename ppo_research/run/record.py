@@ -6,7 +6,6 @@ training returns, the last evaluation) live here and go into checkpoints.
 """
 from __future__ import annotations
 
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..algo.batch import Rollout
-from .console import Progress
+from .console import Progress, write_line
 from .loggers import MetricsFile, RunLogger, write_json_atomic
 
 #: the update statistics every metrics row carries, in this order (a skipped update: only epochs = 0)
@@ -66,9 +65,8 @@ class RunRecord:
             row["epochs"] = 0
             if not self._warned_skip:
                 self._warned_skip = True
-                print(f"warning: iteration {iteration} had {NO_VALID_SAMPLE}; its update was skipped and its "
-                      "metrics row says update_skipped=true (later ones only in their rows)",
-                      file=sys.stderr, flush=True)
+                write_line(f"warning: iteration {iteration} had {NO_VALID_SAMPLE}; its update was skipped and its "
+                      "metrics row says update_skipped=true (later ones only in their rows)")
         else:
             row.update({k: stats[k] for k in UPDATE_KEYS})
         row.update(loss_values)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..errors import CheckpointError, ConfigError
 from . import checkpoint
 from .compose import GROUPS
+from .console import write_line
 
 #: What a resume may change: the rest of the config is the checkpoint's, so the continuation
 #: stays the run it was. ``logger`` covers the group and its keys (tracking, not training).
@@ -159,8 +159,8 @@ def set_aside(skipped: list[tuple[Path, str]], chosen: Path) -> None:
         except OSError:
             moved = False
     aside = f"set aside as *{UNUSABLE_SUFFIX}" if moved else "left in place"
-    print(f"warning: skipped {len(skipped)} newer checkpoint(s) that cannot be used, {aside}: {listed}; resuming "
-          f"from {chosen.name}", file=sys.stderr, flush=True)
+    write_line(f"warning: skipped {len(skipped)} newer checkpoint(s) that cannot be used, {aside}: {listed}; resuming "
+          f"from {chosen.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,10 +186,10 @@ def continue_in_place(run_dir: Path, why: str) -> bool:
             path = run_dir / name
             if path.exists():
                 path.replace(path.with_name(name + UNFINISHED_SUFFIX))
-        print(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
-              f"kept as *{UNFINISHED_SUFFIX})", file=sys.stderr, flush=True)
+        write_line(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
+              f"kept as *{UNFINISHED_SUFFIX})")
         return False
-    print(f"{why}: resuming {run_dir} in place from its newest checkpoint", file=sys.stderr, flush=True)
+    write_line(f"{why}: resuming {run_dir} in place from its newest checkpoint")
     return True
 
 

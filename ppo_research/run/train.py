@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -17,7 +16,7 @@ from omegaconf import DictConfig
 from ..errors import CheckpointError, RunDirError
 from . import checkpoint, owner
 from .build import build
-from .console import print_end_line
+from .console import print_end_line, write_line
 from .loggers import write_json_atomic
 
 #: Written into every run directory at the start of each run segment: the run describes itself
@@ -138,16 +137,16 @@ def continue_metrics(trainer, exact: bool, member=None) -> None:
     member = member or trainer.members[0]
     path = member.run_dir / checkpoint.METRICS_FILE
     dropped = checkpoint.truncate_metrics(path, trainer.iteration)
-    print(f"resuming {member.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
-          f"{dropped} metrics row(s) past the checkpoint dropped", file=sys.stderr, flush=True)
+    write_line(f"resuming {member.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
+          f"{dropped} metrics row(s) past the checkpoint dropped")
     held = checkpoint.metrics_iterations(path)
     missing = sorted(set(range(1, trainer.iteration + 1)) - set(held or ()))
     if missing:
         what = f"{path} is missing" if held is None else \
             f"{path} lacks the rows of iteration(s) {_ranges(missing)}"
-        print(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
-              f"metrics row (lost before this resume); the run goes on from the checkpoint", file=sys.stderr, flush=True)
+        write_line(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
+              f"metrics row (lost before this resume); the run goes on from the checkpoint")
     if not exact:
-        print(f"warning: the envs of {member.cfg.env.id} ({member.cfg.env.vectorization}) cannot be restored "
+        write_line(f"warning: the envs of {member.cfg.env.id} ({member.cfg.env.vectorization}) cannot be restored "
               "exactly; they restart with fresh episodes, so the continuation is correct but not bit-identical "
-              "to an uninterrupted run", file=sys.stderr, flush=True)
+              "to an uninterrupted run")

@@ -14,12 +14,12 @@ Every results tool (the ablation report, the paper table) reads runs through thi
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from ..run.compose import GROUPS
+from ..run.console import write_line
 
 #: The run's self-description, written by the trainer (``ppo_research.run.train.RUN_FILE``; a
 #: test checks the two agree, this module does not import the trainer to stay light).
@@ -172,8 +172,8 @@ def finished(runs: list[Run], paths: Sequence[Union[str, Path]]) -> list[Run]:
     none is finished."""
     unfinished = [r for r in runs if r.summary is None]
     if unfinished:
-        print(f"note: skipping {len(unfinished)} unfinished run(s) without {SUMMARY_FILE}: "
-              f"{', '.join(str(r.path) for r in unfinished)}", file=sys.stderr)
+        write_line(f"note: skipping {len(unfinished)} unfinished run(s) without {SUMMARY_FILE}: "
+              f"{', '.join(str(r.path) for r in unfinished)}")
     done = [r for r in runs if r.summary is not None]
     if not done:
         raise ResultsError(f"no finished runs (with {SUMMARY_FILE}) under {', '.join(map(str, paths))}")
