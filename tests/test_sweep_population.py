@@ -283,9 +283,9 @@ def test_a_search_space_outside_the_member_keys_is_refused_in_one_line(tmp_path)
 
 
 @pytest.mark.parametrize("args, fields, message", [
-    (["--population", "0"], {}, "error: population=0, expected an integer >= 1"),
-    (["--population", "-3"], {}, "error: population=-3, expected an integer >= 1"),
-    ([], {"population": "four"}, "error: population='four', expected an integer >= 1"),
+    (["--population", "0"], {}, "error: population=0 is invalid: expected an integer >= 1"),
+    (["--population", "-3"], {}, "error: population=-3 is invalid: expected an integer >= 1"),
+    ([], {"population": "four"}, "error: population='four' is invalid: expected an integer >= 1"),
     ([], {"population": 2, "params": {"loss": {"choices": ["clip", "klpen"]}}},
      "error: search space: loss cannot differ between the members of a population (--population 2)"),
     ([], {"pruner": {"name": "no_such_module.Pruner"}},

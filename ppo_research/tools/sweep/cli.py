@@ -17,15 +17,15 @@ failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is
 """
 from __future__ import annotations
 
-import argparse
 import signal
-import sys
 import time
 from typing import Optional
 
 import optuna
 
 from ...errors import EXIT_BAD_INPUT, ConfigError
+from ...run.console import write_line
+from ..cli_common import OneLineParser
 from .space import check_search_space
 from .spec import Spec, SpecError, load_spec
 from .storage import create_study
@@ -71,15 +71,18 @@ class WorkersDied(Exception):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ppo_research.sweep", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m ppo_research.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", help="study spec, e.g. sweeps/gae_lambda.yaml")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to the spec's for every trial")
     parser.add_argument("--trials", type=int, help="trial budget (total over all workers and re-runs)")
     parser.add_argument("--workers", type=int, help="worker processes on this machine")
     parser.add_argument("--population", type=int,
                         help="trials each worker trains together as one population (default: the spec's, else 1)")
-    parser.add_argument("--storage", help="optuna storage URL (sqlite:///, postgresql://, journal:<path>)")
-    parser.add_argument("--study", help="study name (default: the spec's)")
+    parser.add_argument("--storage", help="optuna storage URL: sqlite:///<path>, postgresql+psycopg://USER@HOST/DB "
+                                          "(psycopg 3), journal:<path> "
+                                          "(default: sqlite:///<out>/<study>/study.db)")
+    parser.add_argument("--study", help="study name: letters, digits, '_', '-', '.'; the folder <out>/<study> "
+                                        "(default: the spec's)")
     parser.add_argument("--out", default="outputs/sweeps", help="folder holding <study>/ (default outputs/sweeps)")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -87,12 +90,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                          population=args.population)
         run(spec)
     except (SpecError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        write_line(f"error: {err}")
         return EXIT_BAD_INPUT
     except WorkersDied as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        write_line(f"error: {err}")
         return err.status
     except KeyboardInterrupt as err:  # Ctrl-C, or a trial's clean stop (TrainingInterrupted: SIGINT or SIGTERM)
-        print("interrupted: re-run the same command to continue the study", file=sys.stderr, flush=True)
+        write_line("interrupted: re-run the same command to continue the study")
         return 128 + getattr(err, "signum", signal.SIGINT)
     return 0

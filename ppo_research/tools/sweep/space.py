@@ -1,7 +1,8 @@
-"""The search space against the config: every parameter must be a key of the composed config,
-and each bound (or choice) must pass the run layer's checks, so a bad space fails before the
-study starts rather than as N failed trials. With ``population`` > 1 every parameter must be
-one of the population member keys (run/population.MEMBER_KEYS)."""
+"""The spec against the config: every parameter must be a key of the composed config, each
+bound (or choice) must pass the run layer's checks, and so must every enqueued trial (its
+config composed and checked as a trial's is), so a bad spec fails before the study starts
+rather than as N failed trials. With ``population`` > 1 every parameter must be one of the
+population member keys (run/population.MEMBER_KEYS)."""
 from __future__ import annotations
 
 from hydra.errors import HydraException
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 from ...errors import ConfigError
 from ...run.compose import GROUPS, check_group_choices, compose, group_options
 from ...run.population import MEMBER_KEYS
-from .spec import Spec, SpecError, format_value
+from .spec import TRIAL_DEFAULTS, Spec, SpecError, format_value, param_overrides
 
 
 def checked_config(overrides: list[str], what: str):
@@ -47,3 +48,6 @@ def check_search_space(spec: Spec) -> None:
                 raise SpecError(f"search space: unknown parameter {p.key!r} (not a key of the composed config)")
             for value in p.probe_values():
                 checked_config(spec.run_overrides({p.key: value}, env), f"search space: {p.key}={format_value(value)}")
+        for i, params in enumerate(spec.enqueue):  # the config each enqueued trial's runs would train with
+            checked_config(TRIAL_DEFAULTS + spec.run_overrides(params, env, spec.seeds[0]),
+                           f"enqueue[{i}] ({' '.join(param_overrides(params))})")

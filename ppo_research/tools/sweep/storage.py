@@ -1,8 +1,12 @@
 """Where a study lives: the optuna storage behind a URL, and the study created (or continued) in it.
 
 ``journal:<path>`` is an append-only journal file (fine on NFS); anything else is a SQLAlchemy
-URL (``sqlite:///...``, ``postgresql://...``). The study is created once, before any worker
-starts, and carries the spec's fingerprint so a changed spec cannot continue it.
+URL (``sqlite:///...``, ``postgresql+psycopg://...``: a bare ``postgresql://`` means psycopg2,
+which is not installed). The study is created once, before any worker starts, and carries the
+spec's fingerprint so a changed spec cannot continue it. A study is not created over a folder
+whose ``trials/`` holds runs already (those of a removed study of the same name, or of another
+storage used with the same --out and --study): its trial numbers would start again at 0 and
+its runs would land in the old runs' directories.
 """
 from __future__ import annotations
 
@@ -27,21 +31,37 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url)
 
 
+class StaleTrials(Exception):
+    """The study folder holds trials of a study the storage does not have."""
+
+
 def create_study(spec: Spec) -> optuna.Study:
     """Create (or load) the study once, before any worker starts, and check it is the same study.
 
     Exactly one process creates the study (the storage refuses a second study of the same name
     atomically); only that one records the spec and enqueues the spec's trials, so workers that
     start at the same moment on an empty storage enqueue them once, not once each."""
+    trials = spec.study_dir / "trials"
+    old_runs = trials.is_dir() and any(trials.iterdir())  # looked at before the storage: see below
     for attempt in range(3):  # two machines creating the same fresh storage may collide once
         try:  # the storage too: RDBStorage creates optuna's tables when it connects
             storage = make_storage(spec.storage)
+            if old_runs and spec.study not in optuna.study.get_all_study_names(storage):
+                # trials/ is written only after the study exists: runs there without the study
+                # belong to another one (looking in this order, a study created meanwhile by
+                # another machine is never mistaken for a missing one)
+                raise StaleTrials(f"the study folder {spec.study_dir} holds trials/ of a study {spec.study!r} that "
+                                  f"{spec.storage} does not have (removed, or made with another --storage): "
+                                  f"expected a new folder for a new study: move {trials} away, or pass another "
+                                  f"--study or --out")
             try:
                 study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:
                 study, created = optuna.load_study(study_name=spec.study, storage=storage), False
             break
+        except StaleTrials as err:
+            raise SpecError(str(err)) from None
         except Exception as err:
             if attempt == 2:  # a bad URL, an unreachable server, a path that cannot be made
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

@@ -3,7 +3,7 @@
     <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs
                                     (blank below 3 runs), params, last reported step, duration, error
     <study>/best.json               best trial, value, params, counts, importances, reproduce commands
-    <study>/best_overrides.txt      the best config as Hydra overrides (one line)
+    <study>/best_overrides.txt      the best config as Hydra overrides (one line, each key once)
     <study>/history.png             optimisation history: the objective named on the y axis,
                                     integer trial numbers on the x axis
 
@@ -28,6 +28,22 @@ from ..results import find_run_dirs
 from ..stats import MIN_SEEDS_FOR_CI, bootstrap_ci
 from .spec import Spec, param_overrides
 from .trial import run_name, trial_dir
+
+
+def effective_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` with each plain ``key=value`` once: the last one, which is the one Hydra
+    applies (``env=pendulum ... env=cartpole`` -> ``env=cartpole``), at its place. Overrides that
+    add or delete keys (``+key=``, ``++key=``, ``~key``) are kept as they are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - not expected (the trials composed them): leave them as they are
+        return list(overrides)
+    last = {(o.key_or_group, o.package): i for i, o in enumerate(parsed) if o.type == OverrideType.CHANGE}
+    return [text for i, (text, o) in enumerate(zip(overrides, parsed))
+            if o.type != OverrideType.CHANGE or last[(o.key_or_group, o.package)] == i]
 
 
 def trial_label(t: optuna.trial.FrozenTrial) -> str:
@@ -104,8 +120,8 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
     if complete:
         best = study.best_trial
         scores = run_scores(spec, best)
-        base = spec.overrides + param_overrides(best.params)
-        commands = [" ".join(["python -m ppo_research", *spec.run_overrides(best.params, e, s)])
+        base = effective_overrides(spec.overrides + param_overrides(best.params))
+        commands = [" ".join(["python -m ppo_research", *effective_overrides(spec.run_overrides(best.params, e, s))])
                     for e in spec.env_runs() for s in spec.seeds]
         result.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                       best_value_ci=_ci(spec, scores),

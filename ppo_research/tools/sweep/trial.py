@@ -3,7 +3,8 @@
 A run is exactly ``python -m ppo_research <spec.run_overrides(...)>``: composed by
 ``run.compose.compose`` and trained (no Hydra runtime, the same checks) in
 ``<study>/trials/<number>/<env>-s<seed>/`` (``s<seed>`` for one env), which the trainer describes
-with its ``run.json`` like any run directory.
+with its ``run.json`` like any run directory. Each run has its own directory (the spec's seeds
+are distinct), and a run never trains into a directory that already holds files (``new_run_dir``).
 
 ``run_trial`` trains one trial's runs in turn (``--population 1``). ``run_population`` trains
 several trials' runs together as populations (run/population.py): one population per env, whose
@@ -19,9 +20,10 @@ from typing import Callable, Optional, Union
 import optuna
 from omegaconf import OmegaConf
 
+from ...errors import RunDirError
 from ...run.compose import Composed, compose
 from ..stats import aggregate
-from .spec import TRIAL_DEFAULTS, Spec, param_overrides
+from .spec import TRIAL_DEFAULTS, Spec, param_overrides, run_name
 
 
 class Interrupted(Exception):
@@ -32,12 +34,23 @@ class RunStopped(Exception):
     """Another run of the same trial ended early (it diverged), so this one stops too."""
 
 
-def run_name(env: Optional[str], seed: int) -> str:
-    return f"{env}-s{seed}" if env else f"s{seed}"
-
-
 def trial_dir(spec: Spec, number: int) -> Path:
     return spec.study_dir / "trials" / f"{number:04d}"
+
+
+def new_run_dir(spec: Spec, number: int, env: Optional[str], seed: int) -> Path:
+    """The directory of a trial's run, which must not hold files yet: a trial's run never writes
+    into another run's files (a trials/ folder left by a removed study of the same name, or by
+    another storage used with the same --out and --study). The trial fails instead."""
+    path = trial_dir(spec, number) / run_name(env, seed)
+    try:
+        taken = path.is_dir() and any(path.iterdir())
+    except OSError:
+        taken = True
+    if taken or (path.exists() and not path.is_dir()):
+        raise RunDirError(f"run directory {path} already holds files (of another study named {spec.study!r}?): "
+                          f"a trial's run trains only into a new directory")
+    return path
 
 
 def sample(spec: Spec, trial: optuna.Trial) -> dict:
@@ -111,7 +124,7 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {offset + global_step}")
 
-            summary = train_from_config(composed.cfg, trial_dir(spec, trial.number) / run_name(env, seed),
+            summary = train_from_config(composed.cfg, new_run_dir(spec, trial.number, env, seed),
                                         composed.choices, on_evaluation=on_evaluation, overrides=overrides)
             offset += summary["global_step"]
             scores.append(run_value(spec, trial, env, seed, summary, evals))
@@ -177,12 +190,13 @@ class PopulationTrial:
         for seed in self.spec.seeds:
             try:
                 composed, overrides = compose_run(self.spec, self.trial, self.params, env, seed, population=True)
+                run_dir = new_run_dir(self.spec, self.trial.number, env, seed)
             except Exception as err:  # noqa: BLE001
                 self.failure = err
                 return []
             evals: list[float] = []
             self.evals[env].append(evals)
-            jobs.append(MemberJob(composed.cfg, trial_dir(self.spec, self.trial.number) / run_name(env, seed),
+            jobs.append(MemberJob(composed.cfg, run_dir,
                                   composed.choices, overrides, on_evaluation=self._hook(env, pending, evals),
                                   hydra=run_context(self.spec, overrides)))
         return jobs

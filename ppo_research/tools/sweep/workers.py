@@ -22,6 +22,7 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
+from ...run.console import write_line
 from ...run.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops, starting_workers
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
@@ -225,12 +226,12 @@ class _PassStopsOn:
     def _handler(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:
-            print(f"\n{name} again: stopping the workers at once, without their checkpoints", file=sys.stderr, flush=True)
+            write_line(f"\n{name} again: stopping the workers at once, without their checkpoints")
             self._pass_on()
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\n{name}: stopping the workers after their current iteration (each writes a checkpoint; "
-              f"send it again to exit at once)", file=sys.stderr, flush=True)
+        write_line(f"\n{name}: stopping the workers after their current iteration (each writes a checkpoint; "
+                   f"send it again to exit at once)")
         self._pass_on()
 
     def __enter__(self):
