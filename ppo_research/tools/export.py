@@ -19,18 +19,26 @@ Box spaces, int64 [batch] for Discrete ones.
             ``torch.export.load(path).module()(obs)``. The description is the extra file
             ``ppo_research.json``.
 
+The batch axis is named ``batch`` in the ONNX graph (input and output ``dim_param``).
+
 After writing, the file is loaded back and checked against ``play``'s deterministic policy on
-``--verify`` observations (default 1,000, from the run's own evaluation episodes, half of them
-perturbed); the largest difference is printed.
+``--verify`` observations (default 1,000, at most MAX_VERIFY = 100,000, from the run's own
+evaluation episodes, half of them perturbed); the largest difference is printed.
+
+``--out`` is checked before the run is loaded (``cli_common.check_output_file``: a directory, a
+missing parent, a parent that is a file, a read-only or pseudo file system are one ``error:``
+line, exit status 2), and the file is written whole (``cli_common.write_output``): a failure
+while writing (disk full) is one ``error:`` line, exit status 4, and leaves any earlier file at
+``--out`` as it was.
 """
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import logging
 import warnings
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,9 +47,14 @@ import torch
 from torch import nn
 
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
-from .play import LoadedRun, OneLineParser, PlayError, episode_seed, load_run
+from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
+from .play import LoadedRun, PlayError, episode_seed, load_run
 
 FORMATS = ("onnx", "torch")
+#: --verify's largest N: 100,000 observations of the largest MuJoCo env (Humanoid, 376 floats)
+#: hold 150 MB and take about a minute to collect; more checks nothing the first thousand miss.
+MAX_VERIFY = 100_000
+BATCH_AXIS = "batch"  # the ONNX graph's name for the batch dimension
 METADATA_KEY = "ppo_research"  # ONNX metadata_props key; the torch program's extra file is METADATA_KEY + ".json"
 EXTRA_HINT = 'pip install -e ".[export]"'
 
@@ -106,15 +119,38 @@ def export_program(module: StandalonePolicy) -> "torch.export.ExportedProgram":
     return export(module, (example,), dynamic_shapes={"obs": {0: Dim("batch", min=1)}}, strict=False)
 
 
-def write(loaded: LoadedRun, fmt: str, out: Path) -> tuple[Path, dict]:
-    """Write the standalone policy of ``loaded`` in ``fmt`` to ``out``; returns (path, description)."""
+def check_out(fmt: str, out: Path) -> None:
+    """Refuse ``out`` before anything is built (PlayError or OutputError, exit status 2)."""
     if fmt not in FORMATS:
         raise PlayError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = Path(out)
-    if not out.parent.exists():
-        raise PlayError(f"cannot write {out}: directory {out.parent} does not exist")
     if fmt == "torch" and out.suffix != ".pt2":
         raise PlayError(f"cannot write {out}: torch.export programs are files ending in .pt2")
+    check_output_file(out)
+
+
+def check_verify(count: int) -> None:
+    if not 0 <= count <= MAX_VERIFY:
+        raise PlayError(f"--verify must be between 0 and {MAX_VERIFY:,} observations, got {count}")
+
+
+def name_batch_axis(model, name: str = BATCH_AXIS) -> None:
+    """Rename the batch dimension of the ONNX graph (torch.export's symbol, e.g. ``s79``) to
+    ``name`` wherever it appears: inputs, outputs and intermediate shapes."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    symbol = dim.dim_param
+    if not symbol or symbol == name:
+        return
+    for value in itertools.chain(model.graph.input, model.graph.output, model.graph.value_info):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param == symbol:
+                d.dim_param = name
+
+
+def serialize(loaded: LoadedRun, fmt: str) -> tuple[bytes, dict]:
+    """The standalone policy of ``loaded`` in ``fmt`` as the bytes of its file, and its description."""
+    if fmt not in FORMATS:
+        raise PlayError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require("onnx", "onnxscript")
     env = loaded.make_env()
@@ -126,19 +162,30 @@ def write(loaded: LoadedRun, fmt: str, out: Path) -> tuple[Path, dict]:
     meta = describe(loaded, action_space, fmt)
     program = export_program(module)
     if fmt == "torch":
-        torch.export.save(program, str(out), extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
-    else:
-        import onnx
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+        return buffer.getvalue(), meta
+    import onnx
 
-        with _quiet_exporter():
-            onnx_program = torch.onnx.export(program, f=None, input_names=["obs"], output_names=["action"],
-                                             dynamo=True, external_data=False, verbose=False)
-        model = onnx_program.model_proto
-        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
-        model.doc_string = (f"ppo_research deterministic policy for {meta['env_id']} from {meta['checkpoint']}: "
-                            "obs float32 [batch, obs_dim] -> action in the env's units")
-        onnx.checker.check_model(model)
-        onnx.save(model, str(out))
+    with _quiet_exporter():
+        onnx_program = torch.onnx.export(program, f=None, input_names=["obs"], output_names=["action"],
+                                         dynamo=True, external_data=False, verbose=False)
+    model = onnx_program.model_proto
+    name_batch_axis(model)
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    model.doc_string = (f"ppo_research deterministic policy for {meta['env_id']} from {meta['checkpoint']}: "
+                        "obs float32 [batch, obs_dim] -> action in the env's units")
+    onnx.checker.check_model(model)
+    return model.SerializeToString(), meta
+
+
+def write(loaded: LoadedRun, fmt: str, out: Path) -> tuple[Path, dict]:
+    """Write the standalone policy of ``loaded`` in ``fmt`` to ``out``; returns (path, description).
+    ``out`` is checked before the export is built; the file is written whole."""
+    out = Path(out)
+    check_out(fmt, out)
+    data, meta = serialize(loaded, fmt)
+    write_output(out, data)
     return out, meta
 
 
@@ -242,30 +289,35 @@ def parse_args(argv: Optional[Sequence[str]]):
     parser.add_argument("run_dir", type=Path, help="a run directory (with checkpoints/)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (onnxruntime) or torch (torch.export)")
     parser.add_argument("--out", required=True, type=Path, help="file to write")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the newest checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the newest usable checkpoint")
     parser.add_argument("--verify", type=int, default=1000, metavar="N",
-                        help="check the written file against play's policy on N observations (0: skip)")
+                        help=f"check the written file against play's policy on N observations, 0 to {MAX_VERIFY:,} "
+                             "(0: skip; default 1,000)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        if args.verify < 0:
-            raise PlayError(f"--verify must be >= 0, got {args.verify}")
+        check_verify(args.verify)  # all of --out and --verify before the run is loaded
+        check_out(args.format, args.out)
         loaded = load_run(args.run_dir, args.checkpoint)
         path, meta = write(loaded, args.format, args.out)
-        diff = verify(loaded, path, args.format, args.verify) if args.verify else None
-    except (PlayError, CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        checked = args.verify and path.is_file()  # a device (/dev/stdout) cannot be read back
+        diff = verify(loaded, path, args.format, args.verify) if checked else None
+    except (PlayError, CheckpointError, ConfigError, OutputError) as err:
+        error_line(str(err))
+        return getattr(err, "status", EXIT_BAD_INPUT)
     space = meta["action_space"]
     out_desc = f"float32 [batch, {space['shape'][0]}]" if space["type"] == "Box" else f"int64 [batch] in 0..{space['n'] - 1}"
-    print(f"wrote {path} ({args.format}, {path.stat().st_size / 1024:.1f} KB): {meta['env_id']} policy from "
+    size = f", {path.stat().st_size / 1024:.1f} KB" if path.is_file() else ""
+    print(f"wrote {path} ({args.format}{size}): {meta['env_id']} policy from "
           f"{meta['checkpoint']} (global step {meta['global_step']}); obs float32 [batch, {meta['obs_dim']}] -> "
           f"action {out_desc}")
     if args.verify:
-        if diff is None:
+        if not checked:
+            print(f"not checked: {path} is not a regular file, so it cannot be loaded back")
+        elif diff is None:
             print("not checked: onnxruntime is not installed (" + EXTRA_HINT + ")")
         else:
             print(f"checked against play's deterministic policy on {args.verify} observations: max |diff| = {diff:.3g}")

@@ -14,13 +14,18 @@ reproduces the run's last ``eval_return``.
     python -m ppo_research.play RUN --checkpoint RUN/checkpoints/ckpt_00000010.pt --video hopper.mp4
 
 Any run directory with checkpoints works: single runs, multirun jobs, sweep trials, population
-members. Bad input is one ``error:`` line and exit status 2.
+members. Without ``--checkpoint``, the newest checkpoint that loads, verifies and belongs to the
+run is played (``run/resume.py: choose_checkpoint``, as a resume chooses): a newer one that is
+truncated or damaged is skipped with one ``warning:`` line and left where it is. Bad input is
+one ``error:`` line and exit status 2; a video that cannot be written at the end is one
+``error:`` line and exit status 4, after the table of returns.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,6 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
+from ..run.console import write_line
+from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
 
 RUN_FILE = "run.json"  # run/train.py writes it into every run directory
 NULL_LOGGER = {"_target_": "ppo_research.run.loggers.NullLogger"}
@@ -91,6 +98,8 @@ class LoadedRun:
 
 
 def find_checkpoint(run_dir: Path, checkpoint: Optional[Path] = None) -> Path:
+    """The requested checkpoint file, or (without one) the newest file in the run's checkpoints/
+    (not yet loaded: ``newest_usable_checkpoint`` chooses among them)."""
     from ..run import checkpoint as ckpt
 
     if checkpoint is not None:
@@ -106,6 +115,26 @@ def find_checkpoint(run_dir: Path, checkpoint: Optional[Path] = None) -> Path:
         raise PlayError(f"{run_dir} has no checkpoints ({ckpt.checkpoint_dir(run_dir)}/ckpt_*.pt): "
                         "nothing to play (was it stopped before its first checkpoint?)")
     return found
+
+
+def newest_usable_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """(path, state) of the newest checkpoint of ``run_dir`` that loads, verifies and belongs to
+    the run, chosen as a resume chooses (``run.resume.choose_checkpoint``). Newer files passed
+    over are named in one ``warning:`` line and left in place (play and export only read);
+    none usable is a one-line PlayError naming every file and why."""
+    from ..run.resume import choose_checkpoint
+
+    try:
+        path, state, skipped = choose_checkpoint(run_dir)
+    except CheckpointError as err:
+        text = str(err)
+        text = text.removeprefix(f"cannot resume {run_dir}: ")
+        raise PlayError(f"{run_dir}: {text}") from None
+    if skipped:
+        listed = "; ".join(f"{p.name} ({why})" for p, why in skipped)
+        write_line(f"warning: skipped {len(skipped)} newer checkpoint(s) of {run_dir} that cannot be used, left in "
+                   f"place: {listed}; using {path.name}")
+    return path, state
 
 
 def _run_description(run_dir: Path, state: dict, checkpoint: Path) -> tuple[dict, dict, str]:
@@ -138,7 +167,10 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     if not run_dir.is_dir():
         raise PlayError(f"{run_dir} is not a directory (expected a run directory)")
     path = find_checkpoint(run_dir, checkpoint)
-    state = ckpt.load(path)  # CheckpointError for anything unreadable or foreign
+    if checkpoint is not None:
+        state = ckpt.load(path)  # the one asked for: CheckpointError for anything unreadable or foreign
+    else:
+        path, state = newest_usable_checkpoint(run_dir)
     config, choices, source = _run_description(run_dir, state, path)
     config = {**config, "logger": dict(NULL_LOGGER), "resume": None}  # play never tracks
     try:
@@ -172,6 +204,8 @@ class PlayResult:
     seeds: list[int]
     video: Optional[Path] = None
     frames: int = 0
+    recording: list = field(default_factory=list, repr=False)  # the first episode's frames, if recorded
+    fps: int = 30
 
 
 def episode_seed(loaded: LoadedRun, episode: int, seed: Optional[int] = None) -> int:
@@ -185,26 +219,33 @@ def episode_seeds(loaded: LoadedRun, episodes: int, seed: Optional[int]) -> list
     return [episode_seed(loaded, j, seed) for j in range(episodes)]
 
 
-def play(loaded: LoadedRun, episodes: int = 10, deterministic: bool = True, seed: Optional[int] = None,
-         video: Optional[Path] = None) -> PlayResult:
-    """Run ``episodes`` episodes; with ``video``, the first one is rendered to that file."""
+def check_seed(seed: Optional[int]) -> None:
+    """A seed is any non-negative integer (run/seeds.py), as the run's own ``seed``."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise PlayError(f"--seed must be a non-negative integer, got {seed}")
+
+
+def run_episodes(loaded: LoadedRun, episodes: int = 10, deterministic: bool = True, seed: Optional[int] = None,
+                 record: bool = False) -> PlayResult:
+    """Run ``episodes`` episodes; with ``record``, the first one's frames are kept in the result
+    (``save_video`` writes them)."""
     from ..run.seeds import seed_globals
-    from ..run.video import check_writer, prepare_rendering, render_frame, write_video
+    from ..run.video import prepare_rendering, render_frame
 
     if episodes < 1:
         raise PlayError(f"--episodes must be at least 1, got {episodes}")
-    if video is not None:
-        check_writer(Path(video))
+    check_seed(seed)
+    if record:
         prepare_rendering()
     seeds = episode_seeds(loaded, episodes, seed)
     seed_globals(int(loaded.config["seed"]) if seed is None else int(seed))  # the sampling stream, if any
-    env = loaded.make_env(render=video is not None)
+    env = loaded.make_env(render=record)
     try:
         adapter = loaded.action_adapter(env.action_space)
         returns, lengths, frames = np.zeros(episodes), np.zeros(episodes, np.int64), []
         for j in range(episodes):
             obs, _ = env.reset(seed=seeds[j])
-            recording = video is not None and j == 0
+            recording = record and j == 0
             if recording:
                 frames.append(render_frame(env))  # fails here, before any episode, if rendering can't work
             done = False
@@ -218,11 +259,45 @@ def play(loaded: LoadedRun, episodes: int = 10, deterministic: bool = True, seed
                     frames.append(render_frame(env))
     finally:
         env.close()
-    path = None
+    fps = int(env.metadata.get("render_fps") or 30)
+    return PlayResult(returns, lengths, seeds, None, len(frames), frames, fps)
+
+
+def save_video(result: PlayResult, video: Path) -> Path:
+    """Write the recorded episode to ``video`` (.mp4 or .gif): encoded in a scratch directory,
+    then written whole (``cli_common.write_output``), so a failure leaves no partial file and
+    any earlier file at ``video`` as it was. RenderError (encoding) or OutputError (writing)."""
+    from ..run.video import write_video
+
+    video = Path(video)
+    scratch = Path(tempfile.mkdtemp(prefix="ppo_research_video_"))
+    try:
+        encoded = write_video(result.recording, scratch / f"episode{video.suffix.lower()}", result.fps)
+        write_output(video, encoded.read_bytes(), "video")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.video = video
+    return video
+
+
+def check_video(video: Path) -> None:
+    """Fail before any episode (RenderError or OutputError, exit status 2) if ``video`` cannot be
+    written: its format, the packages it needs, and the path itself."""
+    from ..run.video import check_writer
+
+    check_writer(Path(video))
+    check_output_file(video, "video")
+
+
+def play(loaded: LoadedRun, episodes: int = 10, deterministic: bool = True, seed: Optional[int] = None,
+         video: Optional[Path] = None) -> PlayResult:
+    """Run ``episodes`` episodes; with ``video``, the first one is rendered to that file."""
     if video is not None:
-        fps = int(env.metadata.get("render_fps") or 30)
-        path = write_video(frames, Path(video), fps)
-    return PlayResult(returns, lengths, seeds, path, len(frames))
+        check_video(Path(video))
+    result = run_episodes(loaded, episodes, deterministic, seed, record=video is not None)
+    if video is not None:
+        save_video(result, Path(video))
+    return result
 
 
 def format_table(loaded: LoadedRun, result: PlayResult, deterministic: bool, seed: Optional[int]) -> str:
@@ -249,42 +324,44 @@ def format_table(loaded: LoadedRun, result: PlayResult, deterministic: bool, see
 
 # -- command line --------------------------------------------------------------------------------
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one ``error:`` line and exit status 2."""
-
-    def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_BAD_INPUT)
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m ppo_research.play",
                            description="Run a trained policy: a table of episode returns, optionally a video.")
     parser.add_argument("run_dir", type=Path, help="a run directory (with checkpoints/)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint file (default: the newest in <run_dir>/checkpoints)")
+                        help="checkpoint file (default: the newest usable one in <run_dir>/checkpoints)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean action")
     parser.add_argument("--seed", type=int, default=None,
-                        help="episode seeds from this seed's evaluation streams (default: the run's, "
-                             "i.e. the run's own evaluation episodes)")
+                        help="a non-negative integer: episode seeds from this seed's evaluation streams (default: "
+                             "the run's, i.e. the run's own evaluation episodes)")
     parser.add_argument("--video", type=Path, default=None, help="write the first episode to this .mp4 or .gif")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..run.video import RenderError, check_writer
+    from ..run.video import RenderError
 
     args = parse_args(argv)
     try:
         if args.episodes < 1:  # checked before the run is loaded
             raise PlayError(f"--episodes must be at least 1, got {args.episodes}")
+        check_seed(args.seed)
         if args.video is not None:
-            check_writer(args.video)
+            check_video(args.video)
         loaded = load_run(args.run_dir, args.checkpoint)
-        result = play(loaded, args.episodes, not args.stochastic, args.seed, args.video)
-    except (PlayError, CheckpointError, ConfigError, RenderError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        result = run_episodes(loaded, args.episodes, not args.stochastic, args.seed, record=args.video is not None)
+    except (PlayError, CheckpointError, ConfigError, RenderError, OutputError) as err:
+        error_line(str(err))
+        return getattr(err, "status", EXIT_BAD_INPUT)
+    failed = None
+    if args.video is not None:
+        try:
+            save_video(result, args.video)
+        except (RenderError, OutputError) as err:  # the episodes ran: their table is printed all the same
+            failed = err
     print(format_table(loaded, result, not args.stochastic, args.seed), flush=True)
+    if failed is not None:
+        error_line(f"{failed} (the episodes' table is on stdout)")
+        return getattr(failed, "status", EXIT_BAD_INPUT)
     return 0
