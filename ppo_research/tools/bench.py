@@ -24,6 +24,11 @@ population of 1 when it is measured, else the case's own run), and the process's
 total and per member. Beside them, the floor of a member's step (tools/floor.py: its env step
 plus the update's matmul FLOPs at this core's peak, measured in the same process) and the gain
 over the solo run no population can exceed (``x solo at most``: the solo step over the floor).
+
+The ``--json`` path is checked before anything is measured (a directory, a parent that is a
+file, a read-only or pseudo file system: one ``error:`` line, exit status 2). If writing it still
+fails at the end (disk full), the results are printed to stdout as JSON, then one ``error:``
+line, exit status 4: nothing measured is lost.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import EXIT_BAD_INPUT
+from ..run.console import write_line
+from .cli_common import (OneLineParser, OutputError, check_output_file, error_line, make_output_dir,
+                         write_output)
 
 STANDARD_CASES = ("halfcheetah", "pendulum", "cartpole")
 PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_envs
@@ -197,7 +205,7 @@ def check_cases(cases: list[str], overrides: list[str]) -> None:
 
 def _fail(message: str, status: int = EXIT_BAD_INPUT):
     """One ``error:`` line on stderr and the exit status (2: bad input)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    error_line(message)
     raise SystemExit(status)
 
 
@@ -269,14 +277,12 @@ def population_table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, overrides = argv[:cut], argv[cut + 1:]
-    from .play import OneLineParser  # a usage error is one error: line, exit status 2
-
     parser = OneLineParser(prog="python -m ppo_research.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", nargs="+", default=list(STANDARD_CASES), help="env presets to time at their own settings")
     parser.add_argument("--scaling", nargs="*", type=int, default=[],
@@ -296,10 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         if args.population_worker:
             print(json.dumps(measure_population(args.worker, args.population_worker, args.steps, overrides)))
-            return
+            return 0
         run = measure_reference if args.reference_worker else measure
         print(json.dumps(run(args.worker, args.num_envs or None, args.steps, overrides)))
-        return
+        return 0
     if args.steps < 1 or args.repeats < 1:
         _fail(f"--steps and --repeats must be positive (got --steps {args.steps}, --repeats {args.repeats})")
     for flag, values in (("--population", args.population), ("--scaling", args.scaling)):
@@ -308,6 +314,11 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"{flag} {bad[0]} is invalid: expected a positive integer")
     sizes = list(dict.fromkeys(args.population))  # each size once, in the order given
     check_cases(list(dict.fromkeys(args.case + (["halfcheetah"] if args.scaling else []))), overrides)
+    out = args.json or Path("outputs") / "bench" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
+    try:  # before anything is measured: a result that cannot be saved is refused now, not after the runs
+        check_output_file(out, make_parents=True)
+    except OutputError as err:
+        _fail(str(err))
 
     plan = [(env, None) for env in args.case] + [("halfcheetah", n) for n in args.scaling]
     load_before = _load_average()  # other work on the machine skews every figure; the record says how much
@@ -325,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
             for size in pop_samples:  # the same repeat, so every ratio is side by side
                 pop_samples[size].append(run_worker(env, None, args.steps, overrides, population=size))
                 line += f"; population {size}: {pop_samples[size][-1]['aggregate_sps']:,.0f} SPS"
-            print(line, file=sys.stderr, flush=True)
+            write_line(line)
         rows.append(median_row(samples))
         if pop_samples:
             solo_from = "population 1" if 1 in pop_samples else "single run"
@@ -343,13 +354,19 @@ def main(argv: list[str] | None = None) -> None:
     if population_rows:
         print()
         print(population_table(population_rows))
-    out = args.json or Path("outputs") / "bench" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "steps": args.steps, "overrides": overrides, "rows": rows}
     if population_rows:
         result["population_rows"] = population_rows
-    out.write_text(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    try:
+        make_output_dir(out.parent)
+        write_output(out, text)
+    except OutputError as err:  # the runs are done: their results go to stdout rather than nowhere
+        print(text, flush=True)
+        error_line(f"{err}; the results are printed on stdout as JSON instead")
+        return err.status
     print(f"written {out}")
+    return 0
 
 
 def _load_average() -> list[float] | None:
