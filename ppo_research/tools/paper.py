@@ -16,7 +16,6 @@ import argparse
 import inspect
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -24,6 +23,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..run.compose import CONF_DIR
+from .cli_common import OneLineParser, OutputError, error_line
 from .report import Normalization, Variant, normalized_table, summarize, write_csv, write_report
 from .results import ResultsError, Run, find_runs, finished
 from .stats import bootstrap_ci
@@ -323,7 +323,7 @@ def write_table(dirs: Sequence[str], baselines: Path, out: Optional[Path] = None
 # -- command line --------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ppo_research.paper", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m ppo_research.paper", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="list the jobs of a multirun without running them")
     p.add_argument("overrides", nargs="*", help=f"Hydra overrides as for -m (default: experiment={EXPERIMENT})")
@@ -367,8 +367,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for path in files.values():
                 print(path)
     except ResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        error_line(str(err))
         return 2
+    except OutputError as err:  # the report's output directory (write_report)
+        error_line(str(err))
+        return err.status
     except Exception as err:  # Hydra / config errors about the overrides: one line
         from ..run.app import hydra_error_line
         from ..errors import ConfigError
@@ -377,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         line = str(err) if isinstance(err, ConfigError) else hydra_error_line(err, overrides)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        error_line(line)
         return 2
     return 0
 

@@ -12,14 +12,24 @@ Writes ``curves.png``, ``summary.md``/``summary.csv``, the aggregate statistics 
 2021 (``aggregate.md``, ``profiles.png``: IQM, performance profiles, probability of improvement)
 and, with a normalisation, ``normalized.md``/``normalized.csv`` (random policy = 0, a named
 reference = 1).
+
+A variant's curve spans the steps all its seeds have a value at; where one seed has none in its
+last iterations (no episode finished), the curve ends before the runs do, and the report says
+so: a ``note:`` line on stderr, a marker at the curve's end in ``curves.png`` and a line in
+``summary.md`` name the variant, the step and the seed (``curve_end``).
+
+The output directory is checked before anything is computed (a file, a parent that is a file, a
+read-only or pseudo file system: one ``error:`` line, exit status 2); each file is written whole
+(``cli_common.write_output``), so a failure while writing (disk full: exit status 4) leaves the
+files of an earlier report as they were.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import functools
+import io
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -27,6 +37,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..run.compose import CONF_DIR, GROUPS
+from ..run.console import write_line
+from .cli_common import OneLineParser, OutputError, check_output_dir, error_line, make_output_dir, write_output
 from .results import FACET, ResultsError, Run, finished, find_runs, load_yaml
 from .stats import (MIN_SEEDS_FOR_CI, aggregate, bootstrap_ci, interval_label, normalize_score,
                     performance_profile, performance_profile_ci, pooled_iqm, pooled_iqm_ci,
@@ -39,6 +51,10 @@ TRACKING_PREFIXES = ("logger.", "checkpoint.")
 MISSING = "<unset>"
 #: legend entries longer than this are cut (the full label is in summary.md's key table)
 LEGEND_CHARS = 38
+#: the marker at the end of a curve that stops before its runs do, and what the title says of it
+END_MARKER = "x"
+END_MARKER_TEXT = ("x: the curve ends before its runs do (a seed has no {metric} after that step; "
+                   "summary.md says which)")
 
 
 def is_tracking_only(key: str) -> bool:
@@ -327,6 +343,75 @@ def variant_curve(variant: Variant, metric: str, smooth: int = 1, n_boot: int = 
     return grid, ys.mean(axis=0), low, high, len(ys)
 
 
+@dataclass
+class CurveEnd:
+    """Where a variant's curve ends before its runs do, and the seeds that end it."""
+
+    env: str
+    label: str
+    metric: str
+    end: float  # the curve's last step: the last step every seed has a value at
+    last: float  # the variant's last step (its runs' last metrics row)
+    ended_by: dict  # seed -> its own last step with a value, for the seeds whose values stop at ``end``
+    runs_end: dict  # seed -> True where the seed's run itself ends there (no later rows at all)
+    without: list  # seeds with no value at all: the curve is over the others
+
+    def text(self, key: Optional[str] = None) -> str:
+        """One line: ``CartPole-v1 V2 loss=klpen: the episode_return curve ends at step 384 of
+        512: seed 1 has no episode_return after step 384 (no episode finished in its last
+        iterations)``."""
+        name = f"{self.env} {key + ' ' if key else ''}{self.label}"
+        parts = []
+        if self.end < self.last:
+            step, why = f"{self.end:.0f}", []
+            silent = [s for s in self.ended_by if not self.runs_end.get(s)]
+            ended = [s for s in self.ended_by if self.runs_end.get(s)]
+            if silent:
+                one = len(silent) == 1
+                episode = (f" (no episode finished in {'its' if one else 'their'} last iterations)"
+                           if self.metric.startswith("episode_") else "")
+                why.append(f"{_seeds(silent)} {'has' if one else 'have'} no {self.metric} after step {step}{episode}")
+            if ended:
+                why.append(f"the run{'' if len(ended) == 1 else 's'} of {_seeds(ended)} "
+                           f"end{'s' if len(ended) == 1 else ''} at step {step}")
+            parts.append(f"the {self.metric} curve ends at step {step} of {self.last:.0f}: {'; '.join(why)}")
+        if self.without:
+            one = len(self.without) == 1
+            parts.append(f"{_seeds(self.without)} {'has' if one else 'have'} no {self.metric} at all: the curve is "
+                         "the mean of the other seeds")
+        return f"{name}: {'; '.join(parts)}"
+
+
+def _seeds(seeds) -> str:
+    seeds = [str(s) for s in seeds]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(seeds)}"
+
+
+def curve_end(variant: Variant, metric: str) -> Optional[CurveEnd]:
+    """Why ``variant_curve(variant, metric)`` stops before the variant's runs do, or leaves a
+    seed out; None when its curve runs to its last step over every seed (or there is none)."""
+    lasts, run_lasts, without = {}, {}, []
+    for seed, runs in variant.by_seed().items():
+        for run in runs:
+            steps = [m["global_step"] for m in run.metrics if m.get("global_step") is not None]
+            x, _ = run_curve(run, metric)
+            if not len(x):
+                without.append(seed)
+                continue
+            lasts.setdefault(seed, []).append(float(x[-1]))
+            run_lasts.setdefault(seed, []).append(float(max(steps)) if steps else float(x[-1]))
+    if not lasts:
+        return None
+    without = [s for s in dict.fromkeys(without) if s not in lasts]
+    end = min(min(v) for v in lasts.values())
+    last = max(max(v) for v in run_lasts.values())
+    if end >= last and not without:
+        return None
+    ended_by = {seed: end for seed, v in lasts.items() if min(v) == end} if end < last else {}
+    runs_end = {seed: min(run_lasts[seed]) <= end for seed in ended_by}
+    return CurveEnd(variant.env, variant.label, metric, end, last, ended_by, runs_end, without)
+
+
 def smoothing_text(smooth: int) -> str:
     return f"moving average over {smooth} iterations" if smooth > 1 else "per iteration, not smoothed"
 
@@ -406,8 +491,9 @@ def curves_figure(variants: list[Variant], metric: str = "episode_return", smoot
     keys = variant_keys(variants)
     style, entries = _styles(keys), legend_entries(variants, keys)
     fig, axes = _panel_grid(len(envs))
-    handles, counts = {}, set()
+    handles, counts, early = {}, set(), False
     for ax, env in zip(axes.flat, envs):
+        runs_last = None  # the last step of a run whose curve ends early: the x axis reaches it
         for v in (v for v in variants if v.env == env):
             curve = variant_curve(v, metric, smooth)
             if curve is None:
@@ -418,23 +504,29 @@ def curves_figure(variants: list[Variant], metric: str = "episode_return", smoot
             handles.setdefault(v.label, line)
             if low is not None:
                 ax.fill_between(x, low, high, color=style[v.label]["color"], alpha=0.15, linewidth=0)
+            ends = curve_end(v, metric)
+            if ends is not None and ends.end < ends.last:  # ends before its runs do: marked, and said
+                ax.plot([x[-1]], [mean[-1]], marker=END_MARKER, markersize=9, markeredgewidth=2, linestyle="none",
+                        color=style[v.label]["color"])
+                early = True
+                runs_last = max(runs_last or ends.last, ends.last)
+        if runs_last is not None and runs_last > ax.get_xlim()[1]:
+            left = ax.get_xlim()[0]
+            ax.set_xlim(left, runs_last + 0.02 * (runs_last - left))
         ax.set(title=env, xlabel="global_step", ylabel=f"{metric}\n({smoothing_text(smooth)})")
         ax.grid(alpha=0.3)
     order = [label for label in keys if label in handles]
     _legend_below(fig, [handles[label] for label in order], [entries[label] for label in order])
-    fig.suptitle(f"{metric}, {smoothing_text(smooth)}: mean over seeds; shaded: {band_text(counts) or 'none'}",
-                 fontsize=10)
+    title = f"{metric}, {smoothing_text(smooth)}: mean over seeds; shaded: {band_text(counts) or 'none'}"
+    if early:
+        title += f"\n{END_MARKER_TEXT.format(metric=metric)}"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def plot_curves(variants: list[Variant], path: Path, metric: str = "episode_return", smooth: int = 1) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(variants, metric, smooth)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return write_output(path, figure_png(curves_figure(variants, metric, smooth)))
 
 
 # -- aggregate statistics over tasks (Agarwal et al. 2021) -----------------------------------------
@@ -610,13 +702,30 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()})
+    return f.getvalue()
+
+
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()})
-    return path
+    """The CSV of ``rows``, written whole (``cli_common.write_output``)."""
+    return write_output(path, csv_text(rows, columns))
+
+
+def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes (110 dpi, tight), closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
 
 
 def final_description(final: str) -> str:
@@ -637,7 +746,7 @@ def _interval_text(interval, n: int, digits: int = 4) -> str:
 
 def markdown_summary(rows: list[dict], final: str, normalization: Optional[Normalization],
                      keys: Optional[dict[str, str]] = None, duplicates: Sequence[str] = (),
-                     smooth: int = 1) -> str:
+                     smooth: int = 1, curve_notes: Sequence[str] = ()) -> str:
     keys = keys or {label: f"V{i}" for i, label in enumerate(sorted({r["variant"] for r in rows}), 1)}
     finals = sorted({k for r in rows for k in r["final_key"].split("/")})
     head = ["env", "key", "variant", "seeds", f"final return [{'/'.join(finals)}] mean ± std",
@@ -652,6 +761,9 @@ def markdown_summary(rows: list[dict], final: str, normalization: Optional[Norma
              f"first). Intervals: {'; '.join(kinds)}. Learning curves (curves.png): {smoothing_text(smooth)}.", ""]
     if duplicates:
         lines += ["Seeds counted once:", "", *[f"- {d.removeprefix('warning: ')}" for d in duplicates], ""]
+    if curve_notes:
+        lines += ["Curves that end early or leave a seed out (marked x in curves.png):", "",
+                  *[f"- {n.removeprefix('note: ')}" for n in curve_notes], ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         n = r["n_seeds"]
@@ -681,44 +793,48 @@ def write_report(paths: Sequence[Union[str, Path]], out: Optional[Union[str, Pat
                  curve: str = "episode_return", smooth: int = 1, normalization: Optional[Normalization] = None,
                  n_boot: int = 2000) -> dict[str, Path]:
     """Find, group and summarise the runs under ``paths``; returns the files written. A seed
-    that appears in several runs of one variant is one warning line on stderr and counts once."""
-    import matplotlib.pyplot as plt
-
+    that appears in several runs of one variant is one warning line on stderr and counts once;
+    a curve that ends before its runs do (or leaves a seed out) is one note line on stderr.
+    ``out`` is checked before anything is computed (OutputError, exit status 2); a failure while
+    writing is OutputError with exit status 4, and every file is written whole."""
     runs = finished(find_runs(paths), paths)
+    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    check_output_dir(out, "report")
     variants = group_runs(runs)
     duplicates = duplicate_seeds(variants)
     for line in duplicates:
-        print(line, file=sys.stderr)
+        write_line(line)
     keys = variant_keys(variants)
+    curve_notes = []
+    for v in variants:
+        ends = curve_end(v, curve)
+        if ends is not None:
+            curve_notes.append(f"note: {ends.text(keys[v.label])}")
+            write_line(curve_notes[-1])
     rows = summarize(variants, final, normalization, n_boot)
     for row in rows:
         row["key"] = keys[row["variant"]]
-    out = Path(out) if out is not None else Path(paths[0]) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "report")
     columns = CSV_COLUMNS + (NORM_COLUMNS if normalization is not None else [])
     files = {"curves": plot_curves(variants, out / "curves.png", curve, smooth),
              "summary_csv": write_csv(out / "summary.csv", rows, columns)}
-    (out / "summary.md").write_text(markdown_summary(rows, final, normalization, keys, duplicates, smooth))
-    files["summary_md"] = out / "summary.md"
+    files["summary_md"] = write_output(out / "summary.md", markdown_summary(rows, final, normalization, keys,
+                                                                           duplicates, smooth, curve_notes))
     all_stats = [aggregate_stats(g, n_boot) for g in aggregate_groups(rows, normalization)]
     if all_stats:
-        (out / "aggregate.md").write_text(markdown_aggregate(all_stats, keys, n_boot))
-        fig = profiles_figure(all_stats, keys)
-        fig.savefig(out / "profiles.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        files.update(aggregate_md=out / "aggregate.md", profiles=out / "profiles.png")
+        files["aggregate_md"] = write_output(out / "aggregate.md", markdown_aggregate(all_stats, keys, n_boot))
+        files["profiles"] = write_output(out / "profiles.png", figure_png(profiles_figure(all_stats, keys)))
     if normalization is not None:
         envs, table = normalized_table(rows)
         files["normalized_csv"] = write_csv(out / "normalized.csv", table, ["variant", *envs, "mean over envs"])
-        (out / "normalized.md").write_text(markdown_normalized(envs, table, normalization.name))
-        files["normalized_md"] = out / "normalized.md"
+        files["normalized_md"] = write_output(out / "normalized.md", markdown_normalized(envs, table, normalization.name))
     return files
 
 
 # -- command line --------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ppo_research.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m ppo_research.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run, multirun or Optuna study directories")
     parser.add_argument("--out", help="output directory (default: <first dir>/report)")
     parser.add_argument("--final", default="auto",
@@ -742,8 +858,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         normalization = Normalization.from_file(args.normalize) if args.normalize else None
         files = write_report(args.dirs, args.out, args.final, args.curve, args.smooth, normalization, args.bootstrap)
     except ResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        error_line(str(err))
         return 2
+    except OutputError as err:
+        error_line(str(err))
+        return err.status
     for path in files.values():
         print(path)
     return 0
