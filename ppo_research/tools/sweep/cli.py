@@ -73,7 +73,7 @@ class WorkersDied(Exception):
 def main(argv: Optional[list[str]] = None) -> int:
     parser = OneLineParser(prog="python -m ppo_research.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", help="study spec, e.g. sweeps/gae_lambda.yaml")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to the spec's for every trial")
+    parser.add_argument("overrides", nargs="*", default=[], help="Hydra overrides added to the spec's for every trial")
     parser.add_argument("--trials", type=int, help="trial budget (total over all workers and re-runs)")
     parser.add_argument("--workers", type=int, help="worker processes on this machine")
     parser.add_argument("--population", type=int,

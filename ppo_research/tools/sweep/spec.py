@@ -197,7 +197,8 @@ def _param(key: Any, node: Any) -> Param:
     kind = kind or ("int" if _int(low) and _int(high) else "float")
     if low > high:
         raise SpecError(f"search space: {key}: low={low!r} > high={high!r}")
-    log, step = node.get("log", False), node.get("step")
+    log, step = node.get("log"), node.get("step")
+    log = False if log is None else log
     if not isinstance(log, bool):
         raise invalid(f"{where}.log", log, "true or false")
     if log and low <= 0:
