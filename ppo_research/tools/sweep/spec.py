@@ -345,7 +345,7 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
     for key in ("sampler", "pruner"):
         value = _optional(node, key, (dict,), f"a mapping with name (an optuna.{key}s class) and its arguments"
                                               f"{'; or null for none' if key == 'pruner' else ''}")
-        if value is not None and not isinstance(value.get("name"), str):
+        if value and not isinstance(value.get("name"), str):  # {} or null: the default (TPESampler; no pruner)
             raise invalid(f"{key}.name", value.get("name"), f"the name of an optuna.{key}s class (or module.Class)")
     _optional(node, "storage", (str,), "a storage URL (sqlite:///..., postgresql+psycopg://..., journal:<path>)")
     spec = Spec(
