@@ -310,3 +310,226 @@ def test_play_rejects_a_checkpoint_of_another_network(runs, tmp_path):
     bad = next((runs["pendulum"] / "checkpoints").glob("ckpt_*.pt"))
     with pytest.raises(PlayError, match="does not fit the network"):
         load_run(runs["cartpole"], bad)
+
+
+# -- bad paths of the outputs, damaged checkpoints (issue 29) -------------------------------------
+
+#: Run inside a user and mount namespace (``unshare -rm``): mounts a tmpfs, writes files there,
+#: runs one command line, reports what happened. Root outside still cannot write a read-only
+#: mount or past a full one, so these are the real failures, not mode bits root ignores.
+NAMESPACE_DRIVER = """
+import hashlib, json, os, subprocess, sys
+mount_dir, options, files, argv, cwd, report = json.loads(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "-o", options, "none", mount_dir], check=True)
+digests = {}
+for name, size in files.items():
+    data = os.urandom(size)
+    with open(os.path.join(mount_dir, name), "wb") as f:
+        f.write(data)
+    digests[name] = hashlib.sha256(data).hexdigest()
+proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+unchanged = {name: hashlib.sha256(open(os.path.join(mount_dir, name), "rb").read()).hexdigest() == digest
+             for name, digest in digests.items()}
+with open(report, "w") as f:
+    json.dump({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+               "listing": sorted(os.listdir(mount_dir)), "unchanged": unchanged}, f)
+"""
+
+
+def namespaces_available() -> bool:
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro none /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+def run_on_tmpfs(tmp_path: Path, options: str, module: str, args: list[str], files: dict[str, int] = {}) -> dict:
+    """``python -m module args`` while ``tmp_path/mnt`` is a tmpfs mounted with ``options``
+    (``ro``; ``size=64k``) holding ``files`` (name -> size, random bytes). Returns the exit status,
+    stdout, stderr, the mount's listing afterwards and, per file, whether it is unchanged."""
+    if not namespaces_available():
+        pytest.skip("unshare -rm (user and mount namespaces) is not permitted here")
+    mount_dir = tmp_path / "mnt"
+    mount_dir.mkdir(exist_ok=True)
+    report = tmp_path / "namespace_report.json"
+    argv = [sys.executable, "-m", module, *args]
+    spec = json.dumps([str(mount_dir), options, files, argv, str(tmp_path), str(report)])
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    driver = subprocess.run(["unshare", "-rm", sys.executable, "-c", NAMESPACE_DRIVER, spec], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert driver.returncode == 0, driver.stderr
+    return json.loads(report.read_text())
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("out, message", [
+    ("/proc/policy.onnx", "error: cannot write /proc/policy.onnx: cannot create files in /proc (No such file or "
+                          "directory)"),
+    ("{tmp}/a_directory", "error: cannot write {tmp}/a_directory: it is a directory"),
+    ("{tmp}/a_file/policy.onnx", "error: cannot write {tmp}/a_file/policy.onnx: {tmp}/a_file is not a directory"),
+], ids=["proc", "directory", "under-a-file"])
+def test_export_refuses_an_unwritable_out_before_loading_the_run(runs, tmp_path, out, message):
+    """--out is checked first: one line, exit status 2, even for a run directory that does not
+    exist (the run is not even looked at yet)."""
+    (tmp_path / "a_directory").mkdir()
+    (tmp_path / "a_file").write_text("not a directory")
+    fill = {"tmp": str(tmp_path)}
+    for run_dir in (runs["cartpole"], tmp_path / "missing_run"):
+        result = run_cli([str(run_dir), "--format", "onnx", "--out", out.format(**fill)], tmp_path,
+                         module="ppo_research.export")
+        assert result.returncode == 2, result.stderr
+        assert _one_error_line(result.stderr) == message.format(**fill)
+        assert result.stdout == ""
+    assert (tmp_path / "a_file").read_text() == "not a directory" and not any((tmp_path / "a_directory").iterdir())
+
+
+def test_export_to_a_full_device_is_an_io_error_in_one_line(runs, tmp_path):
+    result = run_cli([str(runs["cartpole"]), "--format", "onnx", "--out", "/dev/full"], tmp_path,
+                     module="ppo_research.export")
+    assert result.returncode == 4, result.stderr
+    assert _one_error_line(result.stderr) == "error: cannot write /dev/full: No space left on device"
+    assert result.stdout == ""
+
+
+def test_export_on_a_full_disk_keeps_the_earlier_file(runs, tmp_path):
+    """A 64 KiB file system with an earlier policy.onnx (8 KiB) and 44 KiB of other files: the
+    new export does not fit. One line, exit status 4, the earlier file intact, no temp file left."""
+    out = tmp_path / "mnt" / "policy.onnx"
+    got = run_on_tmpfs(tmp_path, "size=64k", "ppo_research.export",
+                       [str(runs["cartpole"]), "--format", "onnx", "--out", str(out), "--verify", "0"],
+                       files={"policy.onnx": 8192, "filler": 44 * 1024})
+    assert got["returncode"] == 4, got["stderr"]
+    assert _one_error_line(got["stderr"]) == f"error: cannot write {out}: No space left on device; {out} is as it was"
+    assert got["unchanged"] == {"policy.onnx": True, "filler": True}
+    assert got["listing"] == ["filler", "policy.onnx"] and got["stdout"] == ""
+
+
+def test_export_and_play_on_a_read_only_file_system_are_one_line(runs, tmp_path):
+    mount = tmp_path / "mnt"
+    got = run_on_tmpfs(tmp_path, "ro", "ppo_research.export",
+                       [str(runs["cartpole"]), "--format", "torch", "--out", str(mount / "policy.pt2")])
+    assert got["returncode"] == 2, got["stderr"]
+    assert _one_error_line(got["stderr"]) == (f"error: cannot write {mount / 'policy.pt2'}: cannot create files in "
+                                              f"{mount} (Read-only file system)")
+    got = run_on_tmpfs(tmp_path, "ro", "ppo_research.play",
+                       [str(runs["cartpole"]), "--episodes", "1", "--video", str(mount / "episode.gif")])
+    assert got["returncode"] == 2, got["stderr"]
+    assert _one_error_line(got["stderr"]) == (f"error: cannot write video {mount / 'episode.gif'}: cannot create "
+                                              f"files in {mount} (Read-only file system)")
+    assert got["stdout"] == ""  # refused before any episode ran
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "error: --seed must be a non-negative integer, got -1"),
+    (["--video", "/proc/episode.gif"],
+     "error: cannot write video /proc/episode.gif: cannot create files in /proc (No such file or directory)"),
+    (["--video", "{tmp}/a_file/episode.gif"], "error: cannot write video {tmp}/a_file/episode.gif: {tmp}/a_file is "
+                                              "not a directory"),
+    (["--video", "{tmp}/folder.gif"], "error: cannot write video {tmp}/folder.gif: it is a directory"),
+], ids=["negative-seed", "proc", "under-a-file", "directory"])
+def test_play_refuses_a_bad_seed_or_video_path_before_playing(runs, tmp_path, args, message):
+    pytest.importorskip("imageio")
+    (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "folder.gif").mkdir()
+    fill = {"tmp": str(tmp_path)}
+    result = run_cli([str(runs["cartpole"]), "--episodes", "1", *[a.format(**fill) for a in args]], tmp_path,
+                     module="ppo_research.play")
+    assert result.returncode == 2, result.stderr
+    assert _one_error_line(result.stderr) == message.format(**fill)
+    assert result.stdout == ""
+
+
+def test_play_keeps_its_table_when_the_video_cannot_be_written(runs, tmp_path):
+    """episode.gif is a link to /dev/full: it passes the check (a device open for writing) and
+    the write fails at the end. The table of returns still comes out; one line, exit status 4."""
+    pytest.importorskip("imageio")
+    pytest.importorskip("pygame")
+    video = tmp_path / "episode.gif"
+    video.symlink_to("/dev/full")
+    result = run_cli([str(runs["cartpole"]), "--episodes", "2", "--video", str(video)], tmp_path,
+                     module="ppo_research.play")
+    assert result.returncode == 4, result.stderr
+    assert _one_error_line(result.stderr) == (f"error: cannot write video {video}: No space left on device "
+                                              "(the episodes' table is on stdout)")
+    assert _table_return(result.stdout) and "video of episode 0" not in result.stdout
+
+
+def test_export_verify_has_an_upper_bound(runs, tmp_path):
+    out = tmp_path / "policy.pt2"
+    for count in ("100001", "100000000000", "-1"):
+        result = run_cli([str(runs["cartpole"]), "--format", "torch", "--out", str(out), "--verify", count], tmp_path,
+                         module="ppo_research.export")
+        assert result.returncode == 2, result.stderr
+        assert _one_error_line(result.stderr) == \
+            f"error: --verify must be between 0 and 100,000 observations, got {count}"
+        assert not out.exists()  # refused before anything was built
+
+
+def test_onnx_batch_axis_is_named_batch(runs, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path, _ = export_tool.write(load_run(runs["pendulum"]), "onnx", tmp_path / "policy.onnx")
+    model = onnx.load(str(path))
+    (obs,), (action,) = model.graph.input, model.graph.output
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(obs) == ["batch", 3] and dims(action) == ["batch", 1]
+    symbols = {d.dim_param for v in model.graph.value_info for d in v.type.tensor_type.shape.dim if d.dim_param}
+    assert symbols <= {"batch"}  # torch.export's symbol (s79, s35, ...) is gone everywhere
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3] and session.get_outputs()[0].shape == ["batch", 1]
+    assert session.run(None, {"obs": np.zeros((5, 3), np.float32)})[0].shape == (5, 1)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_play_and_export_fall_back_past_a_truncated_newest_checkpoint(runs, tmp_path):
+    """The newest checkpoint cut in half (a crash mid-copy): play and export use the newest one
+    that loads, say in one warning line which file they skipped and why, and leave it in place."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["cartpole"], run_dir)
+    checkpoints = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    newest, previous = checkpoints[-1], checkpoints[-2]
+    _truncate(newest)
+    damaged = newest.read_bytes()
+    result = run_cli([str(run_dir), "--episodes", "1"], tmp_path, module="ppo_research.play")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"warning: skipped 1 newer checkpoint(s) of {run_dir} that cannot be used, left in place: "
+                           f"{newest.name} (") and line.endswith(f"); using {previous.name}"), line
+    assert f"checkpoint {previous.name} (iteration {int(previous.stem[5:])}," in result.stdout
+    out = tmp_path / "policy.pt2"
+    result = run_cli([str(run_dir), "--format", "torch", "--out", str(out), "--verify", "50"], tmp_path,
+                     module="ppo_research.export")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [line]
+    assert f"policy from {previous.name}" in result.stdout and out.is_file()
+    # read-only tools: the damaged file is where it was, as it was; nothing set aside
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [p.name for p in checkpoints]
+    assert newest.read_bytes() == damaged
+    # the damaged checkpoint asked for by name: refused in one line
+    result = run_cli([str(run_dir), "--checkpoint", newest.name, "--episodes", "1"], tmp_path,
+                     module="ppo_research.play")
+    assert result.returncode == 2
+    assert _one_error_line(result.stderr).startswith(f"error: cannot load checkpoint {newest}: ")
+    # none usable: one line naming every file
+    for path in checkpoints:
+        _truncate(path)
+    result = run_cli([str(run_dir), "--episodes", "1"], tmp_path, module="ppo_research.play")
+    assert result.returncode == 2
+    error = _one_error_line(result.stderr)
+    assert error.startswith(f"error: {run_dir}: no usable checkpoint in {run_dir / 'checkpoints'} (")
+    assert all(p.name in error for p in checkpoints) and result.stdout == ""
