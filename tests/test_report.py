@@ -395,3 +395,103 @@ def test_aggregate_statistics_on_normalised_runs(tmp_path):
     text = files["aggregate_md"].read_text()
     assert "## CartPole-v1" in text and "## Pendulum-v1" in text and "final return [eval_return]" in text
     assert f"| V1 | loss=clip | {np.mean([100.0, 120.0, 140.0]):.4g} |" in text
+
+
+# -- bad output paths, curves that end early (issue 29) -------------------------------------------
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("out, message", [
+    ("/proc/report", "error: cannot write report /proc/report: cannot create files in /proc (No such file or "
+                     "directory)"),
+    ("{tmp}/a_file", "error: cannot write report {tmp}/a_file: it is a file, not a directory"),
+    ("{tmp}/a_file/report", "error: cannot write report {tmp}/a_file/report: {tmp}/a_file is not a directory"),
+], ids=["proc", "existing-file", "under-a-file"])
+def test_an_unwritable_out_is_one_line(tmp_path, out, message):
+    make_run(tmp_path / "runs" / "0")
+    (tmp_path / "a_file").write_text("kept")
+    fill = {"tmp": str(tmp_path)}
+    proc = run_cli([str(tmp_path / "runs"), "--out", out.format(**fill)], cwd=tmp_path, timeout=60,
+                   module="ppo_research.report")
+    assert proc.returncode == 2
+    assert _one_error_line(proc.stderr) == message.format(**fill)
+    assert proc.stdout == "" and (tmp_path / "a_file").read_text() == "kept"
+
+
+def test_report_on_a_read_only_file_system_is_one_line(tmp_path):
+    from test_play_export import run_on_tmpfs
+
+    make_run(tmp_path / "runs" / "0")
+    mount = tmp_path / "mnt"
+    got = run_on_tmpfs(tmp_path, "ro", "ppo_research.report", [str(tmp_path / "runs"), "--out", str(mount / "report")])
+    assert got["returncode"] == 2, got["stderr"]
+    assert _one_error_line(got["stderr"]) == (f"error: cannot write report {mount / 'report'}: cannot create files in "
+                                              f"{mount} (Read-only file system)")
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_earlier_files(tmp_path):
+    """summary.md is a link to /dev/full: the report fails there (exit status 4, one line); the
+    files of the earlier report it had not reached yet are as they were."""
+    make_run(tmp_path / "runs" / "0", seed=0)
+    make_run(tmp_path / "runs" / "1", seed=1)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "aggregate.md").write_text("the earlier report")
+    (out / "summary.md").symlink_to("/dev/full")
+    proc = run_cli([str(tmp_path / "runs"), "--out", str(out)], cwd=tmp_path, timeout=60, module="ppo_research.report")
+    assert proc.returncode == 4
+    assert _one_error_line(proc.stderr) == f"error: cannot write {out / 'summary.md'}: No space left on device"
+    assert (out / "aggregate.md").read_text() == "the earlier report"
+    assert is_png(out / "curves.png") and not list(out.glob(".*.tmp"))
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    proc = run_cli([str(tmp_path), "--smooth", "x"], cwd=tmp_path, timeout=60, module="ppo_research.report")
+    assert proc.returncode == 2
+    assert _one_error_line(proc.stderr).startswith("error: argument --smooth: invalid int value: 'x'")
+
+
+def test_a_curve_that_ends_early_says_where_and_why(tmp_path):
+    """Seed 1 finished no episode in its last iteration: the variant's curve (the steps every seed
+    has a value at) ends at step 200 of 300, and the report says so: a note line on stderr, a
+    line in summary.md, an x at the curve's end in curves.png."""
+    for seed in (0, 1):
+        make_run(tmp_path / "runs" / f"c{seed}", "clip", seed=seed)
+    make_run(tmp_path / "runs" / "k0", "klpen", seed=0)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "c1" / "metrics.jsonl").read_text().splitlines()]
+    rows[-1]["episode_return"] = None  # as the trainer logs an iteration in which no episode ended
+    (tmp_path / "runs" / "c1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli([str(tmp_path / "runs"), "--out", str(tmp_path / "out")], cwd=tmp_path, timeout=60,
+                   module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr
+    note = ("CartPole-v1 V1 loss=clip: the episode_return curve ends at step 200 of 300: seed 1 has no "
+            "episode_return after step 200 (no episode finished in its last iterations)")
+    assert proc.stderr.strip().splitlines() == [f"note: {note}"]  # the klpen curve runs to its end: no note
+    assert f"- {note}" in (tmp_path / "out" / "summary.md").read_text()
+    fig = curves_figure(group_runs(find_runs([tmp_path / "runs"])))
+    assert "x: the curve ends before its runs do" in fig._suptitle.get_text()
+    ends = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert len(ends) == 1 and list(ends[0].get_xdata()) == [200]
+    assert fig.axes[0].get_xlim()[1] >= 300  # the axis reaches the runs' end: the gap is visible
+
+
+def test_a_real_curve_without_episodes_at_the_end_is_named(tmp_path):
+    """Real Pendulum runs (episodes of 200 steps, iterations of 64): the last iteration ends no
+    episode, so both seeds' episode_return stops at step 256 of 320."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0,1", "env=pendulum", "env.max_episode_steps=200", "algo.num_envs=1",
+                    "algo.num_steps=64", "algo.minibatch_size=32", "algo.num_epochs=1", "total_timesteps=320",
+                    "eval.episodes=1", "progress=false", "logger=none", f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli([str(sweep), "--out", str(tmp_path / "out")], cwd=tmp_path, timeout=120,
+                   module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: Pendulum-v1 V1 ")
+    assert notes[0].endswith(": the episode_return curve ends at step 256 of 320: seeds 0, 1 have no episode_return "
+                             "after step 256 (no episode finished in their last iterations)")
