@@ -83,3 +83,45 @@ def test_bench_rejects_a_population_of_zero_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --population 0 is invalid: expected a positive integer"]
     assert not (tmp_path / "outputs").exists()
+
+
+# -- the --json path (issue 29) ---------------------------------------------------------------------
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_bench_refuses_an_unwritable_json_path_before_measuring(tmp_path):
+    """Checked before any worker starts: one line, exit status 2, no progress line, no table."""
+    (tmp_path / "a_file").write_text("kept")
+    (tmp_path / "a_directory.json").mkdir()
+    for path, message in [
+        ("/proc/x/bench.json", "error: cannot write /proc/x/bench.json: cannot create files in /proc (No such file or "
+                               "directory)"),
+        (f"{tmp_path}/a_file/bench.json", f"error: cannot write {tmp_path}/a_file/bench.json: {tmp_path}/a_file is not "
+                                          "a directory"),
+        (f"{tmp_path}/a_directory.json", f"error: cannot write {tmp_path}/a_directory.json: it is a directory"),
+    ]:
+        result = run_cli(["--case", "cartpole", "--repeats", "1", "--steps", "256", "--no-reference", "--json", path],
+                         cwd=tmp_path, module="ppo_research.bench", timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert _one_error_line(result.stderr) == message
+        assert result.stdout == ""
+    assert (tmp_path / "a_file").read_text() == "kept" and not (tmp_path / "outputs").exists()
+
+
+def test_bench_prints_its_results_when_the_json_cannot_be_written(tmp_path):
+    """/dev/full passes the check (a device open for writing) and fails at the end: the results
+    come out on stdout as JSON, then one line, exit status 4."""
+    result = run_cli(["--case", "cartpole", "--repeats", "1", "--steps", "256", "--no-reference", "--json",
+                      "/dev/full"], cwd=tmp_path, module="ppo_research.bench", timeout=600)
+    assert result.returncode == 4, result.stderr[-2000:]
+    progress, error = result.stderr.strip().splitlines()
+    assert progress.startswith("cartpole num_envs=") and "run 1/1" in progress
+    assert error == "error: cannot write /dev/full: No space left on device; the results are printed on stdout as JSON instead"
+    printed = json.loads(result.stdout[result.stdout.index("\n{") + 1:])
+    (row,) = printed["rows"]
+    assert row["env"] == "cartpole" and row["global_step"] >= 256 and row["train_sps"] > 0
+    assert "| cartpole |" in result.stdout  # the table too
