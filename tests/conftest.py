@@ -96,6 +96,13 @@ def partial_lines(writes: list[str]) -> list[str]:
     return [w for w in writes if not w.endswith("\n")]
 
 
+def files_of(tree: Path) -> dict[str, bytes]:
+    """Every file under ``tree`` and its bytes, but the owner lock's note (run/owner.py: whoever
+    takes a directory's lock writes its pid there; that is the lock, not the run)."""
+    return {str(p.relative_to(tree)): p.read_bytes() for p in sorted(Path(tree).rglob("*"))
+            if p.is_file() and p.name != ".owner.lock"}
+
+
 CLI_WORKER = Path(__file__).with_name("cli_worker.py")
 
 

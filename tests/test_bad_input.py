@@ -145,6 +145,16 @@ CASES = [
     ("typo_in_klpen_key", ["loss=klpen", "loss.bta=3"], "loss.bta='3' is invalid: expected a key of loss: "
                                                         "adapt_every, adaptive, beta,"),
     ("unknown_top_level_key", ["+foo=1"], "foo=1 is invalid: expected a key of the top level: advantage, algo,"),
+    # issue 29: argparse's usage (6-8 lines), Hydra's "Error in call to target" without its reason, a
+    # value that never reached iteration 1
+    ("unknown_flag", ["--bogus"], "unrecognized arguments: --bogus (see python -m ppo_research --help)"),
+    ("bad_flag_value", ["--cfg=nope"], "argument --cfg/-c: invalid choice: 'nope'"),
+    ("launcher_typo", ["-m", "hydra/launcher=population", "+hydra.launcher.bogus=1"],
+     "hydra.launcher.bogus='1' is invalid: expected a key of hydra.launcher: population_size, processes, resume"),
+    ("basic_launcher_typo", ["-m", "+hydra.launcher.bogus=1"],
+     "hydra.launcher.bogus='1' is invalid: expected no such key (BasicLauncher takes no options)"),
+    ("eval_episodes_beyond_any_use", ["eval.episodes=1000000000000"],
+     "eval.episodes=1000000000000 is invalid: expected a value in [1, 100000]"),
 ]
 
 

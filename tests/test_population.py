@@ -255,3 +255,33 @@ def test_a_sigkilled_population_resumes_to_the_uninterrupted_one(tmp_path):
     for s in range(3):
         assert comparable(read_metrics(tmp_path / "cut" / f"m{s}")) == comparable(read_metrics(tmp_path / "full" / f"m{s}"))
         assert checkpoint.latest(tmp_path / "cut" / f"m{s}").name == "ckpt_00000020.pt"
+
+
+def test_a_kill_between_the_members_checkpoints_leaves_one_they_all_hold_whatever_keep_says(tmp_path, monkeypatch):
+    """checkpoint.keep=1: a kill after member 0 wrote iteration 2's checkpoint and before member 1
+    did must not leave member 0 without iteration 1's, the last one the others hold; the three
+    then resume together from it and end as the uninterrupted population."""
+    base = [*TWO_ITERATIONS["cartpole"], "total_timesteps=4096", "checkpoint.every=1", "checkpoint.keep=1"]
+    train_members([job([*base, f"seed={s}"], tmp_path / "full" / f"m{s}") for s in range(3)])
+
+    real_save = checkpoint.save
+
+    def save(run_dir, iteration, state, keep):
+        if iteration == 2 and Path(run_dir).name == "m1":
+            raise KeyboardInterrupt  # stands for a SIGKILL landing between two members' writes
+        return real_save(run_dir, iteration, state, keep)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    cut = [tmp_path / "cut" / f"m{s}" for s in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        train_members([job([*base, f"seed={s}"], cut[s]) for s in range(3)])
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    held = [{checkpoint.iteration_of(p) for p in checkpoint.list_checkpoints(d)} for d in cut]
+    assert set.intersection(*held) == {1}, held
+
+    results = train_members([job([*base, f"seed={s}"], cut[s], resume_from=checkpoint.latest(cut[s]))
+                             for s in range(3)])
+    assert all(isinstance(r, dict) for r in results), results
+    for s in range(3):
+        assert comparable(read_metrics(cut[s])) == comparable(read_metrics(tmp_path / "full" / f"m{s}"))
+        assert [p.name for p in checkpoint.list_checkpoints(cut[s])] == ["ckpt_00000004.pt"]  # keep=1 again

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, partial_lines, read_metrics, read_summary, run_cli, run_cli_writes, without_timing
+from conftest import REPO, TINY, files_of, partial_lines, read_metrics, read_summary, run_cli, run_cli_writes, without_timing
 from wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
@@ -310,6 +310,110 @@ def test_sigterm_to_the_launcher_and_its_population_at_once_is_one_stop(tmp_path
         assert (job / "checkpoints" / f"ckpt_{last:08d}.pt").is_file()  # the stop's checkpoint
 
 
+def test_a_multirun_into_a_running_population_changes_no_file(tmp_path):
+    """A second multirun into the sweep directory of a running population is refused before
+    Hydra writes anything: multirun.yaml and the members' .hydra/ stay the running ones'."""
+    proc, sweep = start_a_long_population(tmp_path, rows=1)
+    try:
+        hydra_files = {p: p.read_bytes() for p in [sweep / "multirun.yaml", *sweep.glob("*/.hydra/*.yaml")]}
+        other = run_cli(["-m", "seed=0,1", "hydra/launcher=population", "env=pendulum", "loss=cpi", "logger=none",
+                         *TINY, "total_timesteps=12345", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+        assert {p: p.read_bytes() for p in hydra_files} == hydra_files
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("is in use by process" in line for line in errors), other.stderr[-3000:]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "population"])
+def test_a_multirun_into_a_finished_sweep_changes_no_file(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    grid = ["-m", "seed=0,1", f"hydra/launcher={launcher}", "env=cartpole", "logger=none", *TINY,
+            f"hydra.sweep.dir={sweep}"]
+    assert run_cli(grid, cwd=tmp_path).returncode == 0
+    before = files_of(sweep)
+    again = run_cli([*grid, "env=pendulum", "loss=cpi", "total_timesteps=12345"], cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("already holds a run" in line for line in errors), again.stderr[-3000:]
+    assert files_of(sweep) == before
+
+
+def test_a_refused_population_resume_changes_no_file(tmp_path):
+    """hydra.launcher.resume=true with a setting a resume may not change: every member refuses in
+    one line, and the sweep directory is as it was (multirun.yaml and .hydra/ included)."""
+    sweep = tmp_path / "sweep"
+    grid = ["-m", "seed=0,1", *CARTPOLE, f"hydra.sweep.dir={sweep}"]
+    assert run_cli(grid, cwd=tmp_path).returncode == 0
+    before = files_of(sweep)
+    again = run_cli([*grid, "total_timesteps=512", "hydra.launcher.resume=true", "algo.learning_rate=0.002"],
+                    cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("algo.learning_rate=0.002 is invalid" in line for line in errors), \
+        again.stderr[-3000:]
+    assert "resuming" not in again.stderr  # a refused resume does not say it resumes
+    assert files_of(sweep) == before
+
+
+def test_a_finished_population_resumed_to_a_smaller_budget_is_refused_as_a_solo_resume_is(tmp_path):
+    sweep = tmp_path / "sweep"
+    grid = ["-m", "seed=0,1", *CARTPOLE, f"hydra.sweep.dir={sweep}"]
+    assert run_cli([*grid, "total_timesteps=512"], cwd=tmp_path).returncode == 0
+    before = files_of(sweep)
+    smaller = run_cli([*grid, "total_timesteps=256", "hydra.launcher.resume=true"], cwd=tmp_path)
+    assert smaller.returncode == 2 and "Traceback" not in smaller.stderr
+    errors = [line for line in smaller.stderr.splitlines() if line.startswith("error:")]
+    expected = "total_timesteps=256 is invalid: expected at least 385: the run being resumed has done 4 iteration(s)"
+    assert len(errors) == 2 and all(expected in line for line in errors), smaller.stderr[-3000:]
+    assert files_of(sweep) == before
+
+
+def test_two_jobs_of_one_multirun_in_one_directory_are_refused_before_anything_is_written(tmp_path):
+    sweep = tmp_path / "sweep"
+    for launcher in ("basic", "population"):
+        proc = run_cli(["-m", "seed=0,1", "env=cartpole,pendulum", f"hydra/launcher={launcher}", "logger=none", *TINY,
+                        f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=s${seed}"], cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 2 and all("make hydra.sweep.subdir differ between jobs" in e for e in errors), \
+            proc.stderr[-3000:]
+        assert not sweep.exists()
+
+
+def test_a_damaged_common_checkpoint_sends_every_member_back_to_one_they_can_all_load(tmp_path):
+    """Members hold checkpoints 2, 4 and 6; member 2's newest is truncated and member 0's
+    iteration 4 has a flipped byte: the population resumes from iteration 2, the newest one every
+    member can load, sets the damaged files aside as *.unusable and ends as the uninterrupted
+    population (no learning-rate schedule: the longer budget changes nothing before it)."""
+    grid = ["seed=0,1,2", *CARTPOLE, "algo.anneal_lr=false", "checkpoint.every=2", "checkpoint.keep=3"]
+    full = run_cli(["-m", *grid, "total_timesteps=1280", f"hydra.sweep.dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    sweep = tmp_path / "cut"
+    cut = run_cli(["-m", *grid, "total_timesteps=768", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    for j in "012":
+        assert [p.name for p in (sweep / j / "checkpoints").glob("ckpt_*.pt")] and \
+            sorted(p.name for p in (sweep / j / "checkpoints").glob("ckpt_*.pt"))[0] == "ckpt_00000002.pt"
+    newest = sweep / "2" / "checkpoints" / "ckpt_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    middle = sweep / "0" / "checkpoints" / "ckpt_00000004.pt"
+    data = bytearray(middle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    middle.write_bytes(bytes(data))
+
+    resumed = run_cli(["-m", *grid, "total_timesteps=1280", f"hydra.sweep.dir={sweep}", "hydra.launcher.resume=true"],
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    for j in "012":
+        assert untimed(read_metrics(sweep / j)) == untimed(read_metrics(tmp_path / "full" / j))
+    assert (sweep / "2" / "checkpoints" / "ckpt_00000006.pt.unusable").is_file()
+    assert (sweep / "0" / "checkpoints" / "ckpt_00000004.pt.unusable").is_file()
+
+
 def test_ctrl_c_stops_every_member_after_a_checkpoint_and_a_member_resumes_alone(tmp_path):
     proc, sweep = start_a_long_population(tmp_path, rows=2)
     try:
@@ -358,7 +462,7 @@ def test_a_killed_population_multirun_continues_with_the_command_it_prints(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and "Traceback" not in out
+    assert proc.returncode == 128 + signal.SIGKILL and "Traceback" not in out  # as a killed run, not "a bug" (1)
     assert all(len(read_metrics(sweep / j)) < 20 for j in "012"), "the run ended before it was killed"
     line = next(line for line in out.splitlines() if "ended with signal SIGKILL" in line)
     command = shlex.split(line.split("continue the multirun with: ", 1)[1])

@@ -544,3 +544,46 @@ def test_metrics_rows_are_made_durable_before_each_checkpoint(tmp_path, monkeypa
     synced = [i for i, e in enumerate(events) if e == ("fsync", str(metrics))]
     placed = events.index(("replace", str(path)))
     assert synced and synced[0] < placed, events
+
+
+def test_a_run_directory_with_an_interpolation_in_its_name_resumes(three_checkpoints, tmp_path):
+    """``${...}`` in a resume path is part of the name (docs/reliability.md): Hydra's own use of the
+    run directory (its job log's file name) must not read it as an interpolation either."""
+    run_dir = copy_run(three_checkpoints, tmp_path / "lit${x}")
+    checkpoint.list_checkpoints(run_dir)[-1].unlink()  # one iteration left to train
+    result = run([f"resume={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]  # "Interpolation key 'x' not found" before
+    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(three_checkpoints))
+    assert json.loads((run_dir / "run.json").read_text())["config"]["resume"] == str(run_dir)
+
+
+def test_a_full_disk_during_a_metrics_write_names_the_file():
+    from ppo_research.run.loggers import MetricsFile
+
+    metrics = MetricsFile(Path("/dev/full"))  # every write: ENOSPC, as a full disk
+    with pytest.raises(OSError) as info:
+        metrics.write({"iteration": 1})
+    metrics.close()  # the refused row is not written again, and closing does not raise
+    assert info.value.errno == errno.ENOSPC and info.value.filename == "/dev/full"  # None before
+
+
+def test_a_full_disk_line_says_where_and_what_is_kept(three_checkpoints, tmp_path, capfd):
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from ppo_research.run.app import job_failure
+
+    single_run = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf(mode=RunMode.RUN))})
+    HydraConfig.instance().set_config(single_run)  # the job is a single run: it exits with the status
+    run_dir = copy_run(three_checkpoints, tmp_path / "run")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for where, kept in ((run_dir, f"the last checkpoint is {checkpoint.latest(run_dir)}"),
+                        (empty, "no checkpoint had been written")):
+        with pytest.raises(SystemExit) as exited:
+            job_failure(OSError(errno.ENOSPC, "No space left on device"), where)
+        assert exited.value.code == 4
+        line = capfd.readouterr().err.strip()
+        assert line == f"error: No space left on device: while writing in {where}; {kept}", line

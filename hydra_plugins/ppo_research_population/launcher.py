@@ -377,7 +377,9 @@ class PopulationLauncher(Launcher):
                        f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs; "
                        f"continue the multirun with: {self._continuation()}")
             write_line(message)
-            outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
+            # killed by a signal (the OOM killer's SIGKILL): 128 + N, as a killed run or sweep worker
+            status = 128 - proc.returncode if proc.returncode < 0 else EXIT_BUG
+            outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, status))
                                    for job in population.jobs}}
         if outcome.get("interrupted"):
             interrupts.append(outcome["interrupted"])
@@ -390,6 +392,10 @@ class PopulationLauncher(Launcher):
                 write_line(message)
                 ret = job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
             if ret is not None:
+                from ppo_research.run.app import job_ended
+
+                failure = ret._return_value if ret.status == JobStatus.FAILED else None
+                job_ended(0 if failure is None else getattr(failure, "status", 1))
                 returns[job.idx] = ret
                 self._callback("on_job_end", job.config, job_return=ret)
 

@@ -38,8 +38,20 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
     HydraConfig.instance().set_config(config)
     run_dir = Path(config.hydra.runtime.output_dir)
     task = task_config(config)
+    if run_dir in claimed:
+        return app._fail_job(f"error: output directory {run_dir} is also job {claimed[run_dir]}'s: one run directory "
+                             f"has one writer; make hydra.sweep.subdir differ between jobs", EXIT_BAD_INPUT)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        owner.acquire(run_dir)  # (creates the directory)
+    except RunDirError as err:  # another live process owns it, or it cannot be made: touch nothing
+        return app._fail_job(f"error: {err}", EXIT_BAD_INPUT)
+    try:  # a refused job writes nothing: .hydra/ only once the plan is accepted
+        plan = app.plan_job(task, HydraConfig.get(), run_dir,
+                            continuing=f"job {idx}: hydra.launcher.resume=true" if resume else None)
+    except Exception as err:  # noqa: BLE001 - reported as the app reports it
+        owner.release(run_dir)
+        return _failure(err, run_dir)
+    try:
         if config.hydra.output_subdir is not None:
             hydra_dir = run_dir / str(config.hydra.output_subdir)
             hydra_dir.mkdir(parents=True, exist_ok=True)
@@ -47,20 +59,8 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
                                ("overrides.yaml", config.hydra.overrides.task)):
                 (hydra_dir / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
     except OSError as err:
-        return app._fail_job(f"error: {app.output_dir_line(err)}", EXIT_BAD_INPUT)
-    if run_dir in claimed:
-        return app._fail_job(f"error: output directory {run_dir} is also job {claimed[run_dir]}'s: one run directory "
-                             f"has one writer; make hydra.sweep.subdir differ between jobs", EXIT_BAD_INPUT)
-    try:
-        owner.acquire(run_dir)
-    except RunDirError as err:  # another live process owns it: touch nothing
-        return app._fail_job(f"error: {err}", EXIT_BAD_INPUT)
-    try:
-        plan = app.plan_job(task, HydraConfig.get(), run_dir,
-                            continuing=f"job {idx}: hydra.launcher.resume=true" if resume else None)
-    except Exception as err:  # noqa: BLE001 - reported as the app reports it
         owner.release(run_dir)
-        return _failure(err, run_dir)
+        return app._fail_job(f"error: {app.output_dir_line(err)}", EXIT_BAD_INPUT)
     claimed[run_dir] = idx
     return MemberJob(plan.cfg, run_dir, plan.choices, plan.overrides, resume_from=plan.resume_from,
                      resume_state=plan.resume_state, hydra=config)

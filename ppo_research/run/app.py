@@ -23,7 +23,7 @@ from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
 from . import owner
@@ -64,6 +64,35 @@ class _Invocation:
     full_error: bool = False  # the user set HYDRA_FULL_ERROR: bugs show their traceback
     main_started: bool = False
     interrupted: bool = False  # Ctrl-C outside the training loop
+    sweep_dir: Optional[Path] = None  # a multirun's sweep directory, as it was before Hydra ran
+    multirun_yaml: Optional[bytes] = None  # ... and its multirun.yaml then (None: there was none)
+    job_statuses: list = field(default_factory=list)  # each multirun job's exit status, as it ends
+
+
+def job_ended(status: int) -> None:
+    """Note a multirun job's end (0, or its failure's exit status): a multirun whose every job was
+    refused (bad input, status 2) leaves its sweep directory as it found it."""
+    _invocation.job_statuses.append(status)
+
+
+def _restore_sweep_dir() -> None:
+    """After a multirun that trained nothing (every job refused): put back the ``multirun.yaml``
+    Hydra's sweeper wrote over (or remove the one it made), and the sweep directory if it made it."""
+    sweep_dir = _invocation.sweep_dir
+    statuses = _invocation.job_statuses
+    if sweep_dir is None or not statuses or any(status != EXIT_BAD_INPUT for status in statuses):
+        return
+    try:
+        path = sweep_dir / "multirun.yaml"
+        if _invocation.multirun_yaml is not None:
+            path.write_bytes(_invocation.multirun_yaml)
+        elif path.exists():
+            path.unlink()
+        while sweep_dir not in _invocation.existed and sweep_dir != sweep_dir.parent and not any(sweep_dir.iterdir()):
+            sweep_dir.rmdir()
+            sweep_dir = sweep_dir.parent
+    except OSError:
+        pass
 
 
 def interrupted() -> bool:
@@ -182,13 +211,19 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = _invocation.resume_dir or Path(hydra_cfg.runtime.output_dir)
     try:
-        owner.acquire(run_dir)
-    except RunDirError as err:  # another live process owns it: touch nothing
-        raise _fail_job(f"error: {err}", EXIT_BAD_INPUT) from None
-    try:
-        return _job(cfg, hydra_cfg, run_dir)
-    finally:
-        owner.release(run_dir)
+        try:
+            owner.acquire(run_dir)
+        except RunDirError as err:  # another live process owns it: touch nothing
+            raise _fail_job(f"error: {err}", EXIT_BAD_INPUT) from None
+        try:
+            result = _job(cfg, hydra_cfg, run_dir)
+        finally:
+            owner.release(run_dir)
+    except RunFailed as err:
+        job_ended(err.status)
+        raise
+    job_ended(0)
+    return result
 
 
 @dataclass
@@ -213,9 +248,12 @@ def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path, continuing: Optional[str
 
     overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
     # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
-    if _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir) or \
-            (continuing is not None and continue_in_place(run_dir, continuing)):
+    resumed = _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir)
+    continued = not resumed and continuing is not None and continue_in_place(run_dir, continuing, announce=False)
+    if resumed or continued:
         cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
+        if continued:  # said once the resume is accepted
+            write_line(f"{continuing}: resuming {run_dir} in place from {path.name}")
         return JobPlan(cfg, choices, overrides, resume_from=path, resume_state=state)
     found = owner.holds_a_run(run_dir)
     if found:
@@ -267,7 +305,9 @@ def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
     except OSError as err:
         if err.errno in IO_ERRNOS:
             last = checkpoint.latest(run_dir)
-            return _fail_job(f"error: {err.strerror}: {err.filename}; the last checkpoint is {last}", EXIT_IO)
+            kept = f"the last checkpoint is {last}" if last else "no checkpoint had been written"
+            where = err.filename or f"while writing in {run_dir}"
+            return _fail_job(f"error: {err.strerror}: {where}; {kept}", EXIT_IO)
         return _fail_job(*_unforeseen(err, run_dir))
     except Exception as err:
         config_error = _config_error(err)
@@ -289,13 +329,16 @@ def _unforeseen(err: BaseException, run_dir: Path) -> tuple[str, int]:
 def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
     """One line for Hydra's and OmegaConf's errors about the command line; None for anything
     else (a bug: reported with a pointer to its traceback)."""
-    from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+    from hydra.errors import (CompactHydraException, InstantiationException, MissingConfigException,
+                              OverrideParseException)
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     def first(e) -> str:
         text = str(getattr(e, "msg", None) or e).strip()
         return text.splitlines()[0] if text else type(e).__name__
 
+    if isinstance(err, InstantiationException):  # e.g. +hydra.launcher.<typo>=1
+        return _instantiation_line(err, argv)
     if isinstance(err, OverrideParseException):
         return f"cannot parse the override {err.override!r}: {first(err.message)}"
     if isinstance(err, MissingConfigException) and err.options:
@@ -318,6 +361,31 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
     if isinstance(err, ValueError) and str(err).startswith("Only one of --run, --multirun"):
         return f"{first(err)} (e.g. -m with --cfg: print a job's config with --cfg job and no -m)"
     return None
+
+
+def _instantiation_line(err: BaseException, argv: list[str]) -> str:
+    """Hydra could not build a plugin from its config (a launcher, a sweeper): the key at fault
+    and what the plugin takes, or Hydra's message and its cause in one line."""
+    import inspect
+    import re
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    full_key = next((line.partition(":")[2].strip() for line in lines if line.startswith("full_key:")), "")
+    target = re.search(r"target '([\w.]+)'", lines[0]) if lines else None
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__ or ""))
+    if unexpected and full_key and target:
+        key = f"{full_key}.{unexpected[1]}"
+        value = next((a.partition("=")[2] for a in argv if a.lstrip("+~").partition("=")[0] == key), None)
+        try:
+            from hydra.utils import get_class
+
+            taken = [name for name in inspect.signature(get_class(target[1])).parameters if name != "self"]
+        except Exception:  # noqa: BLE001 - the key is still named
+            taken = []
+        expected = f"a key of {full_key}: {', '.join(taken)}" if taken else \
+            f"no such key ({target[1].rpartition('.')[2]} takes no options)"
+        return f"{key}={value!r} is invalid: expected {expected}"
+    return " ".join(line for line in lines if not line.startswith("full_key:"))
 
 
 def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
@@ -422,6 +490,7 @@ def cli(argv: list[str]) -> int:
         with sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a Ctrl-C
             from .resume import resume_arguments, resume_target
 
+        check_arguments(argv)
         check_group_choices(argv)
         try:
             argv = resume_arguments(argv)
@@ -432,6 +501,8 @@ def cli(argv: list[str]) -> int:
         _invocation.existed = _existing_dirs(argv)
         # An existing directory is taken before Hydra writes its .hydra/ into it: a live run's
         # files stay its own, and a fresh run does not overwrite a finished one's.
+        if multirun and not _runs_nothing(argv):
+            refuse_taken_job_dirs(argv)  # likewise every job directory of a multirun, before multirun.yaml
         explicit = [] if multirun else _explicit_dirs(argv, ("hydra.run.dir",))
         target = _invocation.resume_dir or (explicit[-1] if explicit else None)
         if target is not None and target.is_dir() and not _runs_nothing(argv):
@@ -449,6 +520,7 @@ def cli(argv: list[str]) -> int:
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else (0 if err.code is None else EXIT_BUG)
     except RunFailed as err:  # already printed by main
+        _restore_sweep_dir()
         return err.status
     except RunDirError as err:  # the owner lock taken above
         write_line(f"error: {err}", stderr)
@@ -464,6 +536,10 @@ def cli(argv: list[str]) -> int:
               "no checkpoint was written for this stop", stderr)
         _invocation.interrupted = True
         return 128 + 2
+    except BrokenPipeError:  # stdout closed early (--help | head): leave quietly, as a shell tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as err:
         if _invocation.full_error:
             raise
@@ -485,6 +561,103 @@ def cli(argv: list[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = user_full_error
     return 0
+
+
+POPULATION_LAUNCHER = "hydra_plugins.ppo_research_population.launcher.PopulationLauncher"
+
+
+def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]]:
+    """(the output directory of each job of the multirun ``argv`` launches, in job order; whether
+    the launcher continues the runs it finds there: the population launcher's
+    ``hydra.launcher.resume=true``; the sweep directory), or None where it cannot be told before Hydra runs (other
+    Hydra flags, a sweeper other than the basic grid, a bad override: Hydra reports that)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .compose import plan_multirun
+
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):
+        return None
+    try:
+        jobs, hydra_node = plan_multirun(overrides)
+        sweep_dir = Path(str(OmegaConf.select(hydra_node, "sweep.dir"))).expanduser().absolute()
+        subdir = OmegaConf.to_container(hydra_node.sweep, resolve=False)["subdir"]
+        launcher = OmegaConf.to_container(hydra_node.launcher, resolve=True)
+    except Exception:  # noqa: BLE001 - Hydra says what is wrong, in its own line, when it runs
+        return None
+    resuming = launcher.get("_target_") == POPULATION_LAUNCHER and launcher.get("resume") is True
+    if subdir == "${hydra.job.num}":  # the default: no job needs composing
+        return [sweep_dir / str(idx) for idx in range(len(jobs))], resuming, sweep_dir
+    dirs = []  # another subdir: each job's, composed as the launcher will (two jobs may share one)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
+            hydra = GlobalHydra.instance().hydra
+            from hydra.types import RunMode
+
+            master = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN,
+                                          with_log_configuration=False)
+            for idx, job in enumerate(jobs):
+                config = hydra.config_loader.load_sweep_config(master, job)
+                with open_dict(config):
+                    config.hydra.job.num = config.hydra.job.id = idx
+                dirs.append(sweep_dir / str(OmegaConf.select(config, "hydra.sweep.subdir")))
+    except Exception:  # noqa: BLE001 - (as above)
+        return None
+    return dirs, resuming, sweep_dir
+
+
+def refuse_taken_job_dirs(argv: list[str]) -> None:
+    """A multirun into an existing sweep directory is checked before Hydra writes anything there
+    (``multirun.yaml``, each job's ``.hydra/``): a job directory in use by a live process, one
+    holding a run this multirun would start over (not continued with the population launcher's
+    ``hydra.launcher.resume=true``), or two jobs sharing one directory refuse the whole command,
+    one line each, exit status 2."""
+    planned = multirun_job_dirs(argv)
+    if planned is None:
+        return
+    dirs, resuming, sweep_dir = planned
+    _invocation.sweep_dir = sweep_dir
+    try:
+        _invocation.multirun_yaml = (sweep_dir / "multirun.yaml").read_bytes()
+    except OSError:
+        pass
+    lines, first_job = [], {}
+    for idx, run_dir in enumerate(dirs):
+        if run_dir in first_job:
+            lines.append(f"error: output directory {run_dir} is jobs {first_job[run_dir]}' and {idx}'s: one run "
+                         f"directory has one writer; make hydra.sweep.subdir differ between jobs")
+            continue
+        first_job[run_dir] = idx
+        if not run_dir.is_dir():
+            continue
+        refusal = owner.busy(run_dir)
+        if refusal is not None:
+            lines.append(f"error: {refusal}")
+            continue
+        found = owner.holds_a_run(run_dir)
+        if found and not resuming:
+            lines.append(f"error: output directory {run_dir} already holds a run ({', '.join(found)}): continue it "
+                         f"with resume={run_dir} (a multirun: hydra/launcher=population hydra.launcher.resume=true), "
+                         f"or choose another hydra.sweep.dir")
+    if lines:
+        for line in lines:
+            write_line(line)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def check_arguments(argv: list[str]) -> None:
+    """Hydra's flags, read by Hydra's own parser: an unknown flag or a bad flag value is one line
+    and a pointer to --help (argparse would print its whole usage)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def one_line(message: str) -> None:
+        fail(f"{message} (see python -m ppo_research --help)")
+
+    parser.error = one_line
+    parser.parse_args(argv)
 
 
 def _runs_nothing(argv: list[str]) -> bool:

@@ -100,9 +100,10 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
+def save(run_dir: Path, iteration: int, state: dict, keep: Optional[int]) -> Path:
     """Write ``ckpt_<iteration>.pt`` atomically (temp file + fsync + rename), then prune to
-    ``keep``. A crash at any point leaves the previous checkpoints as they were.
+    ``keep`` (None: no pruning; ``prune`` later). A crash at any point leaves the previous
+    checkpoints as they were.
 
     ``metrics.jsonl`` is fsynced first: once a checkpoint is on disk, so are the rows up to
     its iteration (a power cut cannot leave a checkpoint ahead of its metrics)."""
@@ -122,12 +123,23 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
     except OSError as err:  # disk full, read-only, quota: say so in one line, keep older checkpoints
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or _first_line(err)}") from err
+    if keep is not None:
+        prune(run_dir, keep)
+    return path
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; remove temp files of a writer killed mid-write."""
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    for stale in directory.iterdir():  # temp files of a writer that was killed mid-write
-        if _TMP.match(stale.name) and stale != tmp:
+    for stale in checkpoint_dir(run_dir).iterdir():
+        if _TMP.match(stale.name):
             stale.unlink(missing_ok=True)
-    return path
+
+
+def iteration_of(path: Path) -> int:
+    """The iteration a checkpoint file is named for."""
+    return int(_NAME.match(Path(path).name).group(1))
 
 
 def _serialize(state: dict) -> memoryview:

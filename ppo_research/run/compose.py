@@ -79,7 +79,13 @@ def compose(overrides: Sequence[str] = ()) -> Composed:
 def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
     """The jobs ``python -m ppo_research -m <overrides>`` would launch, each as its overrides, in
     the basic sweeper's order (an experiment's ``hydra.sweeper.params`` first, the command line's
-    sweeps replacing the same keys). Nothing is launched.
+    sweeps replacing the same keys). Nothing is launched."""
+    return plan_multirun(overrides)[0]
+
+
+def plan_multirun(overrides: Sequence[str]) -> tuple[list[list[str]], DictConfig]:
+    """(the jobs, as ``expand_multirun`` lists them; the multirun's Hydra node: sweep dir, subdir,
+    launcher). Nothing is launched or written.
 
     Hydra has no public API for this expansion; this adapter is the one place that uses its
     internals (the basic sweeper's argument splitting and the MULTIRUN compose that accepts
@@ -102,4 +108,4 @@ def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
         arguments += OmegaConf.to_container(cfg.hydra.overrides.task)
         parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
         (batch,) = BasicSweeper.split_arguments(parsed, None)
-    return [list(job) for job in batch]
+    return [list(job) for job in batch], cfg.hydra

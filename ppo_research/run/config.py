@@ -66,7 +66,7 @@ class EnvConfig:
 @dataclass
 class EvalConfig:
     every: int = field(default=10, metadata=_in(0))  # evaluate every N iterations (0 = only at the end)
-    episodes: int = field(default=10, metadata=_in(1))  # deterministic episodes per evaluation
+    episodes: int = field(default=10, metadata=_in(1, 100_000))  # deterministic episodes per evaluation (at most 100,000)
 
 
 @dataclass

@@ -16,7 +16,7 @@ class Evaluator:
         self.env = make_env(cfg, render_mode="rgb_array" if record else None)
         self.actions = ActionAdapter(self.env.action_space, cfg.action_mode)
         self.episodes = episodes
-        self.seeds = [eval_episode_seed(seed, j) for j in range(episodes)]
+        self.seed = seed
         self.record = record  # keep the first episode's frames for the logger's video
         self.frames: list[np.ndarray] = []
         self.fps = int(self.env.metadata.get("render_fps") or 30)
@@ -32,7 +32,7 @@ class Evaluator:
         returns = np.zeros(self.episodes)
         self.frames = []
         for j in range(self.episodes):
-            obs, _ = self.env.reset(seed=self.seeds[j])
+            obs, _ = self.env.reset(seed=eval_episode_seed(self.seed, j))
             self._render(j)
             done = False
             while not done:

@@ -29,11 +29,17 @@ class MetricsFile:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: the error names this file (a flush's OSError names none)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the row a full disk refused: the error that ended the run has said so
+            pass
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

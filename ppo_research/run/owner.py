@@ -89,6 +89,13 @@ def _read_owner(fd: int) -> tuple[Optional[int], str]:
 
 def owner_of(run_dir: Path) -> Optional[int]:
     """The pid of the live process holding ``run_dir``, or None (not locked, or by us)."""
+    refusal = busy(run_dir)
+    return None if refusal is None else (refusal.pid or -1)
+
+
+def busy(run_dir: Path) -> Optional[RunDirBusy]:
+    """The refusal a writer of ``run_dir`` would get now (another live process holds it), or None;
+    takes nothing and creates nothing."""
     path = Path(run_dir) / LOCK_FILE
     if _key(run_dir) in _held or not path.exists():
         return None
@@ -97,7 +104,8 @@ def owner_of(run_dir: Path) -> Optional[int]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_owner(fd)[0] or -1
+            pid, command = _read_owner(fd)
+            return RunDirBusy(_key(run_dir), pid, command)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

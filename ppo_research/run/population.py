@@ -247,24 +247,32 @@ def population_trainer(parts: Sequence, run_dirs: Sequence[Path], rng_states: Se
 
 
 def _common_iteration(jobs, indices: list[int], states: list[dict]):
-    """Members resume from one iteration: the latest every member has a checkpoint of (a kill
-    while the members' checkpoints were being written leaves some one checkpoint ahead)."""
-    from . import checkpoint
+    """Members resume together from one iteration: the newest that every member holds a usable
+    checkpoint of. A kill while the members' checkpoints were written leaves some one ahead; a
+    damaged checkpoint sends every member back to an older one, as it sends a single run (the
+    damaged file is set aside as ``*.unusable``). Returns the members' states, or the
+    CheckpointError when no such iteration is left."""
+    from .resume import choose_checkpoint, set_aside
 
+    states = list(states)
     iterations = [int(s["iteration"]) for s in states]
-    target = min(iterations)
-    if all(it == target for it in iterations):
-        return states
-    out = []
-    for i, state, it in zip(indices, states, iterations):
-        if it == target:
-            out.append(state)
-            continue
-        path = checkpoint.checkpoint_dir(Path(jobs[i].run_dir)) / f"ckpt_{target:08d}.pt"
-        if not path.exists():
-            return CheckpointError(f"the population's members were checkpointed at iterations {sorted(set(iterations))} "
-                                   f"and {jobs[i].run_dir} keeps no checkpoint of iteration {target}")
-        write_line(f"resuming {jobs[i].run_dir} from iteration {target}, the population's common checkpoint "
-              f"(its latest is {it})")
-        out.append(checkpoint.load(path))
-    return out
+    latest = list(iterations)
+    chosen: dict[int, Path] = {}
+    skipped: dict[int, dict[Path, str]] = {}
+    while len(set(iterations)) > 1:
+        target = min(iterations)
+        for k, i in enumerate(indices):
+            if iterations[k] == target:
+                continue
+            try:
+                path, state, passed = choose_checkpoint(Path(jobs[i].run_dir), at_most=target)
+            except CheckpointError as err:
+                return CheckpointError(f"the population's members hold checkpoints up to iterations "
+                                       f"{sorted(set(latest))} and no iteration that every member can resume from: {err}")
+            skipped.setdefault(k, {}).update(passed)
+            chosen[k], states[k], iterations[k] = path, state, int(state["iteration"])
+    for k, path in chosen.items():
+        set_aside([(p, why) for p, why in skipped.get(k, {}).items()], path)
+        write_line(f"resuming {jobs[indices[k]].run_dir} from iteration {iterations[k]}, the population's common "
+                   f"checkpoint (its latest is {latest[k]})")
+    return states

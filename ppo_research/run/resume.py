@@ -119,14 +119,17 @@ def _reason(err: CheckpointError, path: Path) -> str:
     return text[:200]
 
 
-def choose_checkpoint(run_dir: Path) -> tuple[Path, dict, list[tuple[Path, str]]]:
-    """(path, state, skipped): the newest checkpoint of ``run_dir`` that loads, verifies and
-    belongs to the run; ``skipped`` lists the newer ones passed over and why. Reads only.
-    Raises CheckpointError (one line, naming every file and its fault) when none is usable."""
+def choose_checkpoint(run_dir: Path, at_most: Optional[int] = None) -> tuple[Path, dict, list[tuple[Path, str]]]:
+    """(path, state, skipped): the newest checkpoint of ``run_dir`` (of an iteration up to
+    ``at_most``, if given) that loads, verifies and belongs to the run; ``skipped`` lists the newer
+    ones passed over and why. Reads only. Raises CheckpointError (one line, naming every file and
+    its fault) when none is usable."""
     run_dir = Path(run_dir)
     identity = run_identity(run_dir)
     skipped: list[tuple[Path, str]] = []
     for path in reversed(checkpoint.list_checkpoints(run_dir)):
+        if at_most is not None and checkpoint.iteration_of(path) > at_most:
+            continue
         try:
             state = checkpoint.load(path)
         except CheckpointError as err:
@@ -137,7 +140,7 @@ def choose_checkpoint(run_dir: Path) -> tuple[Path, dict, list[tuple[Path, str]]
             skipped.append((path, reason))
             continue
         return path, state, skipped
-    listed = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+    listed = "; ".join(f"{p.name}: {why}" for p, why in skipped) or "none of an iteration up to the others'"
     raise CheckpointError(f"cannot resume {run_dir}: no usable checkpoint in {checkpoint.checkpoint_dir(run_dir)} "
                           f"({listed})")
 
@@ -171,11 +174,12 @@ def set_aside(skipped: list[tuple[Path, str]], chosen: Path) -> None:
 UNFINISHED_SUFFIX = ".earlier_attempt"
 
 
-def continue_in_place(run_dir: Path, why: str) -> bool:
+def continue_in_place(run_dir: Path, why: str, announce: bool = True) -> bool:
     """Whether the job continues the run in ``run_dir`` (``why``: what makes it a continuation,
     for the line it prints). A directory holding no run: False. One whose run wrote no
     checkpoint (killed early): its files are set aside as ``*.earlier_attempt`` and the run starts
-    over (False). Otherwise True: the job resumes from the newest checkpoint."""
+    over (False). Otherwise True: the job resumes from the newest checkpoint (said in a line
+    unless ``announce`` is false: the caller says it once the resume is accepted)."""
     from .owner import holds_a_run
 
     run_dir = Path(run_dir)
@@ -189,7 +193,8 @@ def continue_in_place(run_dir: Path, why: str) -> bool:
         write_line(f"{why}; its earlier attempt wrote no checkpoint: starting {run_dir} over (the earlier files are "
               f"kept as *{UNFINISHED_SUFFIX})")
         return False
-    write_line(f"{why}: resuming {run_dir} in place from its newest checkpoint")
+    if announce:
+        write_line(f"{why}: resuming {run_dir} in place from its newest checkpoint")
     return True
 
 
@@ -209,7 +214,8 @@ def finished_summary(run_dir: Path, resolved: dict) -> Optional[dict]:
     except (KeyError, TypeError, ValueError):
         return None
     done = summary.get("iterations")
-    return summary if isinstance(done, int) and not isinstance(done, bool) and done >= needed else None
+    # more iterations than the budget needs is not this job's run finished: a resume refuses it in one line
+    return summary if isinstance(done, int) and not isinstance(done, bool) and done == needed else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def resume_config(composed: DictConfig, run_dir: Path, overrides: list[str],
                                                     f"iteration(s) of {batch} steps ({done} steps)")
     set_aside(skipped, path)
     with open_dict(saved):
-        saved.resume = str(run_dir)
+        saved.resume = _literal(str(run_dir))
     return saved, choices, path, state
 
 
@@ -274,6 +280,11 @@ def resume_target(argv: list[str]) -> Optional[str]:
     """The raw path of the last ``resume=<path>`` argument, or None."""
     resume = [a for a in argv if a.startswith("resume=") and a not in ("resume=", "resume=null")]
     return resume[-1].partition("=")[2] if resume else None
+
+
+def _literal(text: str) -> str:
+    """``text`` as a config value OmegaConf reads back literally (``${`` escaped)."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
 
 
 def _quote(path: str) -> str:
@@ -298,5 +309,9 @@ def resume_arguments(argv: list[str]) -> list[str]:
     run_dir = Path(raw).expanduser().resolve()
     resume_checkpoint(run_dir)  # missing or foreign directory: fail before Hydra creates anything
     quoted = _quote(str(run_dir))
+    # Hydra stores the run dir into hydra.runtime.output_dir unescaped: its job log's file name,
+    # which refers to it, is given literally too
+    log = _quote(str(run_dir / "app.log"))
     return [a for a in argv if not a.startswith("resume=")] + [
-        f"resume={quoted}", f"hydra.run.dir={quoted}", "hydra.output_subdir=null"]
+        f"resume={quoted}", f"hydra.run.dir={quoted}", "hydra.output_subdir=null",
+        f"hydra.job_logging.handlers.file.filename={log}"]

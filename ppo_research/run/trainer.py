@@ -364,8 +364,12 @@ class Trainer:
             torch.set_rng_state(states[0]["population_rng"])
 
     def save_checkpoint(self) -> Path:
-        for k, m in enumerate(self.members):
-            if m.ended is None:
-                m.last_checkpoint = checkpoint.save(m.run_dir, self.iteration, self.member_state(k),
-                                                    m.cfg.checkpoint.keep)
+        # Every member's checkpoint is written before any is pruned: a kill in between leaves each
+        # member holding this iteration or the previous one, so the members can always resume
+        # together from one iteration, whatever checkpoint.keep says.
+        live = [(k, m) for k, m in enumerate(self.members) if m.ended is None]
+        for k, m in live:
+            m.last_checkpoint = checkpoint.save(m.run_dir, self.iteration, self.member_state(k), keep=None)
+        for _, m in live:
+            checkpoint.prune(m.run_dir, m.cfg.checkpoint.keep)
         return self.members[0].last_checkpoint
