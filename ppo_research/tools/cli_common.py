@@ -75,22 +75,33 @@ def _probe(directory: Path, label: str) -> None:
         pass
 
 
+def _kind(path: Path) -> str | None:
+    """"dir", "file", "special" (a device, a pipe: what ``path`` leads to, magic links such as
+    /dev/stdout included), or None where nothing is there yet (or it cannot be looked at)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special"
+
+
 def check_output_file(path: PathLike, what: str = "", make_parents: bool = False) -> None:
     """Refuse now (OutputError, exit status 2) a ``path`` where a file cannot be written:
     a directory, a parent that is missing (unless ``make_parents``) or a file, a directory where
     files cannot be created, a read-only file, a device that cannot be opened for writing."""
     path = Path(path)
     label = _label(path, what)
-    real = Path(os.path.realpath(path))
-    if real.is_dir():
+    kind = _kind(path)
+    if kind == "dir":
         raise OutputError(f"cannot write {label}: it is a directory")
-    if real.exists() and not real.is_file():  # a device or a pipe: written in place
+    if kind == "special":  # a device or a pipe: written in place
         try:
-            os.close(os.open(real, os.O_WRONLY | os.O_NONBLOCK))
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         except OSError as err:
             raise OutputError(f"cannot write {label}: {err.strerror or type(err).__name__}") from None
         return
-    if real.is_file() and not os.access(real, os.W_OK):
+    real = Path(os.path.realpath(path))
+    if kind == "file" and not os.access(real, os.W_OK):
         raise OutputError(f"cannot write {label}: the file is read-only")
     existing = _nearest_existing(real.parent)
     if not existing.is_dir():
@@ -134,12 +145,12 @@ def write_output(path: PathLike, data: Union[bytes, str], what: str = "") -> Pat
     path = Path(path)
     label = _label(path, what)
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    real = Path(os.path.realpath(path))
     try:
-        if real.exists() and not real.is_file() and not real.is_dir():
-            _write_all(real, payload, os.O_WRONLY)
+        if _kind(path) == "special":
+            _write_all(path, payload, os.O_WRONLY)
             return path
-        mode = stat.S_IMODE(real.stat().st_mode) if real.is_file() else None
+        real = Path(os.path.realpath(path))  # a link to a file: the file is replaced, the link kept
+        mode = stat.S_IMODE(real.stat().st_mode) if _kind(real) == "file" else None
     except OSError as err:
         raise OutputError(f"cannot write {label}: {err.strerror or type(err).__name__}", EXIT_IO) from None
     temp = real.with_name(f".{real.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
