@@ -14,7 +14,8 @@ from ppo_research.algo.hand_gradient import HandGradient
 from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss, member_view
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
 from ppo_research.algo.optim import FlatAdam
-from ppo_research.algo.update import PPOUpdate, UpdateSettings, _Padded
+from ppo_research.algo.members import _Padded
+from ppo_research.algo.update import PPOUpdate, UpdateSettings
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
@@ -50,7 +51,7 @@ def _gradients(net, update, batch, hand: HandGradient | None) -> list[torch.Tens
     update.optimizer.zero_grad() if hand is None else _unwritten(update)
     with torch.set_grad_enabled(hand is None):
         pb, value = update.policy_batch(batch, with_value=True, forward=hand and hand.forward)
-        total = update._loss_terms(update.loss, pb, value, batch, [len(batch)], [True])[-1]
+        total = update.loss_terms(update.loss, pb, value, batch)[-1]
     if hand is None:
         total.backward()
     else:
@@ -134,14 +135,14 @@ def test_a_populations_hand_gradient_is_autograds(loss_kind, ent_coefs):
     update = PPOUpdate(nets, losses, FlatAdam(nets, lr=1e-3, eps=1e-5), UpdateSettings(), ent_coefs=ent_coefs)
     padded = _Padded(batches)
     assert padded.mask is not None and not padded.mask.all()
-    stacked_batch, lengths = padded.batch(), [len(b) for b in batches]
+    stacked_batch = padded.batch()
 
     def gradient(hand):
         update.optimizer.zero_grad() if hand is None else _unwritten(update)
         with torch.set_grad_enabled(hand is None):
             pb, value = update.policy_batch(stacked_batch, mask=padded.mask, forward=hand and hand.forward)
             view = member_view(update.losses)
-            total = update._loss_terms(view, pb, value, stacked_batch, lengths, [True] * 3)[-1]
+            total = update.loss_terms(view, pb, value, stacked_batch)[-1]
         if hand is None:
             total.sum().backward()
         else:

@@ -1,23 +1,21 @@
 """The PPO update (step 3 of the algorithm): K epochs of minibatch Adam on one batch.
 
-Batch in, statistics out. The loss object supplies the policy term (and its beta); this
-module owns what every loss shares: the value loss, the entropy bonus, advantage
-standardisation, gradient clipping, early stopping on KL and the divergence measurements.
+Batch in, statistics out. ``PPOUpdate.ppo_step`` is one minibatch step, as in the paper and in
+CleanRL's inner loop:
 
     loss = policy term + c_v * value loss - c_e * entropy
 
-The value loss is 0.5 (V - R)^2 or the Huber loss of V - R (quadratic within huber_delta,
-linear beyond), optionally against V clipped around V_old (the max of the two). With
-``recompute_advantages`` the advantages and targets are re-estimated with the current value
-function at the start of every epoch after the first (``advantages.AdvantageRefresh``).
+The loss object supplies the policy term (and its beta); this module owns what every loss
+shares: the value loss (0.5 (V - R)^2 or Huber, optionally clipped around V_old), the entropy
+bonus, advantage standardisation, gradient clipping, early stopping on KL and the KL the beta
+rule observes. With ``recompute_advantages`` the advantages and targets are re-estimated with the
+current value function at the start of every epoch after the first.
 
-One update serves a population (``algo/stacking.py``): S members, each with its own batch,
-loss object, shuffling and minibatch split, step together through one stacked forward per
-minibatch. Members' batches differ in length (reset steps are masked out), so minibatch j of
-every member is padded to the longest and means are taken over each member's valid samples
-(``PolicyBatch.mean``). A member takes no step once its minibatches are used up, target_kl
-stops it, or its loss turns non-finite (it is reported failed; the others go on). With S = 1
-nothing is padded and the tensors are the plain [B] ones of a single run.
+The same step serves a population: S members, each with its own batch, loss, shuffling and
+minibatch split, step together through one stacked forward (``algo/stacking.py``). The step
+sees them only through its ``Minibatch`` (who steps, ``stop_where``); padding, masks and
+per-member stopping live in ``algo/members.py``, what the update reports in
+``algo/update_report.py``. With S = 1 the tensors are the plain [B] ones of a single run.
 """
 from __future__ import annotations
 
@@ -31,11 +29,10 @@ from ..errors import NonFiniteError
 from .batch import Batch
 from .hand_gradient import hand_gradient_for
 from .losses import PolicyBatch, PolicyLoss, member_view
+from .members import SKIPPED, MemberBatches, Minibatch, minibatch_slices  # noqa: F401 (minibatch_slices: API)
 from .networks import ActorCritic
 from .optim import FlatAdam
-
-#: clip_fraction is reported against the loss's epsilon, or this for losses without one
-DEFAULT_CLIP_REPORT = 0.2
+from .update_report import UpdateReport
 
 
 @dataclass
@@ -58,23 +55,8 @@ class UpdateSettings:
 
 
 VALUE_LOSSES = ("mse", "huber")
-FIELDS = ("obs", "actions", "log_probs", "dist_params", "values", "advantages", "returns")
-
-#: what the update returns, instead of statistics, for a batch with no sample
-SKIPPED = {"update_skipped": True, "epochs": 0}
 
 Refresh = Callable[[], tuple[torch.Tensor, torch.Tensor]]
-
-
-def minibatch_slices(n: int, size: int) -> list[slice]:
-    """Split n samples into round(n / size) near-equal minibatches.
-
-    n varies with the number of masked reset steps, so fixed-size chunks would leave a ragged
-    last minibatch (possibly of one sample) that Adam would weigh like a full one.
-    """
-    count = max(1, round(n / size))
-    edges = [round(i * n / count) for i in range(count + 1)]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def kl_k3(log_ratio: torch.Tensor) -> float:
@@ -101,91 +83,6 @@ def standardise(x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.T
     centred = x - torch.where(mask, x, 0.0).sum(-1, keepdim=True) / count.clamp(min=1)
     var = torch.where(mask, centred.pow(2), 0.0).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
     return torch.where(count > 1, centred / (var.sqrt() + 1e-8), centred)
-
-
-class _Padded:
-    """The members' batches as [S, N_max, ...] tensors (a member's rows past its length are
-    padding, ``mask`` False). For one member: its own [N, ...] tensors, no mask."""
-
-    def __init__(self, batches: Sequence[Batch]):
-        self.lengths = [len(b) for b in batches]
-        self.single = len(batches) == 1
-        width = max(self.lengths)
-        self.mask = None
-        if not self.single and min(self.lengths) < width:
-            self.mask = torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None]
-        self.fields = {}
-        for name in FIELDS:
-            self.fields[name] = self._pad([getattr(b, name) for b in batches], width)
-
-    def _pad(self, tensors: list[torch.Tensor], width: int) -> torch.Tensor:
-        if self.single:
-            return tensors[0]
-        if all(len(t) == width for t in tensors):
-            return torch.stack(tensors)
-        out = tensors[0].new_zeros((len(tensors), width, *tensors[0].shape[1:]))
-        for k, t in enumerate(tensors):
-            out[k, :len(t)] = t
-        return out
-
-    def refill(self, batches: Sequence[Batch], names: Sequence[str]) -> None:
-        """Pad ``names`` again from ``batches`` (the same lengths as before; the other fields stand)."""
-        for name in names:
-            self.fields[name] = self._pad([getattr(b, name) for b in batches], max(self.lengths))
-
-    def batch(self) -> Batch:
-        return Batch(*(self.fields[name] for name in FIELDS))
-
-
-class _EpochLayout:
-    """Where each member's shuffled samples go in an epoch's gathered [S, width] tensors:
-    minibatch j of every member side by side in columns ``cols`` (as wide as the longest
-    member's minibatch j), a member's shorter minibatch padded and masked. Fixed for a whole
-    update: the members' sample counts and splits do not change between epochs."""
-
-    def __init__(self, slices: list[list[slice]]):
-        S, count = len(slices), max(len(sl) for sl in slices)
-        self.destinations = [[] for _ in range(S)]  # per member: column of each of its shuffled positions
-        self.minibatches = []  # per j: (columns, mask or None, lengths)
-        start = 0
-        for j in range(count):
-            lengths = [sl[j].stop - sl[j].start if j < len(sl) else 0 for sl in slices]
-            width = max(lengths)
-            for k in range(S):
-                self.destinations[k].append(torch.arange(start, start + lengths[k]))
-            mask = None
-            if min(lengths) < width:
-                mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-            self.minibatches.append((slice(start, start + width), mask, lengths))
-            start += width
-        self.width = start
-        self.destinations = [torch.cat(d) for d in self.destinations]
-
-
-class _Members:
-    """Where each member stands during one update: its result (None: not taking part; SKIPPED:
-    no sample; {} while it trains, ``failed`` if it diverged), whether it still steps, and the
-    epoch (1-based) in which it stopped early (0: it did not)."""
-
-    def __init__(self, batches: Sequence[Batch], taking_part: list[bool]):
-        self.results: list[Optional[dict]] = [None if not part else (dict(SKIPPED) if len(b) == 0 else {})
-                                              for part, b in zip(taking_part, batches)]
-        self.active = [r == {} for r in self.results]
-        self.stopped_in = [0] * len(batches)
-
-    def stop(self, which: list[bool], stepping: list[bool], epoch: int,
-             failure: Optional[Callable[[int], NonFiniteError]] = None) -> None:
-        """Members ``which`` take no further step, from this minibatch on (``failure``: why, per member)."""
-        for k, now in enumerate(which):
-            if now:
-                stepping[k] = self.active[k] = False
-                self.stopped_in[k] = epoch + 1
-                if failure is not None:
-                    self.results[k]["failed"] = failure(k)
-
-    def epochs(self, run: int) -> list[int]:
-        """Per member, the epochs it ran (``run``: the update's)."""
-        return [stopped or run for stopped in self.stopped_in]
 
 
 class PPOUpdate:
@@ -252,138 +149,96 @@ class PPOUpdate:
         return results[0] if single else results
 
     def _update(self, batches: list[Batch], refreshes: list, taking_part: list[bool]) -> list[Optional[dict]]:
-        s, S = self.settings, self.size
-        members = _Members(batches, taking_part)
-        if not any(members.active):
+        s = self.settings
+        members = MemberBatches(batches, taking_part, self.generators)
+        if not members.anyone_active:
             return members.results
-        if s.recompute_advantages and any(refreshes[k] is None for k in range(S) if members.active[k]):
+        if s.recompute_advantages and any(refreshes[k] is None for k in range(self.size) if members.active[k]):
             raise ValueError("recompute_advantages needs a refresh (advantages.AdvantageRefresh)")
         if s.normalize_advantage == "batch":
             for k, b in enumerate(batches):
                 if members.active[k]:
                     b.advantages = standardise(b.advantages)
-        batches = [b if members.active[k] else _placeholder(batches, members.active) for k, b in enumerate(batches)]
-        padded = _Padded(batches)
-        slices = [minibatch_slices(len(b), s.minibatch_size) for b in batches]
-        layout = None if padded.single else _EpochLayout(slices)
-        steps: list[tuple[torch.Tensor, list[bool]]] = []  # per minibatch: terms [S, 3], who stepped
-        clip_hits: list[tuple] = []  # per minibatch: pre-step ratios, mask, epsilon (reduced at the end)
-        epochs_run = 0
+        members.lay_out(s.minibatch_size)
+        report = UpdateReport(self.losses)
         hand = hand_gradient_for(self.net, member_view(self.losses), s, self.ent_coef)
-        report_epsilon = self._report_epsilon()
+        epochs_run = 0
         with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
             for epoch in range(s.num_epochs):
                 epochs_run = epoch + 1
                 if epoch > 0 and s.recompute_advantages:
-                    self._refresh_advantages(batches, refreshes, members.active, padded)
-                stepped_this_epoch = [False] * S
-                for j, (mb, mask, stepping, lengths) in enumerate(self._minibatches(padded, layout, slices,
-                                                                                    members.active)):
-                    pb, value = self.policy_batch(mb, with_value=True, mask=mask, forward=hand and hand.forward)
-                    if s.target_kl is not None:  # moved far enough: stop before this step
-                        k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()
-                        members.stop([stepping[k] and k3[k] > 1.5 * s.target_kl for k in range(S)], stepping, epoch)
-                    if not any(stepping):
-                        continue
-                    loss_view = member_view(self.losses)
-                    terms = self._loss_terms(loss_view, pb, value, mb, lengths, stepping)
-                    total = terms[-1]
-                    finite = torch.isfinite(total).reshape(-1).tolist()
-                    diverged = [stepping[k] and not finite[k] for k in range(S)]
-                    members.stop(diverged, stepping, epoch, failure=lambda k: _non_finite(*terms[:3], k, epoch, j))
-                    if not any(stepping):
-                        continue
-                    gradient = hand and (lambda: hand.backward(pb, loss_view, value, mb.actions, mb.returns,
-                                                               not self.no_entropy_bonus))
-                    self.step(total, None if all(stepping) else torch.tensor(stepping), gradient)
-                    stepped_this_epoch = [a or b for a, b in zip(stepped_this_epoch, stepping)]
-                    steps.append((torch.stack(terms[:3], -1).detach().reshape(S, 3), stepping))
-                    clip_hits.append((pb.ratio.detach(), pb.mask, report_epsilon))  # pre-step, as PPO reports them
-                    if self._adapting("minibatch"):  # d after this step, on this minibatch
-                        self._observe_kl(self._divergences(mb, mask)["kl"], stepping, "minibatch")
-                if self._adapting("epoch") and any(stepped_this_epoch):  # only after an epoch that stepped
-                    self._observe_kl(self._divergences(padded.batch(), padded.mask)["kl"], stepped_this_epoch, "epoch")
-                if not any(members.active):
+                    self._refresh_advantages(members, refreshes)
+                for mb in members.minibatches(epoch):
+                    self.ppo_step(mb, members, report, hand)
+                if self._adapting("epoch") and any(members.stepped_in_epoch):  # only after an epoch that stepped
+                    self._observe_kl(self._divergences(*members.whole())["kl"], members.stepped_in_epoch, "epoch")
+                if not members.anyone_active:
                     break
         self._check_parameters(members.results)
-        return self._summarise(members.results, steps, clip_hits, padded, members.epochs(epochs_run))
+        return report.summary(members.results, lambda: self._divergences(*members.whole()), members.epochs(epochs_run))
 
-    def _refresh_advantages(self, batches: list[Batch], refreshes: list, active: list[bool], padded: _Padded) -> None:
-        """recompute_advantages: each stepping member's advantages and targets re-estimated with
-        its current value function, in its batch and in ``padded``."""
-        for k, b in enumerate(batches):
-            if active[k]:
-                advantages, b.returns = refreshes[k]()
-                b.advantages = standardise(advantages) if self.settings.normalize_advantage == "batch" else advantages
-        padded.refill(batches, ("advantages", "returns"))
-
-    def _loss_terms(self, loss_view: PolicyLoss, pb: PolicyBatch, value: torch.Tensor, mb: Batch, lengths: list[int],
-                    stepping: list[bool]) -> tuple[torch.Tensor, ...]:
-        """(policy term, value loss, entropy, total) on one minibatch, each a scalar or [S, 1]."""
+    def ppo_step(self, mb: Minibatch, members: MemberBatches, report: UpdateReport, hand=None) -> None:
+        """One minibatch step of PPO (of every member at once; ``mb.stepping`` says who steps)."""
         s = self.settings
-        policy_loss = loss_view(pb)
-        value_loss = self.value_loss(value, mb.values, mb.returns, pb)
+        pb, value = self.policy_batch(mb.batch, mask=mb.mask, forward=hand and hand.forward)  # pi_theta, V_theta
+        if s.target_kl is not None:  # moved far enough from pi_old: stop before this step
+            kl = pb.mean((pb.ratio - 1.0) - pb.log_ratio).detach().reshape(-1).tolist()  # k3 estimate
+            mb.stop_where([d > 1.5 * s.target_kl for d in kl])
+            if not mb.anyone_steps:
+                return
+        loss = member_view(self.losses)
+        noise = None if self.generators is None else (lambda: members.entropy_noise(pb.dist.mean, mb))
+        policy_loss, value_loss, entropy, total = self.loss_terms(loss, pb, value, mb.batch, noise)
+        mb.stop_where([not finite for finite in torch.isfinite(total).reshape(-1).tolist()],
+                      failure=lambda k: _non_finite(policy_loss, value_loss, entropy, k, mb.epoch, mb.number))
+        if not mb.anyone_steps:
+            return
+        gradient = hand and (lambda: hand.backward(pb, loss, value, mb.batch.actions, mb.batch.returns,
+                                                   not self.no_entropy_bonus))
+        self.step(total, mb.who_steps, gradient)  # backward, clip the gradient norm, Adam
+        report.record(policy_loss, value_loss, entropy, pb.ratio, mb)
+        if self._adapting("minibatch"):  # d after this step, on this minibatch
+            self._observe_kl(self._divergences(mb.batch, mb.mask)["kl"], mb.stepping, "minibatch")
+
+    def loss_terms(self, loss: PolicyLoss, pb: PolicyBatch, value: torch.Tensor, batch: Batch,
+                   entropy_noise: Optional[Callable[[], torch.Tensor]] = None) -> tuple[torch.Tensor, ...]:
+        """(policy term, value loss, entropy, total) on one minibatch, each a scalar or [S, 1]
+        (``entropy_noise``: the members' own draws for a sampled entropy estimate)."""
+        s = self.settings
+        policy_loss = loss(pb)
+        value_loss = self.value_loss(value, batch.values, batch.returns, pb)
         if self.no_entropy_bonus:  # reported only: kept out of the graph the backward walks
             with torch.no_grad():
-                entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+                entropy = pb.mean(self._entropy(pb.dist, entropy_noise))
             return policy_loss, value_loss, entropy, policy_loss + s.vf_coef * value_loss
-        entropy = pb.mean(self._entropy(pb.dist, lengths, stepping))
+        entropy = pb.mean(self._entropy(pb.dist, entropy_noise))
         return policy_loss, value_loss, entropy, policy_loss + s.vf_coef * value_loss - self.ent_coef * entropy
+
+    def _refresh_advantages(self, members: MemberBatches, refreshes: list) -> None:
+        """recompute_advantages: each stepping member's advantages and targets re-estimated with
+        its current value function."""
+        for k, b in enumerate(members.batches):
+            if members.active[k]:
+                advantages, b.returns = refreshes[k]()
+                b.advantages = standardise(advantages) if self.settings.normalize_advantage == "batch" else advantages
+        members.refresh(("advantages", "returns"))
 
     def _observe_kl(self, kls: list[float], who: list[bool], granularity: str) -> None:
         for k, loss in enumerate(self.losses):
             if who[k]:
                 loss.observe_kl(kls[k], granularity)
 
-    def _minibatches(self, padded: _Padded, layout: Optional["_EpochLayout"], slices: list[list[slice]],
-                     active: list[bool]):
-        """Yield (minibatch, mask, stepping) for one epoch: each member's own shuffle and split,
-        minibatch j of every member side by side (padded to the longest of them)."""
-        S = self.size
-        orders = []
-        for k in range(S):
-            n = padded.lengths[k]
-            if not active[k]:  # draws nothing: a member's stream is as in its solo run
-                orders.append(torch.arange(n))
-            else:
-                orders.append(torch.randperm(n, generator=None if self.generators is None else self.generators[k]))
-        if padded.single:
-            shuffled = padded.batch().permuted(orders[0])
-            for idx in slices[0]:
-                if not active[0]:
-                    return
-                yield Batch(*(getattr(shuffled, f)[idx] for f in FIELDS)), None, [True], [idx.stop - idx.start]
-            return
-        # one gather per epoch; minibatch j is then a slice of it
-        index = torch.zeros(S, layout.width, dtype=torch.long)
-        for k in range(S):
-            index[k, layout.destinations[k]] = orders[k]
-        index += torch.arange(S)[:, None] * max(padded.lengths)  # rows of the fields' [S * N_max, ...] view
-        index = index.reshape(-1)
-        shuffled = [_gather_rows(padded.fields[f], index) for f in FIELDS]
-        for j, (cols, mask, lengths) in enumerate(layout.minibatches):
-            stepping = [active[k] and lengths[k] > 0 for k in range(S)]
-            if not any(stepping):
-                if not any(active):
-                    return
-                continue
-            yield Batch(*(t[:, cols] for t in shuffled)), mask, stepping, lengths
-
     def _adapting(self, granularity: str) -> bool:
         """Whether some member's loss adapts its state at this granularity (a member with a fixed
         beta shares a population with adaptive ones: ``loss.adaptive`` is a member key)."""
         return any(loss.adapt_every == granularity for loss in self.losses)
 
-    def _entropy(self, dist, lengths: list[int], stepping: list[bool]) -> torch.Tensor:
-        """The entropy per sample. A sampled estimate (``entropy_draws``) draws member k's noise
-        for its own ``lengths[k]`` samples from ``generators[k]``: the draws of its solo run."""
-        if self.generators is None or not getattr(dist, "entropy_draws", False):
+    @staticmethod
+    def _entropy(dist, noise: Optional[Callable[[], torch.Tensor]]) -> torch.Tensor:
+        """The entropy per sample (a sampled estimate, ``entropy_draws``, takes ``noise()``)."""
+        if noise is None or not getattr(dist, "entropy_draws", False):
             return dist.entropy()
-        noise = torch.zeros_like(dist.mean)
-        for k, g in enumerate(self.generators):
-            if stepping[k]:
-                noise[k, :lengths[k]] = torch.randn(lengths[k], dist.mean.shape[-1], generator=g)
-        return dist.entropy(noise)
+        return dist.entropy(noise())
 
     def step(self, total: torch.Tensor, members: Optional[torch.Tensor] = None,
              gradient: Optional[Callable[[], None]] = None) -> None:
@@ -459,77 +314,12 @@ class PPOUpdate:
         return {"kl": kl.reshape(-1).tolist(), "approx_kl_k3": k3.reshape(-1).tolist(),
                 "ratio_min": low.tolist(), "ratio_max": high.tolist()}
 
-    def _report_epsilon(self) -> float | torch.Tensor:
-        """What clip_fraction counts against: each member's loss's epsilon, or DEFAULT_CLIP_REPORT
-        for a loss without one (a float, or [S, 1] where members differ)."""
-        values = [DEFAULT_CLIP_REPORT if loss.epsilon is None else loss.epsilon for loss in self.losses]
-        return values[0] if all(v == values[0] for v in values) else torch.tensor(values).view(-1, 1)
-
-    def _clip_fractions(self, clip_hits: list, took: torch.Tensor) -> list[float]:
-        """Per member: the fraction of its pre-step ratios with |r - 1| > epsilon (``_report_epsilon``),
-        over the minibatches it stepped on."""
-        if self.size == 1:  # one reduction over every step's ratios
-            ratios = torch.cat([r for r, _, _ in clip_hits])
-            return [((ratios - 1.0).abs() > clip_hits[0][2]).float().mean().item()]
-        hits = torch.zeros(self.size, dtype=torch.float64)
-        samples = torch.zeros(self.size, dtype=torch.float64)
-        for (ratio, mask, eps), who in zip(clip_hits, took):
-            valid = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask
-            valid = valid & who[:, None]
-            hits += (((ratio - 1.0).abs() > eps) & valid).sum(-1)
-            samples += valid.sum(-1)
-        return (hits / samples.clamp(min=1)).tolist()
-
-    def _summarise(self, results: list, steps: list, clip_hits: list, padded: _Padded,
-                   epochs: list[int]) -> list[Optional[dict]]:
-        nan = float("nan")
-        S = self.size
-        if steps:
-            terms = torch.stack([t for t, _ in steps])  # [M, S, 3]
-            took = torch.tensor([who for _, who in steps])  # [M, S]
-            counts = took.sum(0)
-            sums = torch.where(took[..., None], terms, 0.0).sum(0)
-            means = (sums / counts.clamp(min=1)[:, None]).tolist()
-            if S == 1:  # a single run's mean, as it always was
-                means = [terms[:, 0].mean(0).tolist()]
-            fractions = self._clip_fractions(clip_hits, took)
-            counts = counts.tolist()
-        else:
-            means, fractions, counts = [[nan] * 3] * S, [nan] * S, [0] * S
-        divergence = None
-        for k in range(S):
-            if results[k] != {}:
-                continue
-            if divergence is None:
-                divergence = self._divergences(padded.batch(), padded.mask)
-            stepped = counts[k] > 0
-            policy_loss, value_loss, entropy = means[k] if stepped else (nan, nan, nan)
-            results[k] = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
-                          "clip_fraction": fractions[k] if stepped else nan, "epochs": epochs[k],
-                          **{key: values[k] for key, values in divergence.items()}}
-        return results
-
     def _check_parameters(self, results: list) -> None:
         finite = torch.isfinite(self.optimizer.rows).all(1).tolist()
         for k, ok in enumerate(finite):
             if not ok and results[k] is not None and "failed" not in results[k] and "update_skipped" not in results[k]:
                 name = next(name for name, p in self.members[k].named_parameters() if not torch.isfinite(p).all())
                 results[k]["failed"] = NonFiniteError(f"non-finite parameter {name} after the update")
-
-
-def _gather_rows(field: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-    """``field`` [S, N, ...] gathered at ``flat_index`` (rows of its [S * N, ...] view) into [S, W, ...]:
-    index_select copies whole rows, about 3x faster here than indexing with two index tensors."""
-    S, N = field.shape[:2]
-    picked = field.reshape(S * N, *field.shape[2:]).index_select(0, flat_index)
-    return picked.view(S, -1, *field.shape[2:])
-
-
-def _placeholder(batches: list[Batch], active: list[bool]) -> Batch:
-    """A stand-in batch for a member taking no part (a copy of the first active member's: it
-    only fills the member's rows of the stacked tensors, never stepped on)."""
-    first = next(b for b, on in zip(batches, active) if on)
-    return Batch(*(getattr(first, f) for f in FIELDS))
 
 
 def _non_finite(policy_loss, value_loss, entropy, member: int, epoch: int, minibatch: int) -> NonFiniteError:
