@@ -137,3 +137,19 @@ def test_end_line_text():
     no_eval = {"global_step": 2048, "wall_time_s": 75.0, "train_return": 12.25}
     assert end_line(Path("/tmp/x/run"), no_eval, None, job=3) == (
         "[job 3] done: /tmp/x/run | 2048 steps in 1m 15s | train return 12.25 (no evaluation)")
+
+
+def test_no_line_is_printed_to_stderr_in_two_writes():
+    """print(text, file=sys.stderr) writes the text and its newline separately when stderr is a
+    pipe (CPython's stderr is unbuffered there): two processes' lines then fuse. Every line goes
+    through console.write_line (one write) instead."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [*(root / "ppo_research").rglob("*.py"), *(root / "hydra_plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print" and \
+                    any(k.arg == "file" for k in node.keywords):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, found
