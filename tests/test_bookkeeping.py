@@ -1,11 +1,12 @@
-"""The compiled bookkeeping (run/bookkeeping.py) gives the numpy formulas' numbers, bit for bit:
+"""The bookkeeping (run/bookkeeping.py), compiled or in numpy, gives the numpy formulas' numbers, bit for bit:
 episode returns, reward scaling over valid steps, observation normalisation - over members,
 envs, observation sizes and dtypes that take each of numpy's summation orders."""
 import numpy as np
 import pytest
 
 from ppo_research.run.bookkeeping import BookkeepingState, step_bookkeeping
-from ppo_research.run.envs import _clip, batch_moments, merge_moments
+from ppo_research.run.moments import batch_moments, merge_moments
+from ppo_research.run.moments import clip as _clip
 
 
 class NumpyBookkeeping:
@@ -58,7 +59,9 @@ CASES = [  # S, N, D, dtype
 @pytest.mark.parametrize("S,N,D,dtype", CASES)
 @pytest.mark.parametrize("clips,switches", [((10.0, 10.0), (True, True)), ((None, 5.0), (True, True)),
                                             ((10.0, None), (False, True)), ((None, None), (True, False))])
-def test_the_compiled_step_is_the_numpy_formulas_bit_for_bit(S, N, D, dtype, clips, switches):
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
+def test_each_step_is_the_numpy_formulas_bit_for_bit(S, N, D, dtype, clips, switches, compiled):
+    """The compiled kernel and the numpy fallback (no numba, or algo.fast_paths=false) both."""
     rng = np.random.default_rng(S * 1000 + N * 10 + D)
     gamma = rng.uniform(0.8, 0.999, S)
     ref = NumpyBookkeeping(S, N, D, gamma, *clips, *switches)
@@ -71,7 +74,7 @@ def test_the_compiled_step_is_the_numpy_formulas_bit_for_bit(S, N, D, dtype, cli
         valid = rng.random((S, N)) > (0.2 if t % 3 else 0.0)  # some steps all valid, some with reset steps
         rewards[~valid] = 0.0
         obs, scaled = np.empty((S, N, D), np.float32), np.empty((S, N), np.float32)
-        step_bookkeeping(raw, rewards, episode_end, valid, state, obs, scaled)
+        step_bookkeeping(raw, rewards, episode_end, valid, state, obs, scaled, compiled=compiled)
         ref_obs, ref_scaled = ref.step(raw, rewards, episode_end, valid)
         np.testing.assert_array_equal(obs, ref_obs)
         np.testing.assert_array_equal(scaled, ref_scaled)
@@ -111,3 +114,29 @@ def test_an_install_where_numba_cannot_cache_still_trains(tmp_path):
     assert result.stderr.count("numba finds no writable cache directory") == 1, result.stderr[-2000:]
     assert (run_dir / "summary.json").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 1
     assert not any(install.rglob("*.nbi")), "nothing cached: there was nowhere to write"
+
+
+def test_without_numba_a_run_trains_to_the_same_numbers(tmp_path):
+    """numba is optional (the ``fast`` extra): without it the bookkeeping runs in numpy, and a
+    run's metrics are the compiled run's exactly (Pendulum: reward scaling and observation
+    normalisation on)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["env=pendulum", "env.normalize_obs=true", "env.normalize_reward=true", "logger=none", "progress=false",
+            "total_timesteps=1024", "algo.num_envs=2", "algo.num_steps=128", "algo.minibatch_size=64",
+            "algo.num_epochs=2", "eval.episodes=1"]
+    no_numba = ("import runpy, sys; sys.modules['numba'] = None; sys.argv = ['ppo_research', *sys.argv[1:]]; "
+                "runpy.run_module('ppo_research', run_name='__main__')")
+    rows = {}
+    for name, command in (("compiled", ["-m", "ppo_research"]), ("numpy", ["-c", no_numba])):
+        result = subprocess.run([sys.executable, *command, *args, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path,
+                                env={**__import__("os").environ, "PYTHONPATH": str(repo), "WANDB_MODE": "offline"},
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows[name] = [{k: v for k, v in json.loads(line).items() if not k.startswith(("time", "sps"))}
+                      for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows["numpy"]) == 4 and rows["numpy"] == rows["compiled"]

@@ -232,3 +232,56 @@ def test_a_rollout_drawn_ahead_acts_as_one_drawn_step_by_step(space, kwargs, env
             np.testing.assert_array_equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(states, states_ahead))
     assert not np.array_equal(by_step[0][0], by_step[1][0])  # the steps did draw
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_paths_switch_every_fast_path_on_or_off(tmp_path, fast):
+    """algo.fast_paths: the numpy mirror in the rollout and evaluation, the compiled bookkeeping
+    and the hand-written gradient, or the plain path (the torch network, numpy, autograd)."""
+    from ppo_research.algo import update as update_module
+
+    trainer = build_trainer(["env=pendulum", f"algo.fast_paths={str(fast).lower()}", "total_timesteps=256",
+                             "algo.num_steps=128", "algo.num_envs=2", "algo.minibatch_size=64", "algo.num_epochs=1",
+                             "eval.episodes=1", "progress=false"], tmp_path)
+    member = trainer.member
+    assert isinstance(member.actor, NumpyPolicy if fast else TorchPolicy)
+    assert member.envs.compiled is fast
+    assert trainer.update.settings.fast_paths is fast
+    made = []
+    real = update_module.hand_gradient_for
+    update_module.hand_gradient_for = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    try:
+        trainer.train()
+    finally:
+        update_module.hand_gradient_for = real
+        trainer.close()
+    assert (made != [] and made[0] is not None) if fast else made == []
+    assert isinstance(member.evaluator._actor, NumpyPolicy if fast else TorchPolicy)
+
+
+@pytest.mark.slow
+def test_the_plain_path_learns_as_the_fast_one(tmp_path):
+    """CartPole, 25k steps, 6 seeds per path (measured: every run of both paths ends at 500;
+    the mean training return over the run 352.0 fast, 335.9 plain). Tolerances: each run's
+    final evaluation >= 450, and the plain path's mean training return within 15% of the fast
+    path's."""
+    import json
+
+    from conftest import run_cli
+
+    means = {}
+    for fast in ("true", "false"):
+        sweep = tmp_path / fast
+        proc = run_cli(["-m", "env=cartpole", "total_timesteps=25000", "seed=0,1,2,3,4,5", f"algo.fast_paths={fast}",
+                        "logger=none", "progress=false", "hydra/launcher=population", "hydra.launcher.processes=2",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves = []
+        for job in range(6):
+            summary = json.loads((sweep / str(job) / "summary.json").read_text())
+            assert summary["eval_return"] >= 450, (fast, job, summary["eval_return"])
+            rows = [json.loads(line) for line in (sweep / str(job) / "metrics.jsonl").read_text().splitlines()]
+            returns = [r["episode_return"] for r in rows if "episode_return" in r]
+            curves.append(sum(returns) / len(returns))
+        means[fast] = sum(curves) / len(curves)
+    assert abs(means["false"] - means["true"]) <= 0.15 * means["true"], means

@@ -327,6 +327,7 @@ def _tanh_gaussian(u: np.ndarray, mean: np.ndarray, log_std: np.ndarray):
     return action, gauss - log1m_tanh_sq.sum(-1)
 
 
-def rollout_policy(policy: "ActorCritic"):
-    """The fastest exact rollout path ``policy`` allows: its numpy mirror if it declares one."""
-    return NumpyPolicy(policy) if declared_spec(policy) is not None else TorchPolicy(policy)
+def rollout_policy(policy: "ActorCritic", fast: bool = True):
+    """The fastest exact rollout path ``policy`` allows: its numpy mirror if it declares one
+    (and ``fast``, ``algo.fast_paths``), else the network itself."""
+    return NumpyPolicy(policy) if fast and declared_spec(policy) is not None else TorchPolicy(policy)

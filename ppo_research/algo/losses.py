@@ -1,7 +1,11 @@
 """Policy surrogate objectives. Each class is one `loss=` option.
 
-A loss supplies only its policy term (to be minimised) and its own state (beta). The trainer
-owns what all losses share: value loss, entropy bonus, gradient clipping, summing the terms.
+A loss supplies only its policy term and its own state (beta). The update owns what all losses
+share: value loss, entropy bonus, gradient clipping, summing the terms. A new loss is a
+``PolicyLoss`` with a per-sample ``surrogate`` (the objective to maximise, for each sample's
+ratio, advantage, ...) plus a YAML file in conf/loss/ (docs/extending.md); written with tensor
+operations, it runs in a single run and in a population (where each member's samples are a row
+of the batch) as it is.
 
 Notation as in the seed notebook: r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t the advantage.
 """
@@ -57,9 +61,14 @@ class PolicyLoss:
     adapt_every: Optional[str] = None
 
     def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        """The policy term to minimise: a scalar, or [S, 1] for a population's minibatch (take
-        means with ``batch.mean``; ``epsilon``/``beta`` may then be [S, 1] tensors, one value per
-        member: ``member_view``)."""
+        """The policy term to minimise: minus the minibatch mean of ``surrogate``. A scalar, or
+        [S, 1] for a population's minibatch (``batch.mean`` takes each member's mean)."""
+        return -batch.mean(self.surrogate(batch))
+
+    def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
+        """The objective to maximise, per sample: a tensor shaped like ``batch.ratio``. In a
+        population, members' values of ``MEMBER_VALUES`` (epsilon, beta) arrive as [S, 1]
+        tensors that broadcast over each member's row (``member_view``)."""
         raise NotImplementedError
 
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
@@ -94,15 +103,15 @@ class ClipLoss(PolicyLoss):
         _check_epsilon(epsilon)
         self.epsilon = epsilon
 
-    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -batch.mean(clipped_surrogate(batch.ratio, batch.advantages, self.epsilon))
+    def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
+        return clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)
 
 
 class CPILoss(PolicyLoss):
     """L^CPI = E[r A]: no clipping and no penalty (the paper's first row)."""
 
-    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -batch.mean(batch.ratio * batch.advantages)
+    def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
+        return batch.ratio * batch.advantages
 
 
 class PGLoss(PolicyLoss):
@@ -114,8 +123,8 @@ class PGLoss(PolicyLoss):
     importance correction (use num_epochs=1 for the textbook on-policy estimator).
     """
 
-    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
-        return -batch.mean(batch.log_prob * batch.advantages)
+    def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
+        return batch.log_prob * batch.advantages
 
 
 #: the loss hyperparameters members of a population may differ in (run/population.py)
@@ -194,12 +203,15 @@ class KLPenaltyLoss(PolicyLoss):
         self.epsilon = epsilon
         self._restart_window()
 
-    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+    def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
+        """r A, or the clipped surrogate with ``epsilon`` (the penalty is taken apart: ``__call__``)."""
         if self.epsilon is None:
-            surrogate = batch.ratio * batch.advantages
-        else:
-            surrogate = clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)
-        return -(batch.mean(surrogate) - self.beta * batch.mean(self.divergence(batch)))
+            return batch.ratio * batch.advantages
+        return clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)
+
+    def __call__(self, batch: PolicyBatch) -> torch.Tensor:
+        """-(E[surrogate] - beta E[KL]): the two means taken apart, as the paper writes it."""
+        return -(batch.mean(self.surrogate(batch)) - self.beta * batch.mean(self.divergence(batch)))
 
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
         if self.estimator == "analytic":

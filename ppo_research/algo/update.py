@@ -52,6 +52,7 @@ class UpdateSettings:
     value_loss: str = "mse"  # mse: 0.5 (V - R)^2 | huber: Huber loss with huber_delta
     huber_delta: float = 1.0
     recompute_advantages: bool = False  # re-estimate advantages with the current V each epoch after the first
+    fast_paths: bool = True  # the hand-written gradient where it applies (algo/hand_gradient.py); false: autograd
 
 
 VALUE_LOSSES = ("mse", "huber")
@@ -161,7 +162,7 @@ class PPOUpdate:
                     b.advantages = standardise(b.advantages)
         members.lay_out(s.minibatch_size)
         report = UpdateReport(self.losses)
-        hand = hand_gradient_for(self.net, member_view(self.losses), s, self.ent_coef)
+        hand = hand_gradient_for(self.net, member_view(self.losses), s, self.ent_coef) if s.fast_paths else None
         epochs_run = 0
         with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
             for epoch in range(s.num_epochs):

@@ -1,15 +1,18 @@
-"""The training envs' per-step bookkeeping, compiled: episode returns, reward scaling and
-observation normalisation for S members x N envs in one call (run/lockstep.py calls it).
+"""The training envs' per-step bookkeeping: episode returns, reward scaling and observation
+normalisation for S members x N envs in one call (run/lockstep.py calls it).
 
-In numpy this is about 40 operations on arrays of a few numbers, each costing ~1 us of call
-overhead: ~60 us per step on HalfCheetah, close to the simulation's own cost. Compiled with
-numba it takes ~3 us. The arithmetic is numpy's, operation for operation and in numpy's order -
-sums along a contiguous row are numpy's pairwise summation, sums across rows are sequential,
-float32 observations are summed in float32 - so the numbers are those of the numpy formulas,
-bit for bit (tests/test_bookkeeping.py checks this against them).
+Two implementations of one step, with the same numbers bit for bit (tests/test_bookkeeping.py):
 
-The first call compiles (a few seconds); the machine code is cached beside this file (or in
-numba's user cache when that is read-only), so later processes load it instead.
+- ``numpy_step``: the formulas in numpy's array operations. Each is ~1 us of call overhead on
+  arrays of a few numbers, ~60 us per step on HalfCheetah, close to the simulation's own cost.
+- the compiled kernel (``run/_bookkeeping_kernel.py``, numba): ~3 us. Its arithmetic is numpy's,
+  operation for operation and in numpy's order (pairwise summation along a contiguous row,
+  sequential across rows, float32 observations summed in float32).
+
+The kernel is used when numba is installed (the ``fast`` extra, part of ``dev``) and
+``algo.fast_paths`` is true; otherwise the numpy step. Its first call compiles (a few seconds);
+the machine code is cached beside the kernel's file (or in numba's user cache when that is
+read-only), so later processes load it instead.
 """
 from __future__ import annotations
 
@@ -17,10 +20,18 @@ import math
 
 import numpy as np
 
+from .moments import batch_moments, clip, merge_moments
 from .stops import sigint_deferred
 
 _kernel = None
 _prepared: set = set()  # observation dtypes the kernel has been compiled or loaded for
+
+
+def compiled_available() -> bool:
+    """Whether numba is installed (the compiled kernel can be used)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def prepare(obs_dtype) -> None:
@@ -41,10 +52,41 @@ def prepare(obs_dtype) -> None:
         _prepared.add(dtype)
 
 
-def step_bookkeeping(raw_obs, rewards, episode_end, valid, state, obs_out, scaled_out) -> None:
+def numpy_step(raw_obs, rewards, episode_end, valid, state, obs_out, scaled_out) -> None:
+    """``step_bookkeeping`` in numpy's array operations (no numba needed; the same numbers)."""
+    s = state
+    s.returns += np.where(valid, rewards, 0.0)
+    s.lengths += valid
+    if math.isnan(s.reward_clip):  # reward scaling off
+        scaled_out[...] = rewards
+    else:  # the running std of the discounted return, over valid steps only
+        s.discounted *= s.gamma[:, None]
+        s.discounted += rewards
+        for k in range(len(s.gamma)):
+            rows = s.discounted[k][valid[k]]
+            if len(rows):
+                s.reward_mean[k], s.reward_var[k], s.reward_count[k] = merge_moments(
+                    s.reward_mean[k], s.reward_var[k], float(s.reward_count[k]), *batch_moments(rows, 0), len(rows))
+        s.discounted[episode_end] = 0.0
+        scaled_out[...] = clip(rewards / np.sqrt(s.reward_var + 1e-8)[:, None], -s.reward_clip, s.reward_clip)
+    if math.isnan(s.obs_clip):  # observation normalisation off
+        obs_out[...] = raw_obs
+        return
+    mean, var, count = merge_moments(s.obs_mean, s.obs_var, s.obs_count[:, None], *batch_moments(raw_obs, 1),
+                                     raw_obs.shape[1])
+    s.obs_mean[...], s.obs_var[...], s.obs_count[...] = mean, var, count[:, 0]
+    obs = (raw_obs - s.obs_mean[:, None]) / np.sqrt(s.obs_var[:, None] + 1e-8)
+    obs_out[...] = clip(obs, -s.obs_clip, s.obs_clip)
+
+
+def step_bookkeeping(raw_obs, rewards, episode_end, valid, state, obs_out, scaled_out, compiled: bool = True) -> None:
     """One env step's bookkeeping for every member, in place. ``raw_obs`` [S, N, D] (float32 or
     float64), ``rewards`` [S, N] float64, ``episode_end``/``valid`` [S, N] bool; ``state`` the
-    ``BookkeepingState``; writes ``obs_out`` [S, N, D] and ``scaled_out`` [S, N] (float32)."""
+    ``BookkeepingState``; writes ``obs_out`` [S, N, D] and ``scaled_out`` [S, N] (float32).
+    ``compiled``: the numba kernel (else ``numpy_step``)."""
+    if not compiled:
+        numpy_step(raw_obs, rewards, episode_end, valid, state, obs_out, scaled_out)
+        return
     if _kernel is None:
         prepare(raw_obs.dtype)
     s = state

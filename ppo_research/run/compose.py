@@ -33,8 +33,27 @@ class Composed:
     choices: dict[str, str]
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def extra_config_dirs(argv: Sequence[str]) -> list[Path]:
+    """Config folders the command line adds to ours: ``hydra.searchpath=[file://...]`` and
+    ``--config-dir``/``-cd`` (where a user keeps options of their own, e.g. conf/loss/mine.yaml)."""
+    found = []
+    for i, arg in enumerate(argv):
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            found += [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip()]
+        elif key in ("--config-dir", "-cd"):
+            found.append(value if value else (argv[i + 1] if i + 1 < len(argv) else ""))
+    dirs = []
+    for entry in found:
+        if entry.startswith("pkg://") or not entry:
+            continue
+        dirs.append(Path(entry[len("file://"):] if entry.startswith("file://") else entry).expanduser())
+    return dirs
+
+
+def group_options(group: str, extra: Sequence[Path] = ()) -> list[str]:
+    """The options of config group ``group``: ours, and those of the ``extra`` config folders."""
+    return sorted({p.stem for folder in (CONF_DIR, *extra) for p in (Path(folder) / group).glob("*.yaml")})
 
 
 def choices_of(runtime_choices) -> dict[str, str]:
@@ -44,6 +63,7 @@ def choices_of(runtime_choices) -> dict[str, str]:
 
 def check_group_choices(argv: Sequence[str]) -> None:
     """Reject ``loss=klpn`` before Hydra composes, naming the valid options."""
+    extra = extra_config_dirs(argv)
     for arg in argv:
         if "=" not in arg or arg.startswith(("hydra", "-")):
             continue
@@ -51,11 +71,11 @@ def check_group_choices(argv: Sequence[str]) -> None:
         key = key.lstrip("+~")
         if key in REQUIRED_GROUPS and value in ("", "null"):
             shown = value or "''"
-            write_line(f"error: {key}={shown} is invalid: expected one of {', '.join(group_options(key))} "
+            write_line(f"error: {key}={shown} is invalid: expected one of {', '.join(group_options(key, extra))} "
                   f"(every run needs a {key})")
             sys.exit(EXIT_BAD_INPUT)
         if key in GROUPS and value not in ("", "null"):
-            options = group_options(key)
+            options = group_options(key, extra)
             for choice in value.split(","):
                 if choice not in options:
                     write_line(f"error: {key}={choice!r} is not an option of group '{key}': expected one of "

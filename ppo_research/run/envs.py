@@ -13,60 +13,8 @@ import numpy as np
 from ..errors import ConfigError
 from . import bookkeeping
 from .config import EnvConfig
+from .moments import RunningMeanStd, batch_moments, clip, merge_moments  # noqa: F401 (batch_moments, merge_moments: API)
 from .vector import SerialVectorEnv
-
-
-def _clip(x: np.ndarray, low, high) -> np.ndarray:
-    """np.clip's result for finite values, without its Python wrapper (called every env step)."""
-    return np.minimum(np.maximum(x, low), high)
-
-
-def batch_moments(batch: np.ndarray, axis: int):
-    """(mean, sum of squared deviations) of ``batch`` along ``axis``; None for the second when
-    there is one sample. Called every env step, so numpy's mean and var are spelled out: the
-    same operations, bit for bit, without their Python wrappers."""
-    n = batch.shape[axis]
-    if n == 1:
-        return np.take(batch, 0, axis), None
-    b_mean = np.add.reduce(batch, axis) / n
-    centred = batch - np.expand_dims(b_mean, axis)
-    return b_mean, np.add.reduce(centred * centred, axis) / n * n
-
-
-def merge_moments(mean, var, count, b_mean, b_m2, n):
-    """(mean, var, count) after merging a batch of n samples with mean ``b_mean`` and sum of
-    squared deviations ``b_m2`` (None for one sample). Elementwise, so it serves one set of
-    statistics or a population's stacked ones (count broadcastable against mean)."""
-    delta = b_mean - mean
-    total = count + n
-    m2 = var * count + delta * delta * (count * n / total)
-    if b_m2 is not None:
-        m2 += b_m2
-    return mean + delta * (n / total), m2 / total, total
-
-
-class RunningMeanStd:
-    """Running mean and variance (parallel-batch update of Chan et al.)."""
-
-    def __init__(self, shape: tuple[int, ...] = ()):
-        self.mean = np.zeros(shape, np.float64)
-        self.var = np.ones(shape, np.float64)
-        self.count = 1e-4
-
-    def update(self, batch: np.ndarray) -> None:
-        b_mean, b_m2 = batch_moments(batch, 0)
-        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, b_mean, b_m2,
-                                                        batch.shape[0])
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        shape = self.mean.shape  # checkpoints written before 0-d arrays were kept 0-d hold a scalar's as (1,)
-        mean, var = np.asarray(state["mean"], np.float64), np.asarray(state["var"], np.float64)
-        if mean.shape != shape and mean.size == var.size == max(1, int(np.prod(shape))):
-            mean, var = mean.reshape(shape), var.reshape(shape)
-        self.mean, self.var, self.count = mean, var, float(state["count"])
 
 
 class ObsNormalizer:
@@ -83,7 +31,7 @@ class ObsNormalizer:
             self.stats.update(obs)
         out = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
         if self.clip is not None:
-            out = _clip(out, -self.clip, self.clip)
+            out = clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
 
 
@@ -136,7 +84,7 @@ class ActionAdapter:
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         if self.mode == "clip":
-            return _clip(actions, self.low, self.high)
+            return clip(actions, self.low, self.high)
         if self.mode == "rescale":
             return self.low + 0.5 * (np.clip(actions, -1.0, 1.0) + 1.0) * (self.high - self.low)
         return actions
@@ -162,8 +110,10 @@ class TrainingEnvs:
     reset step (action ignored, reward 0). ``step`` reports it through ``valid = False``.
     """
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seeds: list[int]):
+    def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seeds: list[int], compiled: bool = True):
         self.cfg = cfg
+        # the steps' bookkeeping compiled (numba, if installed) or in numpy: the same numbers
+        self.compiled = compiled and bookkeeping.compiled_available()
         make = lambda: make_env(cfg)  # noqa: E731
         if cfg.vectorization == "sync":
             self.envs = SerialVectorEnv(make, num_envs)
@@ -177,7 +127,8 @@ class TrainingEnvs:
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
         raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/seeds.py)
-        bookkeeping.prepare(raw.dtype)  # the steps' compiled arithmetic, ready before the first rollout
+        if self.compiled:
+            bookkeeping.prepare(raw.dtype)  # the steps' compiled arithmetic, ready before the first rollout
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
 

@@ -12,7 +12,7 @@ from ..algo.inference import rollout_policy
 from ..algo.networks import ActorCritic
 
 class Evaluator:
-    def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False):
+    def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False, fast: bool = True):
         self.env = make_env(cfg, render_mode="rgb_array" if record else None)
         self.actions = ActionAdapter(self.env.action_space, cfg.action_mode)
         self.episodes = episodes
@@ -21,12 +21,13 @@ class Evaluator:
         self.frames: list[np.ndarray] = []
         self.fps = int(self.env.metadata.get("render_fps") or 30)
         self._actor = None
+        self.fast = fast  # the numpy mirror of the policy where it has one (algo.fast_paths)
 
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
         """Returns of ``episodes`` episodes with the mean action. Episode j always starts from
         the run's evaluation stream j (run/seeds.py), so evaluations differ only through the policy."""
         if self._actor is None or self._actor.policy is not policy:
-            self._actor = rollout_policy(policy)  # the cheap numpy path, as in the rollout
+            self._actor = rollout_policy(policy, fast=self.fast)  # the rollout's inference path
         actor = self._actor
         actor.sync()
         returns = np.zeros(self.episodes)

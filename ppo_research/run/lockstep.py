@@ -49,7 +49,7 @@ class LockstepEnvs:
             raw_obs = raw_obs.astype(np.float64)
         obs, scaled = np.empty((S, N, *raw_obs.shape[2:]), np.float32), np.empty((S, N), np.float32)
         step_bookkeeping(raw_obs.reshape(S, N, -1), np.asarray(rewards, np.float64), episode_end, valid, self.stats,
-                         obs.reshape(S, N, -1), scaled)
+                         obs.reshape(S, N, -1), scaled, compiled=self.members[0].compiled)
         finished = self._finish(episode_end) if episode_end.any() else [[] for _ in self.members]
         self.obs, self.next_is_reset = obs, episode_end
         return obs, scaled, terminated, truncated, valid, finished

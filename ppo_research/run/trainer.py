@@ -51,7 +51,7 @@ def update_settings(algo) -> UpdateSettings:
                           ent_coef=algo.ent_coef, max_grad_norm=algo.max_grad_norm,
                           clip_value_loss=algo.clip_value_loss, normalize_advantage=algo.normalize_advantage,
                           target_kl=algo.target_kl, value_loss=algo.value_loss, huber_delta=algo.huber_delta,
-                          recompute_advantages=algo.recompute_advantages)
+                          recompute_advantages=algo.recompute_advantages, fast_paths=algo.fast_paths)
 
 
 class Member:
@@ -63,10 +63,12 @@ class Member:
         self.on_evaluation = on_evaluation  # (iteration, global_step, eval_return); may raise to stop (pruning)
         cfg, algo = self.cfg, self.cfg.algo
         self.loss, self.estimator, self.policy, self.logger = parts.loss, parts.estimator, parts.network, parts.logger
-        self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs))
-        self.actor = rollout_policy(self.policy)  # pi_old: the rollout's inference path
+        self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs),
+                                 compiled=algo.fast_paths)
+        self.actor = rollout_policy(self.policy, fast=algo.fast_paths)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
-        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video)
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video,
+                                   fast=algo.fast_paths)
         self.record = RunRecord(self.run_dir, self.logger, num_iterations, progress)
         self.last_checkpoint: Optional[Path] = None
         self.ended: Optional[BaseException] = None  # why it stopped before the end (divergence, pruning)
