@@ -56,7 +56,7 @@ def test_independent_seed_streams_reach_the_envs_a_run_builds():
         envs.close()
     evaluator = Evaluator(cfg, EPISODES, seed=3)
     try:
-        assert evaluator.seeds == [eval_episode_seed(3, j) for j in range(EPISODES)]
+        assert [evaluator.episode_seed(j) for j in range(EPISODES)] == [eval_episode_seed(3, j) for j in range(EPISODES)]
     finally:
         evaluator.close()
 

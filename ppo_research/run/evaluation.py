@@ -23,6 +23,10 @@ class Evaluator:
         self._actor = None
         self.fast = fast  # the numpy mirror of the policy where it has one (algo.fast_paths)
 
+    def episode_seed(self, episode: int) -> int:
+        """The seed episode ``episode`` of every evaluation starts from (run/seeds.py)."""
+        return eval_episode_seed(self.seed, episode)
+
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
         """Returns of ``episodes`` episodes with the mean action. Episode j always starts from
         the run's evaluation stream j (run/seeds.py), so evaluations differ only through the policy."""
@@ -33,7 +37,7 @@ class Evaluator:
         returns = np.zeros(self.episodes)
         self.frames = []
         for j in range(self.episodes):
-            obs, _ = self.env.reset(seed=eval_episode_seed(self.seed, j))
+            obs, _ = self.env.reset(seed=self.episode_seed(j))
             self._render(j)
             done = False
             while not done:
