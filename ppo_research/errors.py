@@ -15,6 +15,18 @@ from typing import Any
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 2, 3, 4
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+def described(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of ``err``, or its type's name: for a line about a failure nobody raised on purpose."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit]}" if text else type(err).__name__
+
+
 class ConfigError(ValueError):
     """A config value outside what is allowed."""
 

@@ -37,7 +37,7 @@ class CaseTimeout(BaseException):
 
 
 def _install_cap() -> None:
-    from ppo_research.run import evaluation, trainer
+    from ppo_research.run.loop import evaluation, trainer
 
     init_trainer, init_eval = trainer.Trainer.__init__, evaluation.Evaluator.__init__
 
@@ -62,7 +62,7 @@ def _alarm(signum, frame):
 def serve() -> None:
     import numpy as np
 
-    from ppo_research.run import bookkeeping
+    from ppo_research.run.envs import bookkeeping
     from ppo_research.run.app import cli
 
     _install_cap()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from ppo_research.run.compose import CONF_DIR, compose
+from ppo_research.run.config.compose import CONF_DIR, compose
 
 REPO = CONF_DIR.parent
 
@@ -42,8 +42,8 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
 
 def build_trainer(overrides: list[str], run_dir: Path):
     """A Trainer over the real build path (``logger=none`` unless the overrides say otherwise)."""
-    from ppo_research.run.build import build
-    from ppo_research.run.trainer import Trainer
+    from ppo_research.run.loop.build import build
+    from ppo_research.run.loop.trainer import Trainer
 
     composed = compose(["logger=none", *overrides])
     return Trainer(build(composed.cfg, composed.choices), run_dir)
@@ -97,7 +97,7 @@ def partial_lines(writes: list[str]) -> list[str]:
 
 
 def files_of(tree: Path) -> dict[str, bytes]:
-    """Every file under ``tree`` and its bytes, but the owner lock's note (run/owner.py: whoever
+    """Every file under ``tree`` and its bytes, but the owner lock's note (run/rundir/owner.py: whoever
     takes a directory's lock writes its pid there; that is the lock, not the run)."""
     return {str(p.relative_to(tree)): p.read_bytes() for p in sorted(Path(tree).rglob("*"))
             if p.is_file() and p.name != ".owner.lock"}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import TINY, CliWorker, run_cli
-from ppo_research.run import checkpoint
+from ppo_research.run.rundir import checkpoint
 
 BASE = ["logger=none", *TINY]  # pendulum, batch = 2 envs x 64 steps = 128
 
@@ -266,7 +266,7 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
 
     from conftest import compose_config
     from ppo_research.errors import RunDirError
-    from ppo_research.run import train
+    from ppo_research.run.loop import train
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
@@ -280,7 +280,7 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
 def test_a_bug_ends_in_one_line_pointing_to_its_traceback(tmp_path):
     """An unforeseen exception is not shortened into an invented message: one line names it and
     the log file that holds its full traceback (the run directory's app.log), status 1."""
-    script = ("import sys, ppo_research.run.train as train, ppo_research.run.app as app\n"
+    script = ("import sys, ppo_research.run.loop.train as train, ppo_research.run.app as app\n"
               "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
               "train.train_from_config = boom\n"
               "sys.exit(app.cli(sys.argv[1:]))\n")

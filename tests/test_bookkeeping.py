@@ -1,12 +1,12 @@
-"""The bookkeeping (run/bookkeeping.py), compiled or in numpy, gives the numpy formulas' numbers, bit for bit:
+"""The bookkeeping (run/envs/bookkeeping.py), compiled or in numpy, gives the numpy formulas' numbers, bit for bit:
 episode returns, reward scaling over valid steps, observation normalisation - over members,
 envs, observation sizes and dtypes that take each of numpy's summation orders."""
 import numpy as np
 import pytest
 
-from ppo_research.run.bookkeeping import BookkeepingState, step_bookkeeping
-from ppo_research.run.moments import batch_moments, merge_moments
-from ppo_research.run.moments import clip as _clip
+from ppo_research.run.envs.bookkeeping import BookkeepingState, step_bookkeeping
+from ppo_research.run.envs.moments import batch_moments, merge_moments
+from ppo_research.run.envs.moments import clip as _clip
 
 
 class NumpyBookkeeping:
@@ -100,7 +100,7 @@ def test_an_install_where_numba_cannot_cache_still_trains(tmp_path):
     for part in ("ppo_research", "conf"):
         shutil.copytree(repo / part, install / part, ignore=shutil.ignore_patterns("__pycache__"))
     # Unwritable even for root: a file where numba's directories would be made
-    (install / "ppo_research" / "run" / "__pycache__").write_text("")
+    (install / "ppo_research" / "run" / "envs" / "__pycache__").write_text("")
     (tmp_path / "blocked").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "PYTHONPATH"))}
     env.update(PYTHONPATH=str(install), PYTHONDONTWRITEBYTECODE="1", HOME=str(tmp_path / "blocked" / "home"),

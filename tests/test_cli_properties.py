@@ -20,7 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, CliWorker
-from ppo_research.run.compose import CONF_DIR
+from ppo_research.run.config.compose import CONF_DIR
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -56,7 +56,7 @@ def _leaves(node, prefix: str = "") -> list[str]:
 
 
 def _schema_leaves() -> list[str]:
-    from ppo_research.run.config import Config
+    from ppo_research.run.config.schema import Config
 
     keys = []
     for f in dataclasses.fields(Config):

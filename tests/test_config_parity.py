@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from ppo_research.run.app import CONF_DIR
-from ppo_research.run.config import resolve_target, validate
+from ppo_research.run.config.schema import resolve_target, validate
 
 from conftest import compose_config
 

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from ppo_research.errors import ConfigError
-from ppo_research.run.config import EnvConfig
-from ppo_research.run.envs import ActionAdapter, ObsNormalizer, RunningMeanStd, TrainingEnvs
+from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.training import ActionAdapter, ObsNormalizer, TrainingEnvs
+from ppo_research.run.envs.moments import RunningMeanStd
+from ppo_research.run.envs.lockstep import step_alone
 
 import gymnasium as gym
 
@@ -46,7 +48,7 @@ def test_unknown_env_id_is_a_config_error():
 def test_reward_scaling_divides_by_return_std():
     envs = TrainingEnvs(EnvConfig(id="Pendulum-v1", normalize_reward=True, clip_reward=None), 2, 0.99, [0, 1])
     try:
-        scaled = [envs.step(np.zeros((2, 1), np.float32))[1] for _ in range(300)]
+        scaled = [step_alone(envs, np.zeros((2, 1), np.float32))[1] for _ in range(300)]
         raw_like = np.array(scaled) * np.sqrt(envs.reward_scaler.stats.var + 1e-8)
         assert np.all(raw_like <= 0)  # Pendulum's rewards are <= 0; scaling keeps the sign
         assert envs.reward_scaler.stats.count > 500
@@ -57,7 +59,7 @@ def test_reward_scaling_divides_by_return_std():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", [((4, 3), 0), ((2, 9, 3), 1), ((3, 8), 1), ((5,), 0)])
 def test_batch_moments_are_numpys_mean_and_var_bit_for_bit(shape, axis, dtype):
-    from ppo_research.run.envs import batch_moments
+    from ppo_research.run.envs.moments import batch_moments
 
     batch = (np.random.default_rng(1).normal(size=shape) * 37.0 + 5.0).astype(dtype)
     mean, m2 = batch_moments(batch, axis)
@@ -70,7 +72,7 @@ def test_statistics_keep_their_shape_through_a_checkpoint(tmp_path):
     """A scalar's statistics (the reward scaler's) come back 0-d from a checkpoint, as a
     population's lock-step bookkeeping stacks them with other members'; a checkpoint that holds
     them as (1,) (written before 0-d arrays were kept 0-d) loads 0-d too."""
-    from ppo_research.run import checkpoint
+    from ppo_research.run.rundir import checkpoint
 
     scalar, vector = RunningMeanStd(()), RunningMeanStd((3,))
     scalar.update(np.array([1.0, 3.0, 4.0]))

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import REPO, TIMING_KEYS, read_metrics, run_cli
-from ppo_research.run import checkpoint
+from ppo_research.run.rundir import checkpoint
 
 # CartPole, 40 iterations of 64 steps, a checkpoint after every iteration.
 EVERY_ITERATION = ["logger=none", "env=cartpole", "total_timesteps=2560", "algo.num_envs=2", "algo.num_steps=32",
@@ -59,7 +59,7 @@ def reference(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # SIGKILL at the moment a checkpoint is being written
 
-CHECKPOINT_TMP = re.compile(r"^\.ckpt_(\d{8})\.pt\.tmp$")  # a checkpoint being written (run/checkpoint.py)
+CHECKPOINT_TMP = re.compile(r"^\.ckpt_(\d{8})\.pt\.tmp$")  # a checkpoint being written (run/rundir/checkpoint.py)
 
 
 def kill_during_a_checkpoint_write(run_dir: Path, proc: subprocess.Popen, after: int) -> None:

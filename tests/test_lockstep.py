@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from ppo_research.run.config import EnvConfig
-from ppo_research.run.envs import TrainingEnvs
-from ppo_research.run.lockstep import LockstepEnvs
+from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.training import TrainingEnvs
+from ppo_research.run.envs.lockstep import LockstepEnvs
+from ppo_research.run.envs.lockstep import step_alone
 
 
 def _members(cfg, num_envs, gammas):
@@ -32,7 +33,7 @@ def test_lockstep_envs_match_each_member_alone(env_id, num_envs, max_steps, norm
             actions = np.stack([np.stack([space.sample() for _ in range(num_envs)]) for _ in gammas])
             stacked = lockstep.step(actions)
             for k, member in enumerate(alone):
-                solo = member.step(actions[k])
+                solo = step_alone(member, actions[k])
                 for x, y in zip(solo[:5], stacked[:5]):
                     assert x.dtype == y.dtype
                     np.testing.assert_array_equal(x, y[k])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, compose_config, read_metrics, run_cli
-from ppo_research.run.config import validate
+from ppo_research.run.config.schema import validate
 from wandb_files import wandb_records
 
 EXPERIMENTS = sorted((REPO / "conf" / "experiment").glob("*.yaml"))

@@ -23,10 +23,10 @@ import torch
 
 from conftest import one_torch_thread, read_metrics, run_cli
 from ppo_research.errors import ConfigError, NonFiniteError
-from ppo_research.run import checkpoint
-from ppo_research.run.build import build
-from ppo_research.run.compose import compose
-from ppo_research.run.population import MemberJob, group_key, population_trainer, train_members
+from ppo_research.run.rundir import checkpoint
+from ppo_research.run.loop.build import build
+from ppo_research.run.config.compose import compose
+from ppo_research.run.loop.train import MemberJob, group_key, population_trainer, train_members
 
 TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num_steps=128"],  # 8 envs x 128
                   "pendulum": ["env=pendulum", "total_timesteps=2048", "algo.num_steps=256",
@@ -212,8 +212,8 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from test_population import job, TWO_ITERATIONS
-    from ppo_research.run import checkpoint
-    from ppo_research.run.population import train_members
+    from ppo_research.run.rundir import checkpoint
+    from ppo_research.run.loop.train import train_members
     from pathlib import Path
     root, resume = Path(sys.argv[1]), sys.argv[2] == "resume"
     overrides = [*TWO_ITERATIONS["pendulum"], "algo.num_steps=64", "total_timesteps=5120", "checkpoint.every=1",

@@ -2,7 +2,7 @@
 member leaving the run directory a basic-launcher job leaves (docs/populations.md).
 
 Real command lines, real CartPole runs on tiny budgets. Which process trained a job is read from
-the job's own owner lock (run/owner.py: its first line is the pid of the process that held it).
+the job's own owner lock (run/rundir/owner.py: its first line is the pid of the process that held it).
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_the_largest_population_starts_first(tmp_path):
     assert [p.number for p in launch_order([broken, large])] == [1, 4]
 
     # work is steps x what a step costs: a MuJoCo env's step costs several times CartPole's
-    from ppo_research.run.compose import compose
+    from ppo_research.run.config.compose import compose
 
     cheap, dear = (Population(n, [Job(0, compose([f"env={env}", "total_timesteps=1000"]).cfg)])
                    for n, env in ((5, "cartpole"), (6, "hopper")))

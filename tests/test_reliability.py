@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from conftest import REPO, TIMING_KEYS, read_metrics
-from ppo_research.run import checkpoint
-from ppo_research.run.config import EnvConfig
-from ppo_research.run.envs import TrainingEnvs
+from ppo_research.run.rundir import checkpoint
+from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.training import TrainingEnvs
+from ppo_research.run.envs.lockstep import step_alone
 
 # Small but long enough (40+ iterations) that a kill lands mid-run; checkpoints every 3
 # iterations, so a kill usually leaves rows past the last checkpoint to be dropped on resume.
@@ -292,7 +293,7 @@ def _random_actions(space: gym.Space, n: int, steps: int, seed: int) -> list[np.
 def _rollout(envs: TrainingEnvs, actions) -> list:
     out = []
     for a in actions:
-        obs, reward, terminated, truncated, valid, finished = envs.step(a)
+        obs, reward, terminated, truncated, valid, finished = step_alone(envs, a)
         out.append((obs.copy(), reward.copy(), terminated.copy(), truncated.copy(), valid.copy(), finished))
     return out
 
@@ -475,7 +476,7 @@ def test_a_checkpoint_of_another_run_is_not_taken(three_checkpoints, tmp_path):
 def test_a_checkpoint_without_a_run_id_is_matched_by_its_config(three_checkpoints, tmp_path):
     """A run directory whose run.json has no run id (or a checkpoint without one): the config
     decides."""
-    from ppo_research.run.resume import RunIdentity, foreign_reason
+    from ppo_research.run.rundir.resume import RunIdentity, foreign_reason
 
     state = checkpoint.load(checkpoint.latest(three_checkpoints))
     described = json.loads((three_checkpoints / "run.json").read_text())
@@ -558,7 +559,7 @@ def test_a_run_directory_with_an_interpolation_in_its_name_resumes(three_checkpo
 
 
 def test_a_full_disk_during_a_metrics_write_names_the_file():
-    from ppo_research.run.loggers import MetricsFile
+    from ppo_research.run.rundir.files import MetricsFile
 
     metrics = MetricsFile(Path("/dev/full"))  # every write: ENOSPC, as a full disk
     with pytest.raises(OSError) as info:
@@ -573,7 +574,7 @@ def test_a_full_disk_line_says_where_and_what_is_kept(three_checkpoints, tmp_pat
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from ppo_research.run.app import job_failure
+    from ppo_research.run.jobs import job_failure
 
     single_run = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf(mode=RunMode.RUN))})
     HydraConfig.instance().set_config(single_run)  # the job is a single run: it exits with the status

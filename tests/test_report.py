@@ -121,7 +121,7 @@ def test_run_json_describes_a_run_before_hydra_files(tmp_path):
 
 
 def test_the_results_layer_reads_the_file_the_trainer_writes():
-    from ppo_research.run import train
+    from ppo_research.run.loop import train
 
     assert RUN_FILE == train.RUN_FILE
 

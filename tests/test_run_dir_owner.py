@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, read_metrics, run_cli
-from ppo_research.run import owner
+from ppo_research.run.rundir import owner
 
 # CartPole, 80 iterations of 64 steps: long enough to be caught alive, short enough for CI.
 LIVE = ["logger=none", "env=cartpole", "total_timesteps=5120", "algo.num_envs=2", "algo.num_steps=32",

@@ -7,10 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from ppo_research.run.config import EnvConfig
-from ppo_research.run.envs import TrainingEnvs
-from ppo_research.run.evaluation import Evaluator
-from ppo_research.run.seeds import env_seeds, eval_episode_seed, restart_env_seeds, stream_seed
+from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.training import TrainingEnvs
+from ppo_research.run.loop.evaluation import Evaluator
+from ppo_research.run.loop.seeds import env_seeds, eval_episode_seed, restart_env_seeds, stream_seed
 
 SEEDS, ENVS, EPISODES = range(10), 8, 10
 

@@ -329,7 +329,7 @@ def _fake_run(run_dir: Path, checkpoint: bool = True) -> Path:
 
 
 def test_only_a_requeued_job_resumes_its_own_directory(tmp_path, monkeypatch):
-    from ppo_research.run import preemption
+    from ppo_research.run.signals import preemption
 
     for name in ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                  "SLURM_RESTART_COUNT"):
@@ -362,7 +362,8 @@ def test_only_a_requeued_job_resumes_its_own_directory(tmp_path, monkeypatch):
 
 
 def test_requeued_attempt_without_checkpoint_starts_over(tmp_path, monkeypatch, capsys):
-    from ppo_research.run import owner, preemption
+    from ppo_research.run.rundir import owner
+    from ppo_research.run.signals import preemption
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.setenv("SLURM_JOB_ID", "7")

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 import pg_server
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
-from ppo_research.run.population import MEMBER_KEYS
+from ppo_research.run.loop.train import MEMBER_KEYS
 from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.space import check_search_space
 from ppo_research.tools.sweep.spec import load_spec

@@ -3,9 +3,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from ppo_research.run.config import EnvConfig
-from ppo_research.run.envs import make_env
-from ppo_research.run.vector import SerialVectorEnv
+from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.training import make_env
+from ppo_research.run.envs.vector import SerialVectorEnv
 
 
 @pytest.mark.parametrize("env_id,max_steps", [("CartPole-v1", 30), ("Pendulum-v1", 25), ("HalfCheetah-v5", 40)])

@@ -26,7 +26,7 @@ from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
 from ppo_research.algo.optim import FlatAdam
 from ppo_research.algo.update import PPOUpdate, UpdateSettings, minibatch_slices
 from ppo_research.errors import ConfigError
-from ppo_research.run.build import build
+from ppo_research.run.loop.build import build
 
 from conftest import TINY, build_trainer, compose_config, read_metrics, run_cli
 

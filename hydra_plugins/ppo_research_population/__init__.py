@@ -1,5 +1,5 @@
 """``hydra/launcher=population``: a multirun's jobs that differ only in a population's member keys
-(``ppo_research.run.population.MEMBER_KEYS``: seed and a few scalar hyperparameters) train
+(``ppo_research.run.loop.train.MEMBER_KEYS``: seed and a few scalar hyperparameters) train
 together, one process per population (docs/populations.md).
 
 Hydra finds this package through the ``hydra_plugins`` namespace: ``config`` registers the

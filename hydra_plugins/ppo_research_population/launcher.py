@@ -98,7 +98,7 @@ def job_return(config: DictConfig, status: JobStatus, value: Any) -> JobReturn:
 
 def population_key(config: DictConfig) -> str:
     """Equal keys: the jobs may be members of one population (``HydraConfig`` must be this job's)."""
-    from ppo_research.run.population import group_key
+    from ppo_research.run.loop.train import group_key
 
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
     return json.dumps([group_key(task_config(config)), env], sort_keys=True, default=str)
@@ -147,8 +147,8 @@ def launch_order(populations: Sequence[Population]) -> list[Population]:
     step_us: dict[str, float] = {}
 
     def env_us(config: DictConfig) -> float:
-        from ppo_research.run.config import validate
-        from ppo_research.run.envs import make_env
+        from ppo_research.run.config.schema import validate
+        from ppo_research.run.envs.training import make_env
         from ppo_research.tools.floor import env_step_us
 
         env = validate(task_config(config)).env
@@ -178,7 +178,7 @@ def launch_order(populations: Sequence[Population]) -> list[Population]:
 # the launcher
 
 def _fail(message: str) -> None:
-    from ppo_research.run.app import fail
+    from ppo_research.run.jobs import fail
 
     fail(message)
 
@@ -279,8 +279,8 @@ class PopulationLauncher(Launcher):
     def _earlier_run(config: DictConfig) -> tuple[Optional[dict], str]:
         """(summary of the job's finished run or None, "resume" | "fresh"): what the job's directory
         holds from an earlier multirun. A run without a checkpoint starts over, so it is fresh."""
-        from ppo_research.run import checkpoint
-        from ppo_research.run.resume import finished_summary
+        from ppo_research.run.rundir import checkpoint
+        from ppo_research.run.rundir.resume import finished_summary
 
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = finished_summary(run_dir, OmegaConf.to_container(task_config(config), resolve=True))
@@ -296,7 +296,7 @@ class PopulationLauncher(Launcher):
         interrupts: list[dict] = []
 
         def forward(signum, frame):  # as the stop its population processes take (run/stops.FORWARDED)
-            from ppo_research.run.stops import FORWARDED
+            from ppo_research.run.signals.stops import FORWARDED
 
             stops.append(signum)
             for proc in running:
@@ -323,7 +323,7 @@ class PopulationLauncher(Launcher):
                 signal.signal(s, handler)
             shutil.rmtree(workdir, ignore_errors=True)
         if interrupts or stops:
-            from ppo_research.run.stops import TrainingInterrupted
+            from ppo_research.run.signals.stops import TrainingInterrupted
 
             stopped = next((i for i in interrupts if i.get("checkpoint")), None)
             if stopped is not None:  # the launcher's own signal, if it was the one stopped
@@ -344,15 +344,15 @@ class PopulationLauncher(Launcher):
                            "hydra.launcher.resume=true"])
 
     def _start(self, population: Population, request: Path, result: Path) -> subprocess.Popen:
-        from ppo_research.run import app
+        from ppo_research.run import jobs
 
         for job in population.jobs:
             self._callback("on_job_start", job.config, task_function=self.task_function)
         with open(request, "wb") as f:
             pickle.dump({"number": population.number, "jobs": [(job.idx, job.config) for job in population.jobs],
-                         "invocation": app._invocation, "parent": os.getpid(), "argv": list(sys.argv),
+                         "invocation": jobs.invocation, "parent": os.getpid(), "argv": list(sys.argv),
                          "resume": self.resume}, f)
-        from ppo_research.run.stops import starting_workers
+        from ppo_research.run.signals.stops import starting_workers
 
         with starting_workers():
             proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
@@ -371,7 +371,7 @@ class PopulationLauncher(Launcher):
             if stopping:  # stopped before it could say so (e.g. SIGTERM while starting)
                 interrupts.append({"signum": None})
                 return
-            from ppo_research.run.app import EXIT_BUG, RunFailed
+            from ppo_research.run.jobs import EXIT_BUG, RunFailed
 
             message = (f"error: the process of population {population.number} (pid {proc.pid}, jobs "
                        f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs; "
@@ -386,13 +386,13 @@ class PopulationLauncher(Launcher):
         for job in population.jobs:
             ret = outcome["returns"].get(job.idx)
             if ret is None and not outcome.get("interrupted"):  # (a population process always reports each job)
-                from ppo_research.run.app import EXIT_BUG, RunFailed
+                from ppo_research.run.jobs import EXIT_BUG, RunFailed
 
                 message = f"error: population {population.number} did not report job {job.idx}"
                 write_line(message)
                 ret = job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
             if ret is not None:
-                from ppo_research.run.app import job_ended
+                from ppo_research.run.jobs import job_ended
 
                 failure = ret._return_value if ret.status == JobStatus.FAILED else None
                 job_ended(0 if failure is None else getattr(failure, "status", 1))

@@ -2,7 +2,7 @@
 
 The launcher pickles the population's jobs (number and whole config each) into ``<request>``;
 this process sets up every member as a job of its own (``prepare_member``), trains the members
-together through ``ppo_research.run.population.train_members``, and pickles one JobReturn per job
+together through ``ppo_research.run.loop.train.train_members``, and pickles one JobReturn per job
 (and whether a stop ended it) into ``<result>``. Failures are reported by the app's own rules:
 one ``error:`` line each, the same statuses.
 """
@@ -32,21 +32,22 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
     ``resume``, the run its directory holds is continued). Returns the member, or the failure its
     JobReturn carries (already reported in one line)."""
     from ppo_research.errors import EXIT_BAD_INPUT, RunDirError
-    from ppo_research.run import app, owner
-    from ppo_research.run.population import MemberJob
+    from ppo_research.run import jobs as job_api
+    from ppo_research.run.rundir import owner
+    from ppo_research.run.loop.train import MemberJob
 
     HydraConfig.instance().set_config(config)
     run_dir = Path(config.hydra.runtime.output_dir)
     task = task_config(config)
     if run_dir in claimed:
-        return app._fail_job(f"error: output directory {run_dir} is also job {claimed[run_dir]}'s: one run directory "
+        return job_api.fail_job(f"error: output directory {run_dir} is also job {claimed[run_dir]}'s: one run directory "
                              f"has one writer; make hydra.sweep.subdir differ between jobs", EXIT_BAD_INPUT)
     try:
         owner.acquire(run_dir)  # (creates the directory)
     except RunDirError as err:  # another live process owns it, or it cannot be made: touch nothing
-        return app._fail_job(f"error: {err}", EXIT_BAD_INPUT)
+        return job_api.fail_job(f"error: {err}", EXIT_BAD_INPUT)
     try:  # a refused job writes nothing: .hydra/ only once the plan is accepted
-        plan = app.plan_job(task, HydraConfig.get(), run_dir,
+        plan = job_api.plan_job(task, HydraConfig.get(), run_dir,
                             continuing=f"job {idx}: hydra.launcher.resume=true" if resume else None)
     except Exception as err:  # noqa: BLE001 - reported as the app reports it
         owner.release(run_dir)
@@ -60,7 +61,7 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
                 (hydra_dir / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
     except OSError as err:
         owner.release(run_dir)
-        return app._fail_job(f"error: {app.output_dir_line(err)}", EXIT_BAD_INPUT)
+        return job_api.fail_job(f"error: {job_api.output_dir_line(err)}", EXIT_BAD_INPUT)
     claimed[run_dir] = idx
     return MemberJob(plan.cfg, run_dir, plan.choices, plan.overrides, resume_from=plan.resume_from,
                      resume_state=plan.resume_state, hydra=config)
@@ -68,10 +69,10 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
 
 def _failure(err: BaseException, run_dir: Path) -> BaseException:
     """The app's report of a job's failure (a RunFailed), or the bug itself under HYDRA_FULL_ERROR."""
-    from ppo_research.run import app
+    from ppo_research.run import jobs as job_api
 
     try:
-        return app.job_failure(err, run_dir)
+        return job_api.job_failure(err, run_dir)
     except Exception as raw:  # noqa: BLE001 - HYDRA_FULL_ERROR: the job fails with the exception itself
         return raw
 
@@ -108,9 +109,10 @@ def configure_logging(configs: list[DictConfig]) -> None:
 def train_population(jobs: list[tuple[int, DictConfig]], resume: bool = False) -> dict[str, Any]:
     """Set up, train and report the members of one population (``resume``: continuing the runs
     their directories hold); a stop ends all of them."""
-    from ppo_research.run import app, owner
-    from ppo_research.run.population import train_members
-    from ppo_research.run.stops import TrainingInterrupted
+    from ppo_research.run import jobs as job_api
+    from ppo_research.run.rundir import owner
+    from ppo_research.run.loop.train import train_members
+    from ppo_research.run.signals.stops import TrainingInterrupted
 
     configs = dict(jobs)
     returns, members, claimed = {}, {}, {}
@@ -139,7 +141,7 @@ def train_population(jobs: list[tuple[int, DictConfig]], resume: bool = False) -
         else:
             interrupted = {"signum": None}
         for member in members.values():  # a member that had not started leaves nothing behind
-            app.remove_if_unused(member.run_dir)
+            job_api.remove_if_unused(member.run_dir)
     finally:
         for member in members.values():
             owner.release(member.run_dir)
@@ -152,7 +154,7 @@ def _picklable(ret):
         pickle.dumps(ret)
         return ret
     except Exception:  # noqa: BLE001
-        from ppo_research.run.app import EXIT_BUG, RunFailed
+        from ppo_research.run.jobs import EXIT_BUG, RunFailed
 
         err = ret._return_value
         ret.return_value = RunFailed(f"error: unexpected {type(err).__name__}: {str(err).strip()[:300]}", EXIT_BUG)
@@ -172,7 +174,7 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from ppo_research.run.stops import listen_for_forwarded_stops
+    from ppo_research.run.signals.stops import listen_for_forwarded_stops, sigint_deferred
 
     listen_for_forwarded_stops("the multirun's launcher")
     request_path, result_path = argv
@@ -180,20 +182,20 @@ def main(argv: list[str]) -> int:
         request = pickle.load(f)
     _stop_with_parent(request["parent"])
     sys.argv = request["argv"]  # the command that started the population (the owner lock and app.log name it)
-    from ppo_research.run import app
+    from ppo_research.run import jobs as job_api
 
-    with app.sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a signal
-        import ppo_research.run.train  # noqa: F401
+    with sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a signal
+        import ppo_research.run.loop.train  # noqa: F401
     setup_globals()
-    app._invocation = request["invocation"]  # what the command line said (HYDRA_FULL_ERROR, existing folders)
+    job_api.invocation = request["invocation"]  # what the command line said (HYDRA_FULL_ERROR, existing folders)
     try:
         outcome = train_population(request["jobs"], request.get("resume", False))
     except Exception as err:  # noqa: BLE001 - a bug here: one line, the traceback in a log file; every job fails
-        if app._invocation.full_error:
+        if job_api.invocation.full_error:
             raise
-        line = app.bug_line(err, app.log_bug(err))
+        line = job_api.bug_line(err, job_api.log_bug(err))
         write_line(line)
-        outcome = {"returns": {idx: job_return(config, JobStatus.FAILED, app.RunFailed(line, app.EXIT_BUG))
+        outcome = {"returns": {idx: job_return(config, JobStatus.FAILED, job_api.RunFailed(line, job_api.EXIT_BUG))
                                for idx, config in request["jobs"]}, "interrupted": None}
     tmp = Path(f"{result_path}.tmp")
     with open(tmp, "wb") as f:

@@ -14,13 +14,13 @@ on ``torch.rand`` instead of ``torch.multinomial``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from .distributions import TanhGaussian
+from .mirror_spec import Linear, MirrorSpec
 
 if TYPE_CHECKING:
     from .networks import ActorCritic
@@ -33,28 +33,6 @@ NUMPY_ACTIVATIONS = {
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
     "silu": lambda x: x / (1.0 + np.exp(-x)),
 }
-
-Linear = tuple[np.ndarray, np.ndarray]  # (W [in, out], b [out]): x @ W + b
-
-
-@dataclass
-class MirrorSpec:
-    """A network's maths as numpy can run it: ``trunk`` (shared layers, each followed by the
-    activation), then a policy tower and a value tower (activation between their layers, none
-    after the last). The policy tower's output is the distribution head."""
-
-    trunk: list[Linear]
-    policy: list[Linear]
-    value: list[Linear]
-    activation: str
-    distribution: str  # "gaussian" (head = mean, or [mean | log_std]) or "categorical" (head = logits)
-    log_std: Optional[np.ndarray] = None  # a state-independent Gaussian's log-std, already clamped
-    log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # clamp for a state-dependent log-std
-    # A state-dependent std's transform of the head's second half: log(exp(raw) + std_min)
-    # ("exp"; raw itself when std_min = 0) or log(softplus(raw) + std_min) ("softplus").
-    std_param: str = "exp"
-    std_min: float = 0.0
-    squash: Optional[str] = None  # "tanh": action = tanh(Gaussian sample), log-prob as TanhGaussian's
 
 
 #: What a mirror spec stands for: a subclass that redefines any of these without redefining
@@ -268,7 +246,7 @@ class StackedNumpyPolicy(NumpyPolicy):
     """S members' numpy mirrors run as one, on observations [S, N, obs]: their fused layers
     stacked [S, in, out] (numpy's stacked matmul gives each member's product bit for bit),
     member k's random draws from its own generator ``generators[k]``. One call per rollout
-    step instead of S: the lock-step collection of a population (run/collect.py)."""
+    step instead of S: the lock-step collection of a population (run/loop/collect.py)."""
 
     def __init__(self, members: list[NumpyPolicy], generators: list[torch.Generator]):
         self.members, self.generators = members, generators

@@ -127,7 +127,7 @@ class PGLoss(PolicyLoss):
         return batch.log_prob * batch.advantages
 
 
-#: the loss hyperparameters members of a population may differ in (run/population.py)
+#: the loss hyperparameters members of a population may differ in (run/loop/train.py)
 MEMBER_VALUES = ("epsilon", "beta")
 
 
@@ -276,7 +276,7 @@ _UNPENALISED = KLPenaltyLoss(beta=0.0, adaptive=False)  # the view's settings wh
 def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
     """The KL penalty computing members of mixed ``SURROGATES`` kinds, or with and without
     epsilon. Its other settings are its penalised members' (which share them), or the defaults:
-    run/population.py groups only such."""
+    run/loop/train.py groups only such."""
     kinds = {type(loss).__name__ for loss in losses if type(loss) not in SURROGATES}
     if kinds:
         raise ValueError(f"members with and without epsilon, or of different kinds, are computed together only "

@@ -1,7 +1,7 @@
 """Actor-critic networks. Each class is one `network=` option.
 
 The observation and action spaces are passed at build time by the trainer
-(``run/build.py``: the spaces are keyword arguments of the constructor), never written into the config.
+(``run/loop/build.py``: the spaces are keyword arguments of the constructor), never written into the config.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from .distributions import Categorical, DiagGaussian, Distribution, TanhGaussian
-from .inference import MirrorSpec
+from .mirror_spec import MirrorSpec
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
 STD_PARAMS = ("exp", "softplus")
@@ -64,7 +64,7 @@ class ActorCritic(nn.Module):
         return self._dist_cls.from_params(params)
 
     def mirror_spec(self) -> Optional[MirrorSpec]:
-        """This network's maths for the numpy rollout path (``inference.MirrorSpec``), or None
+        """This network's maths for the numpy rollout path (``mirror_spec.MirrorSpec``), or None
         to act with torch. Declare one only for maths the spec describes exactly."""
         return None
 

@@ -15,9 +15,6 @@ import errno
 import os
 import signal
 import sys
-import tempfile
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -25,70 +22,33 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError, RunDirError
-from . import owner
-from .compose import CONF_DIR, GROUPS, check_group_choices, choices_of
+from ..errors import EXIT_BAD_INPUT, ConfigError, RunDirError
+from .rundir import owner
+from .config.compose import CONF_DIR, GROUPS, check_group_choices
 from .console import write_line
-from .stops import sigint_deferred
+from .signals.stops import sigint_deferred
+from . import jobs
+from .jobs import (EXIT_BUG, IO_ERRNOS, Invocation, RunFailed, bug_line, fail, fail_job, job_ended,
+                                   log_bug, output_dir_line, run_job)
 
-EXIT_BUG = 1
-#: OSError numbers that mean "the disk or the directory", not a bug.
-IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
-             errno.EISDIR, errno.ENAMETOOLONG}
 #: ... and, while Hydra makes the output directory, also these (a dangling symlink, /proc/x).
 OUTPUT_DIR_ERRNOS = IO_ERRNOS | {errno.ENOENT, errno.EEXIST, errno.ELOOP, errno.EINVAL}
-LOG_FILE = "app.log"  # Hydra's job log (created only when something is logged) and the bug log
-
-
-class RunFailed(Exception):
-    """A multirun job's failure, already reported on stderr in one line; carries the exit status.
-
-    Raised (not sys.exit) so that Hydra records the job as failed and runs the remaining jobs;
-    at the end Hydra re-raises the first one and ``cli`` turns it into the exit status.
-    """
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message, status)  # both in args, so a launcher's worker can pickle it back
-        self.status = status
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-@dataclass
-class _Invocation:
-    """What ``cli`` learnt from the command line before Hydra ran."""
-
-    resume_dir: Optional[Path] = None  # the literal resume path (never interpolated)
-    existed: set = field(default_factory=set)  # directories that existed before: never removed
-    full_error: bool = False  # the user set HYDRA_FULL_ERROR: bugs show their traceback
-    main_started: bool = False
-    interrupted: bool = False  # Ctrl-C outside the training loop
-    sweep_dir: Optional[Path] = None  # a multirun's sweep directory, as it was before Hydra ran
-    multirun_yaml: Optional[bytes] = None  # ... and its multirun.yaml then (None: there was none)
-    job_statuses: list = field(default_factory=list)  # each multirun job's exit status, as it ends
-
-
-def job_ended(status: int) -> None:
-    """Note a multirun job's end (0, or its failure's exit status): a multirun whose every job was
-    refused (bad input, status 2) leaves its sweep directory as it found it."""
-    _invocation.job_statuses.append(status)
 
 
 def _restore_sweep_dir() -> None:
     """After a multirun that trained nothing (every job refused): put back the ``multirun.yaml``
     Hydra's sweeper wrote over (or remove the one it made), and the sweep directory if it made it."""
-    sweep_dir = _invocation.sweep_dir
-    statuses = _invocation.job_statuses
+    sweep_dir = jobs.invocation.sweep_dir
+    statuses = jobs.invocation.job_statuses
     if sweep_dir is None or not statuses or any(status != EXIT_BAD_INPUT for status in statuses):
         return
     try:
         path = sweep_dir / "multirun.yaml"
-        if _invocation.multirun_yaml is not None:
-            path.write_bytes(_invocation.multirun_yaml)
+        if jobs.invocation.multirun_yaml is not None:
+            path.write_bytes(jobs.invocation.multirun_yaml)
         elif path.exists():
             path.unlink()
-        while sweep_dir not in _invocation.existed and sweep_dir != sweep_dir.parent and not any(sweep_dir.iterdir()):
+        while sweep_dir not in jobs.invocation.existed and sweep_dir != sweep_dir.parent and not any(sweep_dir.iterdir()):
             sweep_dir.rmdir()
             sweep_dir = sweep_dir.parent
     except OSError:
@@ -100,123 +60,25 @@ def interrupted() -> bool:
     stop may have landed inside an import that runs Python code from C (torch's does), which
     makes CPython re-raise SIGINT at exit whatever the exit status: ``__main__`` then leaves
     with ``os._exit`` so that the status stays 130."""
-    return _invocation.interrupted
-
-
-_invocation = _Invocation()
-
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    write_line(f"error: {message}")
-    sys.exit(code)
+    return jobs.invocation.interrupted
 
 
 # ---------------------------------------------------------------------------------------------
 # the job
 
-def hydra_choices() -> dict[str, str]:
-    return choices_of(HydraConfig.get().runtime.choices)
-
-
-def _config_error(err: BaseException) -> Optional[ConfigError]:
-    """A ConfigError raised inside a constructor Hydra instantiated (it wraps it)."""
-    while err is not None:
-        if isinstance(err, ConfigError):
-            return err
-        err = err.__cause__
-    return None
-
-
-def _fail_job(message: str, status: int) -> RunFailed:
-    """One line on stderr; a single run exits with ``status``, a multirun job fails alone."""
-    from hydra.types import RunMode
-
-    write_line(message)
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        sys.exit(status)
-    return RunFailed(message, status)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-def log_bug(err: BaseException, run_dir: Optional[Path] = None) -> str:
-    """Append ``err``'s traceback to ``run_dir/app.log`` (else a new file in the temp
-    directory); returns where it went."""
-    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    if run_dir is not None:
-        path = Path(run_dir) / LOG_FILE
-        try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(f"ppo_research: unexpected error, pid {os.getpid()}, argv {sys.argv[1:]}\n{text}")
-            return str(path)
-        except OSError:
-            pass
-    fd, path = tempfile.mkstemp(prefix="ppo_research-error-", suffix=".log")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(f"ppo_research: unexpected error, pid {os.getpid()}, argv {sys.argv[1:]}\n{text}")
-    return path
-
-
-def bug_line(err: BaseException, log: str) -> str:
-    detail = _first_line(err)
-    return (f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} (a bug in ppo_research; "
-            f"the traceback is in {log})")
-
-
-HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
-
-
-def remove_if_unused(run_dir: Path) -> None:
-    """Remove what this process made for a run that was rejected before it started: the run
-    directory if it holds nothing but Hydra's ``.hydra/``, an empty ``app.log``, the owner lock
-    and an empty ``checkpoints/``; then its parents that did not exist before and are empty."""
-    run_dir = Path(run_dir)
-    try:
-        entries = {p.name: p for p in run_dir.iterdir()}
-    except OSError:
-        return
-    for name, path in entries.items():
-        if name == ".hydra" and path.is_dir() and {p.name for p in path.iterdir()} <= HYDRA_FILES:
-            continue
-        if name == LOG_FILE and path.is_file() and path.stat().st_size == 0:
-            continue
-        if name == owner.LOCK_FILE or (name == "checkpoints" and path.is_dir() and not any(path.iterdir())):
-            continue
-        return  # something of a run lives here
-    try:
-        for name, path in entries.items():
-            if path.is_dir():
-                for child in path.iterdir():
-                    child.unlink()
-                path.rmdir()
-            else:
-                path.unlink()
-        if run_dir in _invocation.existed:
-            return
-        run_dir.rmdir()
-        parent = run_dir.parent
-        while parent not in _invocation.existed and parent != parent.parent and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-    except OSError:
-        pass
-
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    _invocation.main_started = True
+    jobs.invocation.main_started = True
     hydra_cfg = HydraConfig.get()
-    run_dir = _invocation.resume_dir or Path(hydra_cfg.runtime.output_dir)
+    run_dir = jobs.invocation.resume_dir or Path(hydra_cfg.runtime.output_dir)
     try:
         try:
             owner.acquire(run_dir)
         except RunDirError as err:  # another live process owns it: touch nothing
-            raise _fail_job(f"error: {err}", EXIT_BAD_INPUT) from None
+            raise fail_job(f"error: {err}", EXIT_BAD_INPUT) from None
         try:
-            result = _job(cfg, hydra_cfg, run_dir)
+            result = run_job(cfg, hydra_cfg, run_dir)
         finally:
             owner.release(run_dir)
     except RunFailed as err:
@@ -224,103 +86,6 @@ def main(cfg: DictConfig) -> float | None:
         raise
     job_ended(0)
     return result
-
-
-@dataclass
-class JobPlan:
-    """What one job trains: ``train_from_config``'s arguments (a resume sets ``resume_from``)."""
-
-    cfg: DictConfig
-    choices: dict
-    overrides: list
-    resume_from: Optional[Path] = None
-    resume_state: Optional[dict] = None
-
-
-def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path, continuing: Optional[str] = None) -> JobPlan:
-    """A requeued SLURM job (time limit, preemption), ``resume=``, or a job ``continuing`` an
-    earlier multirun (the population launcher's ``resume``: the reason, for the line it prints)
-    continues its run in place; anything else is a fresh run, refused in a directory that already
-    holds one. Raises what ``job_failure`` reports. (The population launcher plans its members
-    with this too.)"""
-    from . import preemption
-    from .resume import continue_in_place, resume_config
-
-    overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
-    # a requeued SLURM job (time limit, preemption) continues its run in place (run/preemption.py)
-    resumed = _invocation.resume_dir is not None or preemption.resumes_requeued(run_dir)
-    continued = not resumed and continuing is not None and continue_in_place(run_dir, continuing, announce=False)
-    if resumed or continued:
-        cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
-        if continued:  # said once the resume is accepted
-            write_line(f"{continuing}: resuming {run_dir} in place from {path.name}")
-        return JobPlan(cfg, choices, overrides, resume_from=path, resume_state=state)
-    found = owner.holds_a_run(run_dir)
-    if found:
-        raise RunDirError(f"output directory {run_dir} already holds a run ({', '.join(found)}): continue it "
-                          f"with resume={run_dir}, or choose another directory")
-    return JobPlan(cfg, hydra_choices(), overrides)
-
-
-def _job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
-    from .train import train_from_config
-
-    try:
-        plan = plan_job(cfg, hydra_cfg, run_dir)
-        summary = train_from_config(plan.cfg, run_dir, plan.choices, resume_from=plan.resume_from,
-                                    resume_state=plan.resume_state, overrides=plan.overrides)
-    except (Exception, KeyboardInterrupt) as err:
-        raise job_failure(err, run_dir) from None
-    return summary.get("eval_return")
-
-
-def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
-    """Report the failure ``err`` of the job in ``run_dir`` in one line and return the RunFailed
-    the job raises (a single run exits with the status instead). A stop (KeyboardInterrupt) is
-    re-raised, and so is a bug under HYDRA_FULL_ERROR."""
-    from . import checkpoint, preemption
-
-    try:
-        raise err
-    except (ConfigError, CheckpointError, RunDirError) as err:
-        status = EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT  # a failed checkpoint write
-        if status == EXIT_BAD_INPUT:
-            remove_if_unused(run_dir)
-        return _fail_job(f"error: {err}", status)
-    except NonFiniteError as err:
-        last = checkpoint.latest(run_dir)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
-        return _fail_job(f"error: training diverged: {err}; nothing of that iteration was saved, {kept}",
-                         EXIT_DIVERGED)
-    except KeyboardInterrupt as err:
-        from .stops import TrainingInterrupted
-
-        if not isinstance(err, TrainingInterrupted):
-            remove_if_unused(run_dir)
-        else:  # in a SLURM job: the time-limit/preemption warning requeues the job (no return), or why not
-            not_requeued = preemption.after_stop(err)
-            if not_requeued:
-                raise _fail_job(f"error: {not_requeued}", 128 + err.signum) from None
-        raise
-    except OSError as err:
-        if err.errno in IO_ERRNOS:
-            last = checkpoint.latest(run_dir)
-            kept = f"the last checkpoint is {last}" if last else "no checkpoint had been written"
-            where = err.filename or f"while writing in {run_dir}"
-            return _fail_job(f"error: {err.strerror}: {where}; {kept}", EXIT_IO)
-        return _fail_job(*_unforeseen(err, run_dir))
-    except Exception as err:
-        config_error = _config_error(err)
-        if config_error is not None:
-            remove_if_unused(run_dir)
-            return _fail_job(f"error: {config_error}", EXIT_BAD_INPUT)
-        return _fail_job(*_unforeseen(err, run_dir))
-
-
-def _unforeseen(err: BaseException, run_dir: Path) -> tuple[str, int]:
-    if _invocation.full_error:
-        raise err
-    return bug_line(err, log_bug(err, run_dir)), EXIT_BUG
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +158,7 @@ def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
     schema's for typed sections, the chosen group option's for groups."""
     import dataclasses
 
-    from .config import Config
+    from .config.schema import Config
 
     root = section.split(".")[0]
     if root in GROUPS:
@@ -454,13 +219,6 @@ def _existing_dirs(argv: list[str]) -> set:
     return existed
 
 
-def output_dir_line(err: OSError) -> str:
-    """Hydra could not make or write the output directory."""
-    why = {errno.EEXIST: "it exists and is not a directory (a file, or a symlink to nowhere)",
-           errno.ENOENT: "a parent cannot be created there"}.get(err.errno)
-    return f"cannot write the output directory: {err.strerror}: {err.filename}{f'; {why}' if why else ''}"
-
-
 class _WithoutHydraJobLine:
     """stderr without Hydra's "Error executing job with overrides" line: a failed multirun job
     has already said what failed, in one line."""
@@ -480,15 +238,14 @@ class _WithoutHydraJobLine:
 def cli(argv: list[str]) -> int:
     """``python -m ppo_research``: Hydra's main, every failure as one line on stderr and an exit
     status (see the module docstring)."""
-    global _invocation
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
-    _invocation = _Invocation(full_error=bool(user_full_error) and user_full_error != "0")
+    jobs.invocation = Invocation(full_error=bool(user_full_error) and user_full_error != "0")
     multirun = any(a in ("-m", "--multirun") for a in argv)
     stderr = sys.stderr
     held: list[Path] = []
     try:
         with sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a Ctrl-C
-            from .resume import resume_arguments, resume_target
+            from .rundir.resume import resume_arguments, resume_target
 
         check_arguments(argv)
         check_group_choices(argv)
@@ -497,18 +254,18 @@ def cli(argv: list[str]) -> int:
         except ConfigError as err:
             fail(str(err))
         if resume_target(argv) is not None:
-            _invocation.resume_dir = _literal_resume_dir(argv)
-        _invocation.existed = _existing_dirs(argv)
+            jobs.invocation.resume_dir = _literal_resume_dir(argv)
+        jobs.invocation.existed = _existing_dirs(argv)
         # An existing directory is taken before Hydra writes its .hydra/ into it: a live run's
         # files stay its own, and a fresh run does not overwrite a finished one's.
         if multirun and not _runs_nothing(argv):
             refuse_taken_job_dirs(argv)  # likewise every job directory of a multirun, before multirun.yaml
         explicit = [] if multirun else _explicit_dirs(argv, ("hydra.run.dir",))
-        target = _invocation.resume_dir or (explicit[-1] if explicit else None)
+        target = jobs.invocation.resume_dir or (explicit[-1] if explicit else None)
         if target is not None and target.is_dir() and not _runs_nothing(argv):
             owner.acquire(target)
             held.append(target)
-            found = owner.holds_a_run(target) if _invocation.resume_dir is None else []
+            found = owner.holds_a_run(target) if jobs.invocation.resume_dir is None else []
             if found:
                 raise RunDirError(f"output directory {target} already holds a run ({', '.join(found)}): continue it "
                                   f"with resume={target}, or choose another directory")
@@ -526,7 +283,7 @@ def cli(argv: list[str]) -> int:
         write_line(f"error: {err}", stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as err:
-        from .stops import TrainingInterrupted
+        from .signals.stops import TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
             command = err.continue_with or f"python -m ppo_research resume={err.checkpoint.parent.parent}"
@@ -534,16 +291,16 @@ def cli(argv: list[str]) -> int:
             return 128 + err.signum
         write_line("error: interrupted outside the training loop (before it started, or while closing): "
               "no checkpoint was written for this stop", stderr)
-        _invocation.interrupted = True
+        jobs.invocation.interrupted = True
         return 128 + 2
     except BrokenPipeError:  # stdout closed early (--help | head): leave quietly, as a shell tool
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception as err:
-        if _invocation.full_error:
+        if jobs.invocation.full_error:
             raise
-        if isinstance(err, OSError) and err.errno in OUTPUT_DIR_ERRNOS and not _invocation.main_started:
+        if isinstance(err, OSError) and err.errno in OUTPUT_DIR_ERRNOS and not jobs.invocation.main_started:
             line = output_dir_line(err)
         else:
             line = hydra_error_line(err, argv)
@@ -574,7 +331,7 @@ def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from .compose import plan_multirun
+    from .config.compose import plan_multirun
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
@@ -617,9 +374,9 @@ def refuse_taken_job_dirs(argv: list[str]) -> None:
     if planned is None:
         return
     dirs, resuming, sweep_dir = planned
-    _invocation.sweep_dir = sweep_dir
+    jobs.invocation.sweep_dir = sweep_dir
     try:
-        _invocation.multirun_yaml = (sweep_dir / "multirun.yaml").read_bytes()
+        jobs.invocation.multirun_yaml = (sweep_dir / "multirun.yaml").read_bytes()
     except OSError:
         pass
     lines, first_job = [], {}

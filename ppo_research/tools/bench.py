@@ -17,7 +17,7 @@ lambda), right after the framework's run: ``x ref`` is the median of the per-rep
 the figure to quote, since absolute SPS depends on the machine (``--no-reference`` skips it).
 
 ``--population S ...`` also times, in the same repeat, a population of S members of each case
-(run/population.py: S runs of the preset, seeds seed..seed+S-1, one process, one stacked
+(run/loop/train.py: S runs of the preset, seeds seed..seed+S-1, one process, one stacked
 update), each member training --steps steps: its aggregate SPS (all members' steps over the
 population's training time), its ratio to the reference's single run and to the solo run (the
 population of 1 when it is measured, else the case's own run), and the process's peak RSS,
@@ -58,10 +58,10 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
     """One training run plus raw stepping, in this process."""
     import gymnasium as gym
 
-    from ..run.compose import compose
-    from ..run.build import build
-    from ..run.envs import make_env
-    from ..run.trainer import Trainer
+    from ..run.config.compose import compose
+    from ..run.loop.build import build
+    from ..run.envs.training import make_env
+    from ..run.loop.trainer import Trainer
 
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
@@ -104,8 +104,8 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
 
 def measure_reference(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
     """The reference PPO at the sizes the framework's run of ``env`` uses, in this process."""
-    from ..run.compose import compose
-    from ..run.config import validate
+    from ..run.config.compose import compose
+    from ..run.config.schema import validate
     from . import reference_ppo
 
     extra = [f"env={env}", "logger=none"]
@@ -123,8 +123,8 @@ def measure_reference(env: str, num_envs: int | None, steps: int, overrides: lis
 
 def measure_population(env: str, size: int, steps: int, overrides: list[str]) -> dict:
     """A population of ``size`` members of the preset, each training ``steps`` steps, in this process."""
-    from ..run.compose import compose
-    from ..run.population import MemberJob, train_members
+    from ..run.config.compose import compose
+    from ..run.loop.train import MemberJob, train_members
 
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
@@ -160,8 +160,8 @@ def measure_population(env: str, size: int, steps: int, overrides: list[str]) ->
 
 def _member_floor(job) -> dict:
     """tools/floor.py's bound for one member of ``job``'s config, measured in this process."""
-    from ..run.build import build
-    from ..run.envs import make_env, probe_spaces
+    from ..run.loop.build import build
+    from ..run.envs.training import make_env, probe_spaces
     from .floor import member_step_floor
 
     parts = build(job.cfg, job.choices)
@@ -190,8 +190,8 @@ def check_cases(cases: list[str], overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from ..errors import ConfigError
-    from ..run.compose import check_group_choices, compose
-    from ..run.config import validate
+    from ..run.config.compose import check_group_choices, compose
+    from ..run.config.schema import validate
 
     check_group_choices([f"env={env}" for env in cases] + overrides)  # exits 2 naming the options
     for env in cases:

@@ -15,7 +15,7 @@ reproduces the run's last ``eval_return``.
 
 Any run directory with checkpoints works: single runs, multirun jobs, sweep trials, population
 members. Without ``--checkpoint``, the newest checkpoint that loads, verifies and belongs to the
-run is played (``run/resume.py: choose_checkpoint``, as a resume chooses): a newer one that is
+run is played (``run/rundir/resume.py: choose_checkpoint``, as a resume chooses): a newer one that is
 truncated or damaged is skipped with one ``warning:`` line and left where it is. Bad input is
 one ``error:`` line and exit status 2; a video that cannot be written at the end is one
 ``error:`` line and exit status 4, after the table of returns.
@@ -36,8 +36,8 @@ from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
 from ..run.console import write_line
 from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
 
-RUN_FILE = "run.json"  # run/train.py writes it into every run directory
-NULL_LOGGER = {"_target_": "ppo_research.run.loggers.NullLogger"}
+RUN_FILE = "run.json"  # run/loop/train.py writes it into every run directory
+NULL_LOGGER = {"_target_": "ppo_research.run.loggers.base.NullLogger"}
 
 
 class PlayError(Exception):
@@ -69,12 +69,12 @@ class LoadedRun:
         return self.parts.network
 
     def make_env(self, render: bool = False):
-        from ..run.envs import make_env
+        from ..run.envs.training import make_env
 
         return make_env(self.env_config, render_mode="rgb_array" if render else None)
 
     def action_adapter(self, action_space):
-        from ..run.envs import ActionAdapter
+        from ..run.envs.training import ActionAdapter
 
         return ActionAdapter(action_space, self.env_config.action_mode)
 
@@ -100,7 +100,7 @@ class LoadedRun:
 def find_checkpoint(run_dir: Path, checkpoint: Optional[Path] = None) -> Path:
     """The requested checkpoint file, or (without one) the newest file in the run's checkpoints/
     (not yet loaded: ``newest_usable_checkpoint`` chooses among them)."""
-    from ..run import checkpoint as ckpt
+    from ..run.rundir import checkpoint as ckpt
 
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -122,7 +122,7 @@ def newest_usable_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     the run, chosen as a resume chooses (``run.resume.choose_checkpoint``). Newer files passed
     over are named in one ``warning:`` line and left in place (play and export only read);
     none usable is a one-line PlayError naming every file and why."""
-    from ..run.resume import choose_checkpoint
+    from ..run.rundir.resume import choose_checkpoint
 
     try:
         path, state, skipped = choose_checkpoint(run_dir)
@@ -157,9 +157,9 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     """The run's network with the checkpoint's weights and normalisation statistics."""
     from omegaconf import OmegaConf
 
-    from ..run import checkpoint as ckpt
-    from ..run.build import build
-    from ..run.envs import ObsNormalizer
+    from ..run.rundir import checkpoint as ckpt
+    from ..run.loop.build import build
+    from ..run.envs.training import ObsNormalizer
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -210,7 +210,7 @@ class PlayResult:
 
 def episode_seed(loaded: LoadedRun, episode: int, seed: Optional[int] = None) -> int:
     """Episode j starts from evaluation stream j of ``seed`` (default: the run's own seed)."""
-    from ..run.seeds import eval_episode_seed
+    from ..run.loop.seeds import eval_episode_seed
 
     return eval_episode_seed(int(loaded.config["seed"]) if seed is None else int(seed), episode)
 
@@ -220,7 +220,7 @@ def episode_seeds(loaded: LoadedRun, episodes: int, seed: Optional[int]) -> list
 
 
 def check_seed(seed: Optional[int]) -> None:
-    """A seed is any non-negative integer (run/seeds.py), as the run's own ``seed``."""
+    """A seed is any non-negative integer (run/loop/seeds.py), as the run's own ``seed``."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise PlayError(f"--seed must be a non-negative integer, got {seed}")
 
@@ -229,8 +229,8 @@ def run_episodes(loaded: LoadedRun, episodes: int = 10, deterministic: bool = Tr
                  record: bool = False) -> PlayResult:
     """Run ``episodes`` episodes; with ``record``, the first one's frames are kept in the result
     (``save_video`` writes them)."""
-    from ..run.seeds import seed_globals
-    from ..run.video import prepare_rendering, render_frame
+    from ..run.loop.seeds import seed_globals
+    from ..run.envs.video import prepare_rendering, render_frame
 
     if episodes < 1:
         raise PlayError(f"--episodes must be at least 1, got {episodes}")
@@ -267,7 +267,7 @@ def save_video(result: PlayResult, video: Path) -> Path:
     """Write the recorded episode to ``video`` (.mp4 or .gif): encoded in a scratch directory,
     then written whole (``cli_common.write_output``), so a failure leaves no partial file and
     any earlier file at ``video`` as it was. RenderError (encoding) or OutputError (writing)."""
-    from ..run.video import write_video
+    from ..run.envs.video import write_video
 
     video = Path(video)
     scratch = Path(tempfile.mkdtemp(prefix="ppo_research_video_"))
@@ -283,7 +283,7 @@ def save_video(result: PlayResult, video: Path) -> Path:
 def check_video(video: Path) -> None:
     """Fail before any episode (RenderError or OutputError, exit status 2) if ``video`` cannot be
     written: its format, the packages it needs, and the path itself."""
-    from ..run.video import check_writer
+    from ..run.envs.video import check_writer
 
     check_writer(Path(video))
     check_output_file(video, "video")
@@ -340,7 +340,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..run.video import RenderError
+    from ..run.envs.video import RenderError
 
     args = parse_args(argv)
     try:

@@ -36,7 +36,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..run.compose import CONF_DIR, GROUPS
+from ..run.config.compose import CONF_DIR, GROUPS
 from ..run.console import write_line
 from .cli_common import OneLineParser, OutputError, check_output_dir, error_line, make_output_dir, write_output
 from .results import FACET, ResultsError, Run, finished, find_runs, load_yaml

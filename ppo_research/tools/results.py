@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ..run.compose import GROUPS
+from ..run.config.compose import GROUPS
 from ..run.console import write_line
 
-#: The run's self-description, written by the trainer (``ppo_research.run.train.RUN_FILE``; a
+#: The run's self-description, written by the trainer (``ppo_research.run.loop.train.RUN_FILE``; a
 #: test checks the two agree, this module does not import the trainer to stay light).
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"

@@ -9,7 +9,7 @@ The study lives in a persistent storage (default: SQLite at <out>/<study>/study.
 the command again continues it. Each worker is one process running trials in turn against the
 shared storage; more machines join by running the same command with the same ``--storage``.
 With ``--population N`` a worker trains N trials at a time together, as populations whose
-members are the trials' runs (run/population.py); each trial is still reported and pruned alone.
+members are the trials' runs (run/loop/train.py); each trial is still reported and pruned alone.
 
 Trial budget: ``trials`` counts trials that ended because of the objective - complete, pruned or
 failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is marked FAIL with

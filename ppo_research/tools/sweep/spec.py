@@ -33,7 +33,7 @@ TRIAL_DEFAULTS = ["progress=false", "checkpoint.every=0"]
 
 
 #: What ``objective.metric`` may name: the keys of the ``summary.json`` a run writes
-#: (run/record.py; tests/test_sweep_spec.py checks a real run's), and ``eval_auc``, the mean of
+#: (run/loop/record.py; tests/test_sweep_spec.py checks a real run's), and ``eval_auc``, the mean of
 #: the run's periodic eval returns, computed by the trial.
 SUMMARY_METRICS = ("eval_return", "eval_return_std", "eval_episodes", "train_return", "train_return_last100",
                    "global_step", "iterations", "wall_time_s", "sps")
@@ -116,7 +116,7 @@ class Spec:
     envs: dict = field(default_factory=dict)  # env option -> {random, reference}; empty = the overrides' env
     trials: int = 20
     workers: int = 1
-    population: int = 1  # trials a worker trains together as populations (run/population.py)
+    population: int = 1  # trials a worker trains together as populations (run/loop/train.py)
     sampler: dict = field(default_factory=lambda: {"name": "TPESampler"})
     pruner: Optional[dict] = None
     enqueue: list = field(default_factory=list)

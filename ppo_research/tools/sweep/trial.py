@@ -7,7 +7,7 @@ with its ``run.json`` like any run directory. Each run has its own directory (th
 are distinct), and a run never trains into a directory that already holds files (``new_run_dir``).
 
 ``run_trial`` trains one trial's runs in turn (``--population 1``). ``run_population`` trains
-several trials' runs together as populations (run/population.py): one population per env, whose
+several trials' runs together as populations (run/loop/train.py): one population per env, whose
 members are every (trial, seed) run on that env; each trial reports and is pruned on its own.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from ...errors import RunDirError
-from ...run.compose import Composed, compose
+from ...run.config.compose import Composed, compose
 from ..stats import aggregate
 from .spec import TRIAL_DEFAULTS, Spec, param_overrides, run_name
 
@@ -108,7 +108,7 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
     thus compare at equal cost and equal position in the seed/env order, and one pruning
     decision can stop the whole trial during its first seed.
     """
-    from ...run.train import train_from_config  # torch: imported by the worker that trains
+    from ...run.loop.train import train_from_config
 
     params = sample(spec, trial)
     scores, offset = [], 0
@@ -181,7 +181,7 @@ class PopulationTrial:
 
     def jobs(self, env: Optional[str]) -> list:
         """The trial's member jobs on ``env``, one per seed (none once the trial has ended)."""
-        from ...run.population import MemberJob
+        from ...run.loop.train import MemberJob
 
         if not self.going:
             return []
@@ -266,7 +266,7 @@ def run_population(spec: Spec, trials: list[optuna.Trial], parent_pid: Optional[
     keeps to the member keys. Several envs are trained one population after the other, env by
     env; a trial pruned or failed on one env has no runs on the next.
     """
-    from ...run.population import train_members  # torch: imported by the worker that trains
+    from ...run.loop.train import train_members
 
     members = [PopulationTrial(spec, trial, parent_pid) for trial in trials]
     for env in spec.env_runs():

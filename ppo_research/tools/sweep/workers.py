@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ...run.console import write_line
-from ...run.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops, starting_workers
+from ...run.signals.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops, starting_workers
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
 from .trial import Interrupted, Outcome, run_population, run_trial

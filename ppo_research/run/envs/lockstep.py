@@ -1,9 +1,9 @@
-"""Training envs stepped together, for the rollout (run/collect.py): a population's members,
+"""Training envs stepped together, for the rollout (run/loop/collect.py): a population's members,
 or one run's envs (a population of one: the same code path).
 
 Each member's envs take their own step; then the members' bookkeeping - episode returns,
 reward scaling, observation normalisation - runs once over [S, N] arrays, compiled
-(``run/bookkeeping.py``), with each member's own statistics, so member k's numbers are those of
+(``run/envs/bookkeeping.py``), with each member's own statistics, so member k's numbers are those of
 its envs stepped alone (tests/test_lockstep.py). The state is taken from the members'
 ``TrainingEnvs`` when a rollout starts and handed back when it ends (``release``): between
 rollouts - checkpoints, evaluation - each member's own objects hold it.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bookkeeping import BookkeepingState, step_bookkeeping
-from .envs import TrainingEnvs
+from .training import TrainingEnvs
 
 
 class LockstepEnvs:
@@ -90,3 +90,15 @@ class LockstepEnvs:
             scaler.discounted = st.discounted[k].copy()
             scaler.stats.mean, scaler.stats.var = np.float64(st.reward_mean[k]), np.float64(st.reward_var[k])
             scaler.stats.count = float(st.reward_count[k])
+
+
+def step_alone(envs: TrainingEnvs, actions: np.ndarray):
+    """One step of ``envs`` alone: (next_obs, scaled_reward, terminated, truncated, valid,
+    finished_episodes), as a population of one steps."""
+    together = LockstepEnvs([envs])
+    try:
+        stepped = together.step(np.asarray(actions)[None])
+    finally:
+        together.release()
+    *arrays, finished = stepped
+    return (*(a[0].copy() for a in arrays), finished[0])

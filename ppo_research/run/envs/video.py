@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from ...errors import described
 
 #: Container formats by file extension.
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -63,7 +64,7 @@ def check_writer(path: Path) -> None:
         try:
             imageio_ffmpeg.get_ffmpeg_exe()
         except RuntimeError as err:  # the wheel's ffmpeg binary is missing
-            raise RenderError(f"writing an MP4 needs imageio-ffmpeg's ffmpeg binary ({_first_line(err)}): "
+            raise RenderError(f"writing an MP4 needs imageio-ffmpeg's ffmpeg binary ({described(err)}): "
                               f"{EXTRA_HINT}, or write a .gif") from None
     if not Path(path).parent.exists():
         raise RenderError(f"cannot write video {path}: directory {Path(path).parent} does not exist")
@@ -86,7 +87,7 @@ def render_frame(env) -> np.ndarray:
 def _render_failure(env, err: BaseException) -> str:
     env_id = env.spec.id if env.spec else type(env.unwrapped).__name__
     module = type(env.unwrapped).__module__
-    what = _first_line(err)
+    what = described(err)
     if "mujoco" in module:
         gl = os.environ.get("MUJOCO_GL", "glfw (mujoco's default, needs a display)")
         return (f"cannot render {env_id} off-screen with MUJOCO_GL={gl} ({what}); headless rendering needs "
@@ -117,10 +118,7 @@ def write_video(frames: list[np.ndarray] | np.ndarray, path: Path, fps: int) -> 
         else:
             imageio.mimwrite(path, frames, duration=1000.0 / fps, loop=0)
     except Exception as err:
-        raise RenderError(f"cannot write video {path}: {_first_line(err)}") from None
+        raise RenderError(f"cannot write video {path}: {described(err)}") from None
     return path
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__

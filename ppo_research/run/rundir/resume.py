@@ -19,17 +19,17 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError
 from . import checkpoint
-from .compose import GROUPS
-from .console import write_line
+from ..config.compose import GROUPS
+from ..console import write_line
 
 #: What a resume may change: the rest of the config is the checkpoint's, so the continuation
 #: stays the run it was. ``logger`` covers the group and its keys (tracking, not training).
 RESUME_MAY_CHANGE = ("total_timesteps", "progress", "logger")
 #: Keys that differ between segments of one run without making it another run.
 _SEGMENT_KEYS = (*RESUME_MAY_CHANGE, "resume")
-RUN_FILE = "run.json"  # written by run/train.py at the start of every segment
+RUN_FILE = "run.json"  # written by run/loop/train.py at the start of every segment
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
@@ -169,7 +169,7 @@ def set_aside(skipped: list[tuple[Path, str]], chosen: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # continuing a job's run in place (a requeued SLURM job, a population multirun run again)
 
-#: The files of an attempt that wrote no checkpoint (run/owner.py RUN_FILES without summary.json,
+#: The files of an attempt that wrote no checkpoint (run/rundir/owner.py RUN_FILES without summary.json,
 #: which only a finished run has): set aside before the run starts over.
 UNFINISHED_SUFFIX = ".earlier_attempt"
 

@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..algo.batch import Rollout
-from ..algo.inference import StackedNumpyPolicy
-from ..algo.networks import ActorCritic
-from .envs import TrainingEnvs
-from .lockstep import LockstepEnvs
+from ...algo.batch import Rollout
+from ...algo.inference import StackedNumpyPolicy
+from ...algo.networks import ActorCritic
+from ..envs.training import TrainingEnvs
+from ..envs.lockstep import LockstepEnvs
 
 
 def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) -> Rollout:

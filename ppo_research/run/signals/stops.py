@@ -1,7 +1,7 @@
 """Stop requests: SIGINT/SIGTERM finish the current iteration and checkpoint; a second signal
 exits at once. Worker processes (a sweep's, the population launcher's) also take their
 command's stop, passed on as FORWARDED. In a submitit (SLURM) job, the job's time-limit/preemption warning signal
-(SIGUSR2 by default) stops the same way and then requeues the job (run/preemption.py)."""
+(SIGUSR2 by default) stops the same way and then requeues the job (run/signals/preemption.py)."""
 from __future__ import annotations
 
 import atexit

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 
@@ -78,7 +78,7 @@ class CheckpointConfig:
 
 @dataclass
 class Config:
-    seed: int = field(default=0, metadata=_in(0))  # any non-negative integer: the root of every random stream (run/seeds.py)
+    seed: int = field(default=0, metadata=_in(0))  # any non-negative integer: the root of every random stream (run/loop/seeds.py)
     total_timesteps: int = field(default=200_000, metadata=_in(1))  # env steps to train for
     torch_threads: int = field(default=1, metadata=_in(1))  # torch intra-op threads
     progress: bool = True  # print a progress line per iteration

@@ -26,12 +26,13 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
+from ...errors import first_line
 
 FORMAT = "ppo_research.checkpoint/3"  # /3: the state's bytes with their SHA-256 (and the run id)
 LEGACY_FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and logger-id state for exact resume
@@ -66,9 +67,6 @@ def _from_storable(obj: Any) -> Any:
     return obj
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -122,7 +120,7 @@ def save(run_dir: Path, iteration: int, state: dict, keep: Optional[int]) -> Pat
         fsync_file(directory)  # the rename itself survives a power cut
     except OSError as err:  # disk full, read-only, quota: say so in one line, keep older checkpoints
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or _first_line(err)}") from err
+        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or first_line(err)}") from err
     if keep is not None:
         prune(run_dir, keep)
     return path
@@ -174,7 +172,7 @@ def _torch_load(source, path: Path):
         raise CheckpointError(f"cannot load checkpoint {path}: refused to unpickle Python objects (only tensors "
                               f"and plain data are loaded){': ' + detail[0] if detail else ''}") from None
     except Exception as err:  # corrupt or truncated file
-        raise CheckpointError(f"cannot load checkpoint {path}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line(err)}") from None
 
 
 def load(path: Path) -> dict:

@@ -5,11 +5,11 @@ import warnings
 
 import numpy as np
 
-from .config import EnvConfig
-from .envs import ActionAdapter, ObsNormalizer, make_env
+from ..config.schema import EnvConfig
+from ..envs.training import ActionAdapter, ObsNormalizer, make_env
 from .seeds import eval_episode_seed
-from ..algo.inference import rollout_policy
-from ..algo.networks import ActorCritic
+from ...algo.inference import rollout_policy
+from ...algo.networks import ActorCritic
 
 class Evaluator:
     def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False, fast: bool = True):
@@ -24,12 +24,12 @@ class Evaluator:
         self.fast = fast  # the numpy mirror of the policy where it has one (algo.fast_paths)
 
     def episode_seed(self, episode: int) -> int:
-        """The seed episode ``episode`` of every evaluation starts from (run/seeds.py)."""
+        """The seed episode ``episode`` of every evaluation starts from (run/loop/seeds.py)."""
         return eval_episode_seed(self.seed, episode)
 
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
         """Returns of ``episodes`` episodes with the mean action. Episode j always starts from
-        the run's evaluation stream j (run/seeds.py), so evaluations differ only through the policy."""
+        the run's evaluation stream j (run/loop/seeds.py), so evaluations differ only through the policy."""
         if self._actor is None or self._actor.policy is not policy:
             self._actor = rollout_policy(policy, fast=self.fast)  # the rollout's inference path
         actor = self._actor

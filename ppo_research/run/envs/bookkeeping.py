@@ -1,11 +1,11 @@
 """The training envs' per-step bookkeeping: episode returns, reward scaling and observation
-normalisation for S members x N envs in one call (run/lockstep.py calls it).
+normalisation for S members x N envs in one call (run/envs/lockstep.py calls it).
 
 Two implementations of one step, with the same numbers bit for bit (tests/test_bookkeeping.py):
 
 - ``numpy_step``: the formulas in numpy's array operations. Each is ~1 us of call overhead on
   arrays of a few numbers, ~60 us per step on HalfCheetah, close to the simulation's own cost.
-- the compiled kernel (``run/_bookkeeping_kernel.py``, numba): ~3 us. Its arithmetic is numpy's,
+- the compiled kernel (``run/envs/bookkeeping_kernel.py``, numba): ~3 us. Its arithmetic is numpy's,
   operation for operation and in numpy's order (pairwise summation along a contiguous row,
   sequential across rows, float32 observations summed in float32).
 
@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from .moments import batch_moments, clip, merge_moments
-from .stops import sigint_deferred
+from ..signals.stops import sigint_deferred
 
 _kernel = None
 _prepared: set = set()  # observation dtypes the kernel has been compiled or loaded for
@@ -44,7 +44,7 @@ def prepare(obs_dtype) -> None:
         return
     with sigint_deferred():  # a Ctrl-C inside numba's compiler would be dropped
         if _kernel is None:
-            from ._bookkeeping_kernel import kernel as _kernel
+            from .bookkeeping_kernel import kernel as _kernel
         one = np.zeros((1, 1))
         state = BookkeepingState(one, one, one, [0.0], ([0.0], [1.0], [1.0]), None, True, (one, one, [1.0]), None, True)
         step_bookkeeping(np.zeros((1, 1, 1), dtype), one, one.astype(bool), one.astype(bool), state,

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import RunDirError
+from ...errors import RunDirError
 
 LOCK_FILE = ".owner.lock"
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from . import bookkeeping
-from .config import EnvConfig
-from .moments import RunningMeanStd, batch_moments, clip, merge_moments  # noqa: F401 (batch_moments, merge_moments: API)
+from ..config.schema import EnvConfig
+from .moments import RunningMeanStd, clip
 from .vector import SerialVectorEnv
+from .env_state import load_sub_env_state, restorable, set_spaces_rng, spaces_rng, sub_env_state
 
 
 class ObsNormalizer:
@@ -37,7 +38,7 @@ class ObsNormalizer:
 
 class RewardScaler:
     """Divide rewards by the running std of the discounted return (no mean subtraction). The
-    statistics and switches; the steps' arithmetic is run/bookkeeping.py's."""
+    statistics and switches; the steps' arithmetic is run/envs/bookkeeping.py's."""
 
     def __init__(self, num_envs: int, gamma: float, enabled: bool, clip: float | None):
         self.enabled, self.gamma, self.clip = enabled, gamma, clip
@@ -107,7 +108,8 @@ class TrainingEnvs:
     """N vector envs with normalisation; steps return what the rollout stores.
 
     The envs autoreset in gymnasium 1.x's NEXT_STEP mode: the step after an episode ends is a
-    reset step (action ignored, reward 0). ``step`` reports it through ``valid = False``.
+    reset step (action ignored, reward 0), reported through ``valid = False``. They step through
+    ``LockstepEnvs`` (run/envs/lockstep.py), alone or with a population's other members.
     """
 
     def __init__(self, cfg: EnvConfig, num_envs: int, gamma: float, seeds: list[int], compiled: bool = True):
@@ -126,26 +128,11 @@ class TrainingEnvs:
         self.reward_scaler = RewardScaler(num_envs, gamma, cfg.normalize_reward, cfg.clip_reward)
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
-        raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/seeds.py)
+        raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/loop/seeds.py)
         if self.compiled:
             bookkeeping.prepare(raw.dtype)  # the steps' compiled arithmetic, ready before the first rollout
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
-
-    def step(self, actions: np.ndarray):
-        """Returns (next_obs, scaled_reward, terminated, truncated, valid, finished_episodes).
-
-        One step alone; a rollout steps the envs through ``LockstepEnvs`` (run/lockstep.py), whose
-        arithmetic this is: these envs as a population of one for one step."""
-        from .lockstep import LockstepEnvs
-
-        together = LockstepEnvs([self])
-        try:
-            stepped = together.step(np.asarray(actions)[None])
-        finally:
-            together.release()
-        *arrays, finished = stepped
-        return (*(a[0].copy() for a in arrays), finished[0])
 
     # -- checkpoint state ----------------------------------------------------------------------
     # Checkpoints are taken between iterations. The envs' future is then fixed by each sub-env's
@@ -155,18 +142,18 @@ class TrainingEnvs:
 
     @property
     def exact_state_supported(self) -> bool:
-        """True when ``state_dict`` captures the sub-envs exactly (see ``_sub_env_state``)."""
+        """True when ``state_dict`` captures the sub-envs exactly (see ``sub_env_state``)."""
         return isinstance(self.envs, SerialVectorEnv) and all(
-            _restorable(env.unwrapped) for env in self.envs.envs)
+            restorable(env.unwrapped) for env in self.envs.envs)
 
     def state_dict(self) -> dict:
         state = {"obs_norm": self.obs_norm.stats.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
                  "obs": self.obs.copy(), "next_is_reset": self.next_is_reset.copy(),
                  "episodes": {"returns": self.episodes.returns.copy(), "lengths": self.episodes.lengths.copy()},
-                 "spaces_rng": _spaces_rng(self.envs)}
+                 "spaces_rng": spaces_rng(self.envs)}
         if self.exact_state_supported:
             state["autoreset"] = self.envs._autoreset_envs.copy()
-            state["sub_envs"] = [_sub_env_state(env) for env in self.envs.envs]
+            state["sub_envs"] = [sub_env_state(env) for env in self.envs.envs]
         return state
 
     def load_state_dict(self, state: dict, reseed: list[int]) -> bool:
@@ -178,10 +165,10 @@ class TrainingEnvs:
         """
         self.obs_norm.stats.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
-        _set_spaces_rng(self.envs, state["spaces_rng"])
+        set_spaces_rng(self.envs, state["spaces_rng"])
         if "sub_envs" in state and self.exact_state_supported and len(state["sub_envs"]) == self.num_envs:
             for env, sub in zip(self.envs.envs, state["sub_envs"]):
-                _load_sub_env_state(env, sub)
+                load_sub_env_state(env, sub)
             self.envs._autoreset_envs = np.asarray(state["autoreset"], bool).copy()
             self.obs = np.asarray(state["obs"], np.float32).copy()
             self.next_is_reset = np.asarray(state["next_is_reset"], bool).copy()
@@ -202,94 +189,4 @@ class TrainingEnvs:
 
 # -- sub-env state -------------------------------------------------------------------------------
 
-_PLAIN = (bool, int, float, np.ndarray, np.generic, type(None))
 
-
-def _restorable(env: gym.Env) -> bool:
-    """Envs whose whole dynamics state is plain attributes (classic control) or MjData arrays."""
-    return type(env).__module__.startswith("gymnasium.envs.classic_control") or _mj_data(env) is not None
-
-
-def _mj_data(env: gym.Env):
-    data = getattr(env, "data", None)
-    return data if type(data).__module__.startswith("mujoco") else None
-
-
-def _plain_attrs(obj) -> dict:
-    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(obj).items() if isinstance(v, _PLAIN)}
-
-
-def _wrapper_chain(env: gym.Env) -> list:
-    chain = [env]
-    while hasattr(chain[-1], "env"):
-        chain.append(chain[-1].env)
-    return chain
-
-
-def _sub_env_state(env: gym.Env) -> dict:
-    """Plain attributes of every wrapper and of the env (state, elapsed steps, seeds), its
-    np_random, and for MuJoCo every array of MjData (derived quantities and the solver's warm
-    start included: positions alone would not reproduce the next step bit for bit)."""
-    from .checkpoint import generator_state
-
-    chain = _wrapper_chain(env)
-    state = {"classes": [type(w).__name__ for w in chain], "attrs": [_plain_attrs(w) for w in chain],
-             "np_random": generator_state(env.unwrapped.np_random)}
-    data = _mj_data(env.unwrapped)
-    if data is not None:
-        arrays = {}
-        for name in dir(data):
-            value = getattr(data, name, None) if not name.startswith("_") else None
-            if isinstance(value, np.ndarray):
-                arrays[name] = value.copy()
-        state["mujoco"] = {"time": float(data.time), "arrays": arrays}
-    return state
-
-
-def _load_sub_env_state(env: gym.Env, state: dict) -> None:
-    from ..errors import CheckpointError
-    from .checkpoint import make_generator
-
-    chain = _wrapper_chain(env)
-    if [type(w).__name__ for w in chain] != list(state["classes"]):
-        raise CheckpointError(f"checkpoint env wrappers {state['classes']} differ from "
-                              f"{[type(w).__name__ for w in chain]}")
-    for wrapper, attrs in zip(chain, state["attrs"]):
-        current = vars(wrapper)
-        for key, value in attrs.items():
-            if isinstance(current.get(key), _PLAIN):  # never replace an object with plain data
-                setattr(wrapper, key, value.copy() if isinstance(value, np.ndarray) else value)
-    env.unwrapped.np_random = make_generator(state["np_random"])
-    if "mujoco" in state:
-        data = _mj_data(env.unwrapped)
-        data.time = state["mujoco"]["time"]
-        for name, value in state["mujoco"]["arrays"].items():
-            target = getattr(data, name, None)
-            # Per-step scratch (constraint rows, contacts) changes size and is rebuilt by mj_step.
-            if isinstance(target, np.ndarray) and target.shape == value.shape:
-                target[...] = value
-
-
-def _spaces(envs) -> dict:
-    spaces = {"action": envs.action_space, "observation": envs.observation_space}
-    if isinstance(envs, SerialVectorEnv):
-        for i, env in enumerate(envs.envs):
-            spaces[f"{i}.action"] = env.unwrapped.action_space
-            spaces[f"{i}.observation"] = env.unwrapped.observation_space
-    return spaces
-
-
-def _spaces_rng(envs) -> dict:
-    """The spaces' own RNGs (used by ``space.sample()``); None where never seeded or used."""
-    from .checkpoint import generator_state
-
-    return {name: None if getattr(space, "_np_random", None) is None else generator_state(space._np_random)
-            for name, space in _spaces(envs).items()}
-
-
-def _set_spaces_rng(envs, states: dict) -> None:
-    from .checkpoint import make_generator
-
-    for name, space in _spaces(envs).items():
-        if states.get(name) is not None:
-            space._np_random = make_generator(states[name])

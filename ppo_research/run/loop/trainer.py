@@ -28,20 +28,19 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..algo.advantages import AdvantageRefresh
-from ..algo.batch import Batch, Rollout
-from ..algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
-from ..algo.optim import FlatAdam
-from ..algo.update import PPOUpdate, UpdateSettings
-from ..errors import NonFiniteError
-from . import checkpoint
+from ...algo.advantages import AdvantageRefresh
+from ...algo.batch import Batch, Rollout
+from ...algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
+from ...algo.optim import FlatAdam
+from ...algo.update import PPOUpdate, UpdateSettings
+from ..rundir import checkpoint
 from .build import RunParts
 from .collect import LockstepCollector, RolloutCollector
-from .envs import TrainingEnvs
+from ..envs.training import TrainingEnvs
 from .evaluation import Evaluator
 from .record import RunRecord, explained_variance
 from .seeds import env_seeds, restart_env_seeds
-from .stops import StopRequests, TrainingInterrupted
+from ..signals.stops import StopRequests, TrainingInterrupted
 
 EvaluationHook = Callable[[int, int, float], None]
 
@@ -80,7 +79,7 @@ class MemberRandom:
     shuffling, a sampled entropy estimate's noise) come from its own generator, seeded as its solo run's global generator would be,
     so member k draws the very numbers its solo run would. Code that draws from the global
     generator does so inside ``use(k)``. Between members torch's global generator holds the
-    population's own stream (run/seeds.py). A single run uses the global generator itself."""
+    population's own stream (run/loop/seeds.py). A single run uses the global generator itself."""
 
     def __init__(self, states: Sequence[torch.Tensor]):
         self.generators = []
@@ -123,7 +122,7 @@ class Trainer:
         hooks = [on_evaluation] * len(parts) if on_evaluation is None or callable(on_evaluation) else list(on_evaluation)
         cfg, algo = parts[0].config, parts[0].config.algo
 
-        # Derived sizes, computed once (members differ only in MEMBER_KEYS: run/population.py).
+        # Derived sizes, computed once (members differ only in MEMBER_KEYS: run/loop/train.py).
         self.batch_size = algo.num_envs * algo.num_steps
         self.num_iterations = -(-cfg.total_timesteps // self.batch_size)  # ceil: train at least total_timesteps
 

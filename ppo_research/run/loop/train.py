@@ -3,7 +3,7 @@ scalar hyperparameters, trained in one process (docs/populations.md).
 
 Each member is a whole run - its own run directory, run.json, metrics, checkpoints, tracker
 run, envs, normalisation, random streams - and the members' networks are updated together by
-one stacked update (algo/stacking.py, run/trainer.py). ``train_members`` is the life of a
+one stacked update (algo/stacking.py, run/loop/trainer.py). ``train_members`` is the life of a
 population as ``train.train_from_config`` is a run's; a single run is a population of one.
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Callable, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import CheckpointError, ConfigError, RunDirError
-from .console import write_line
+from ...errors import CheckpointError, ConfigError, RunDirError
+from ..console import write_line
+from ..rundir import checkpoint
 
 #: The config keys in which the members of one population may differ.
 MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "loss.adaptive", "advantage.lam",
@@ -67,7 +68,7 @@ def _as_surrogate(loss: dict) -> dict:
     among penalties, the same. Other losses stay as they are."""
     import inspect
 
-    from ..algo.losses import SURROGATES, KLPenaltyLoss
+    from ...algo.losses import SURROGATES, KLPenaltyLoss
 
     if loss.get("_target_") not in {f"{kind.__module__}.{kind.__name__}" for kind in SURROGATES}:
         return loss
@@ -116,9 +117,9 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
     """
     import torch
 
-    from . import checkpoint, owner
+    from ..rundir import checkpoint, owner
     from .build import build
-    from .train import check_run_dir, described_run_id
+    from ..rundir.files import check_run_dir, described_run_id
 
     results: list[Optional[Result]] = [None] * len(jobs)
     built = []  # (index, parts, torch generator state after the build)
@@ -156,9 +157,10 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
 
 
 def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
-    from .console import print_end_line
-    from .stops import TrainingInterrupted
-    from .train import check_free_space, continue_metrics, describe_run, load_into
+    from ..console import print_end_line
+    from ..signals.stops import TrainingInterrupted
+    from ..rundir.files import check_free_space, describe_run
+    from .train import continue_metrics, load_into
 
     indices = [i for i, *_ in members]
     states = [state for *_, state in members]
@@ -235,7 +237,7 @@ def _make_current(job: MemberJob) -> None:
 def population_trainer(parts: Sequence, run_dirs: Sequence[Path], rng_states: Sequence, hooks=None):
     """The Trainer of built members (``rng_states``: torch's generator state right after each
     member's build). Between the members' own streams torch's global generator holds the
-    population's (run/seeds.py); a single run keeps its own."""
+    population's (run/loop/seeds.py); a single run keeps its own."""
     import torch
 
     from .seeds import POPULATION, stream_seed
@@ -252,7 +254,7 @@ def _common_iteration(jobs, indices: list[int], states: list[dict]):
     damaged checkpoint sends every member back to an older one, as it sends a single run (the
     damaged file is set aside as ``*.unusable``). Returns the members' states, or the
     CheckpointError when no such iteration is left."""
-    from .resume import choose_checkpoint, set_aside
+    from ..rundir.resume import choose_checkpoint, set_aside
 
     states = list(states)
     iterations = [int(s["iteration"]) for s in states]
@@ -276,3 +278,69 @@ def _common_iteration(jobs, indices: list[int], states: list[dict]):
         write_line(f"resuming {jobs[indices[k]].run_dir} from iteration {iterations[k]}, the population's common "
                    f"checkpoint (its latest is {latest[k]})")
     return states
+
+
+def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
+                      on_evaluation: Optional[Callable[[int, int, float], None]] = None,
+                      resume_from: Optional[Path] = None, overrides: Sequence[str] = (),
+                      resume_state: Optional[dict] = None) -> dict:
+    """Build the run of ``cfg``, train it in ``run_dir`` and return the summary. Usable without
+    Hydra's runtime (the sweep driver calls it per trial with an ``on_evaluation`` pruning hook).
+    A run is a population of one (run/loop/train.py): this is ``train_members`` of one job.
+
+    The run owns ``run_dir`` while it lives (run/rundir/owner.py): a second writer is refused.
+
+    ``resume_from``: a checkpoint of this run to continue from (``resume_state``: its loaded
+    state, if the caller has it). The state is loaded into the trainer before anything in the
+    directory is written; then rows of ``metrics.jsonl`` past it are dropped and a gap before it
+    is reported. Failures raise: ConfigError, RunDirError, CheckpointError before training;
+    NonFiniteError, TrainingInterrupted (a KeyboardInterrupt) during it.
+    """
+    from .train import MemberJob, train_members
+
+    result = train_members([MemberJob(cfg, Path(run_dir), choices, overrides, resume_from, on_evaluation,
+                                      resume_state)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def load_into(trainer, state: dict, path: Path) -> bool:
+    """Load ``state`` into the trainer (nothing is written); returns whether the envs are exact."""
+    try:
+        return trainer.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:  # e.g. a network of another size
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this run's config: {first}") from None
+
+
+def _ranges(numbers: list[int]) -> str:
+    spans, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            spans.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(spans)
+
+
+def continue_metrics(trainer, exact: bool, member=None) -> None:
+    """Drop the rows past the checkpoint; report rows missing before it (one line).
+    ``member``: which of the trainer's runs (default its first)."""
+    member = member or trainer.members[0]
+    path = member.run_dir / checkpoint.METRICS_FILE
+    dropped = checkpoint.truncate_metrics(path, trainer.iteration)
+    write_line(f"resuming {member.run_dir} from iteration {trainer.iteration} (global step {trainer.global_step}); "
+          f"{dropped} metrics row(s) past the checkpoint dropped")
+    held = checkpoint.metrics_iterations(path)
+    missing = sorted(set(range(1, trainer.iteration + 1)) - set(held or ()))
+    if missing:
+        what = f"{path} is missing" if held is None else \
+            f"{path} lacks the rows of iteration(s) {_ranges(missing)}"
+        write_line(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
+              f"metrics row (lost before this resume); the run goes on from the checkpoint")
+    if not exact:
+        write_line(f"warning: the envs of {member.cfg.env.id} ({member.cfg.env.vectorization}) cannot be restored "
+              "exactly; they restart with fresh episodes, so the continuation is correct but not bit-identical "
+              "to an uninterrupted run")

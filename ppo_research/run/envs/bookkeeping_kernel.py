@@ -1,4 +1,4 @@
-"""The compiled step of run/bookkeeping.py (imported on first use: importing numba takes ~0.5 s).
+"""The compiled step of run/envs/bookkeeping.py (imported on first use: importing numba takes ~0.5 s).
 
 Module-level functions, so that numba's on-disk cache finds them again in the next process.
 """
@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .console import write_line
+from ..console import write_line
 
 _told = False  # jit's warning, once per process
 

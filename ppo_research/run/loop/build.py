@@ -3,7 +3,7 @@
     groups   each of loss/advantage/network/logger names an importable, concrete class of its
              kind (``loss=null`` or ``loss._target_=builtins.dict`` is refused here)
     config   typed settings (schema, types, ranges, the groups' constructor arguments)
-    seed     python, numpy and torch seeded (run/seeds.py) before anything draws from them
+    seed     python, numpy and torch seeded (run/loop/seeds.py) before anything draws from them
     loss, advantage estimator, logger            (their own range checks run here)
     env      one env is made, reset and stepped once with a sampled action: an env that cannot
              be made (missing module or dependency, bad keyword) or fails on its first step
@@ -25,14 +25,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..algo.advantages import AdvantageEstimator
-from ..algo.losses import PolicyLoss
-from ..algo.networks import ActorCritic
-from ..errors import ConfigError
-from .config import Config, check_action_space_settings, construct, validate
-from .envs import make_env
-from .loggers import RunLogger
+from ...algo.advantages import AdvantageEstimator
+from ...algo.losses import PolicyLoss
+from ...algo.networks import ActorCritic
+from ...errors import ConfigError
+from ..config.schema import Config, check_action_space_settings, construct, validate
+from ..envs.training import make_env
+from ..loggers.base import RunLogger
 from .seeds import seed_globals
+from ...errors import first_line
 
 #: Each group's interface; ``_target_`` must name a concrete class implementing it.
 GROUP_INTERFACES = {"loss": PolicyLoss, "advantage": AdvantageEstimator, "network": ActorCritic,
@@ -88,15 +89,12 @@ def check(cfg: DictConfig) -> Config:
 # ---------------------------------------------------------------------------------------------
 # groups
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def check_group_targets(cfg: DictConfig) -> None:
     """Each group node is a mapping whose ``_target_`` imports to a concrete class of the
     group's interface (so ``validate`` can read its constructor's signature)."""
-    from .compose import group_options
+    from ..config.compose import group_options
 
     for group, interface in GROUP_INTERFACES.items():
         try:
@@ -138,7 +136,7 @@ def _import(path: str) -> Any:
 
 
 def _example(group: str) -> str:
-    from .compose import CONF_DIR
+    from ..config.compose import CONF_DIR
 
     default = {"loss": "clip", "advantage": "gae", "network": "mlp", "logger": "none"}[group]
     try:
@@ -155,12 +153,12 @@ def _construct(group: str, node: dict, **runtime_kwargs):
         raise
     except (MemoryError, RuntimeError) as err:
         if isinstance(err, MemoryError) or "allocate" in str(err):
-            raise ConfigError(group, _short(node), f"a {group} that fits in memory ({_first_line(err)})") from None
+            raise ConfigError(group, _short(node), f"a {group} that fits in memory ({first_line(err)})") from None
         raise ConfigError(group, _short(node), f"arguments {node['_target_']} accepts "
-                                               f"({type(err).__name__}: {_first_line(err)})") from None
+                                               f"({type(err).__name__}: {first_line(err)})") from None
     except (TypeError, ValueError, NotImplementedError, AssertionError) as err:
         raise ConfigError(group, _short(node), f"arguments {node['_target_']} accepts "
-                                               f"({type(err).__name__}: {_first_line(err)})") from None
+                                               f"({type(err).__name__}: {first_line(err)})") from None
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -193,7 +191,7 @@ def probe_env(env_cfg) -> tuple:
         raise
     except Exception as err:  # a module that fails to import, a missing optional dependency, a bad kwarg
         raise ConfigError(key, value, f"{_made(env_cfg)} ({type(err).__name__}: "
-                                      f"{_first_line(err)})") from None
+                                      f"{first_line(err)})") from None
     try:
         obs_space, action_space = env.observation_space, env.action_space
         check_spaces(env_cfg.id, obs_space, action_space)
@@ -203,7 +201,7 @@ def probe_env(env_cfg) -> tuple:
             env.step(action_space.sample())
         except Exception as err:
             raise ConfigError(key, value, f"{_steps(env_cfg)} ({type(err).__name__}: "
-                                          f"{_first_line(err)})") from None
+                                          f"{first_line(err)})") from None
         if isinstance(action_space, spaces.Discrete) and action_space.n < 1:
             raise ConfigError("env.id", env_cfg.id, "an env with at least one action")
         return obs_space, action_space

@@ -13,11 +13,11 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import EXIT_BAD_INPUT
-from .config import register_base_config
-from .console import write_line
+from ...errors import EXIT_BAD_INPUT
+from .schema import register_base_config
+from ..console import write_line
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 #: The config groups a run is composed of; their choices name a run and describe it.
 GROUPS = ("env", "network", "loss", "advantage", "logger", "experiment", "paper_setting")
 #: ... of which these cannot be left out (``loss=null``)

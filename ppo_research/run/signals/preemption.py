@@ -8,7 +8,7 @@ How the pieces fit:
   (``#SBATCH --signal=USR2@<delay>``; SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says
   otherwise) and installs its own handler for it in the job: that handler pickles the same call
   again (the launcher's ``checkpoint()``), runs ``scontrol requeue <job>`` and exits.
-- While the trainer loops, ``StopRequests`` (run/stops.py) takes that signal over
+- While the trainer loops, ``StopRequests`` (run/signals/stops.py) takes that signal over
   (``job_warning``/``arm``): the iteration in progress is finished, a checkpoint is written and
   ``TrainingInterrupted`` ends the run, as for SIGTERM. Once the run is closed (files flushed,
   wandb finished), ``after_stop`` hands over to submitit's handler. Outside the training loop
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .console import write_line
+from ..console import write_line
+from ...errors import first_line
 
 #: Written into the run directory just before the job requeues itself; the requeued job whose
 #: submitit job id it names resumes the run (and removes it).
@@ -89,9 +90,6 @@ def job_id() -> Optional[str]:
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def after_stop(err) -> Optional[str]:
@@ -127,7 +125,7 @@ def after_stop(err) -> Optional[str]:
         warning.handler(warning.signum, None)  # submitit: dump the call again, requeue, sys.exit
         why = "submitit did not requeue it"
     except Exception as failure:  # noqa: BLE001 - submitit's UncompletedJobError, a failing scontrol
-        why = _first_line(failure)
+        why = first_line(failure)
     marker.unlink(missing_ok=True)
     return (f"{warning.name}: job {job} not requeued ({why}); the run stopped after iteration {err.iteration} "
             f"with checkpoint {err.checkpoint}; continue it with: python -m ppo_research resume={run_dir}")
@@ -156,8 +154,8 @@ def resumes_requeued(run_dir: Path) -> bool:
     (``SLURM_RESTART_COUNT`` > 0), in a directory holding a run. An attempt that got no
     checkpoint written leaves files but nothing to resume: they are set aside and the run starts
     over. Anything else (a fresh job, a new directory, a plain run) gets False."""
-    from .owner import holds_a_run
-    from .resume import continue_in_place
+    from ..rundir.owner import holds_a_run
+    from ..rundir.resume import continue_in_place
 
     run_dir = Path(run_dir)
     if not holds_a_run(run_dir):
