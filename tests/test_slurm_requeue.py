@@ -329,6 +329,7 @@ def _fake_run(run_dir: Path, checkpoint: bool = True) -> Path:
 
 
 def test_only_a_requeued_job_resumes_its_own_directory(tmp_path, monkeypatch):
+    from ppo_research.run import jobs
     from ppo_research.run.signals import preemption
 
     for name in ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
@@ -339,30 +340,31 @@ def test_only_a_requeued_job_resumes_its_own_directory(tmp_path, monkeypatch):
     new.mkdir()
 
     # A plain run (no submitit job) never resumes, whatever the directory holds.
-    assert not preemption.resumes_requeued(run)
+    assert not jobs.resumes_requeued(run)
     # A submitit SLURM job's first attempt (no restart, no marker): never, and a new directory never.
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    assert not preemption.resumes_requeued(run)
-    assert not preemption.resumes_requeued(new)
+    assert not jobs.resumes_requeued(run)
+    assert not jobs.resumes_requeued(new)
     # A marker written by another job does not count.
     (run / preemption.MARKER).write_text(json.dumps({"job_id": "39_1"}))
-    assert not preemption.resumes_requeued(run)
+    assert not jobs.resumes_requeued(run)
     # The job that requeued itself resumes (and the marker is used up) ...
     (run / preemption.MARKER).write_text(json.dumps({"job_id": "40_1", "signal": "SIGUSR2"}))
-    assert preemption.resumes_requeued(run)
+    assert jobs.resumes_requeued(run)
     assert not (run / preemption.MARKER).exists()
     # ... and so does a job SLURM restarted, but not in a new directory.
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert preemption.resumes_requeued(run)
-    assert not preemption.resumes_requeued(new)
+    assert jobs.resumes_requeued(run)
+    assert not jobs.resumes_requeued(new)
     assert not any(new.iterdir())
 
 
 def test_requeued_attempt_without_checkpoint_starts_over(tmp_path, monkeypatch, capsys):
     from ppo_research.run.rundir import owner
+    from ppo_research.run import jobs
     from ppo_research.run.signals import preemption
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
@@ -370,7 +372,7 @@ def test_requeued_attempt_without_checkpoint_starts_over(tmp_path, monkeypatch, 
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     run = _fake_run(tmp_path / "run", checkpoint=False)
-    assert not preemption.resumes_requeued(run)
+    assert not jobs.resumes_requeued(run)
     assert owner.holds_a_run(run) == []  # a fresh run may start here now
     assert (run / "metrics.jsonl.earlier_attempt").read_text() == '{"iteration": 1}\n'
     assert "SLURM job 7 was requeued (restart 2); its earlier attempt wrote no checkpoint" in capsys.readouterr().err

@@ -33,8 +33,8 @@ def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],
     JobReturn carries (already reported in one line)."""
     from ppo_research.errors import EXIT_BAD_INPUT, RunDirError
     from ppo_research.run import jobs as job_api
-    from ppo_research.run.rundir import owner
     from ppo_research.run.loop.train import MemberJob
+    from ppo_research.run.rundir import owner
 
     HydraConfig.instance().set_config(config)
     run_dir = Path(config.hydra.runtime.output_dir)
@@ -110,8 +110,8 @@ def train_population(jobs: list[tuple[int, DictConfig]], resume: bool = False) -
     """Set up, train and report the members of one population (``resume``: continuing the runs
     their directories hold); a stop ends all of them."""
     from ppo_research.run import jobs as job_api
-    from ppo_research.run.rundir import owner
     from ppo_research.run.loop.train import train_members
+    from ppo_research.run.rundir import owner
     from ppo_research.run.signals.stops import TrainingInterrupted
 
     configs = dict(jobs)

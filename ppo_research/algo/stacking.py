@@ -22,7 +22,6 @@ from torch import nn
 
 from ..errors import ConfigError
 
-
 # The stacked views of one member-major buffer are strided (row stride P); autograd accumulates
 # into them in place all the same, but warns that their layout is not the one it would choose.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")

@@ -11,25 +11,49 @@ directory, ``.hydra/``) is removed again.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
+import inspect
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import hydra
+from hydra import initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ..errors import EXIT_BAD_INPUT, ConfigError, RunDirError
-from .rundir import owner
-from .config.compose import CONF_DIR, GROUPS, check_group_choices
-from .console import write_line
-from .signals.stops import sigint_deferred
 from . import jobs
-from .jobs import (EXIT_BUG, IO_ERRNOS, Invocation, RunFailed, bug_line, fail, fail_job, job_ended,
-                                   log_bug, output_dir_line, run_job)
+from .config.compose import CONF_DIR, GROUPS, check_group_choices, plan_multirun
+from .config.schema import Config
+from .console import write_line
+from .jobs import (
+    EXIT_BUG,
+    IO_ERRNOS,
+    Invocation,
+    RunFailed,
+    bug_line,
+    fail,
+    fail_job,
+    job_ended,
+    log_bug,
+    output_dir_line,
+    run_job,
+)
+from .rundir import owner
+from .rundir.resume import resume_arguments, resume_target
+from .signals.stops import TrainingInterrupted
 
 #: ... and, while Hydra makes the output directory, also these (a dangling symlink, /proc/x).
 OUTPUT_DIR_ERRNOS = IO_ERRNOS | {errno.ENOENT, errno.EEXIST, errno.ELOOP, errno.EINVAL}
@@ -94,9 +118,6 @@ def main(cfg: DictConfig) -> float | None:
 def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
     """One line for Hydra's and OmegaConf's errors about the command line; None for anything
     else (a bug: reported with a pointer to its traceback)."""
-    from hydra.errors import (CompactHydraException, InstantiationException, MissingConfigException,
-                              OverrideParseException)
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     def first(e) -> str:
         text = str(getattr(e, "msg", None) or e).strip()
@@ -131,8 +152,6 @@ def hydra_error_line(err: BaseException, argv: list[str]) -> Optional[str]:
 def _instantiation_line(err: BaseException, argv: list[str]) -> str:
     """Hydra could not build a plugin from its config (a launcher, a sweeper): the key at fault
     and what the plugin takes, or Hydra's message and its cause in one line."""
-    import inspect
-    import re
 
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     full_key = next((line.partition(":")[2].strip() for line in lines if line.startswith("full_key:")), "")
@@ -142,7 +161,6 @@ def _instantiation_line(err: BaseException, argv: list[str]) -> str:
         key = f"{full_key}.{unexpected[1]}"
         value = next((a.partition("=")[2] for a in argv if a.lstrip("+~").partition("=")[0] == key), None)
         try:
-            from hydra.utils import get_class
 
             taken = [name for name in inspect.signature(get_class(target[1])).parameters if name != "self"]
         except Exception:  # noqa: BLE001 - the key is still named
@@ -156,9 +174,7 @@ def _instantiation_line(err: BaseException, argv: list[str]) -> str:
 def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
     """The keys allowed under ``section`` ('' = top level, 'algo', 'loss', 'network', ...): the
     schema's for typed sections, the chosen group option's for groups."""
-    import dataclasses
 
-    from .config.schema import Config
 
     root = section.split(".")[0]
     if root in GROUPS:
@@ -244,9 +260,6 @@ def cli(argv: list[str]) -> int:
     stderr = sys.stderr
     held: list[Path] = []
     try:
-        with sigint_deferred():  # torch's C++ start-up can abort (SIGABRT) on a Ctrl-C
-            from .rundir.resume import resume_arguments, resume_target
-
         check_arguments(argv)
         check_group_choices(argv)
         try:
@@ -283,7 +296,6 @@ def cli(argv: list[str]) -> int:
         write_line(f"error: {err}", stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as err:
-        from .signals.stops import TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
             command = err.continue_with or f"python -m ppo_research resume={err.checkpoint.parent.parent}"
@@ -328,10 +340,7 @@ def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]
     the launcher continues the runs it finds there: the population launcher's
     ``hydra.launcher.resume=true``; the sweep directory), or None where it cannot be told before Hydra runs (other
     Hydra flags, a sweeper other than the basic grid, a bad override: Hydra reports that)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
-    from .config.compose import plan_multirun
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
@@ -350,7 +359,6 @@ def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
             hydra = GlobalHydra.instance().hydra
-            from hydra.types import RunMode
 
             master = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN,
                                           with_log_configuration=False)
@@ -406,7 +414,6 @@ def refuse_taken_job_dirs(argv: list[str]) -> None:
 def check_arguments(argv: list[str]) -> None:
     """Hydra's flags, read by Hydra's own parser: an unknown flag or a bad flag value is one line
     and a pointer to --help (argparse would print its whole usage)."""
-    from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
 
@@ -426,7 +433,6 @@ def _runs_nothing(argv: list[str]) -> bool:
 def _literal_resume_dir(argv: list[str]) -> Optional[Path]:
     """The run directory ``resume_arguments`` put on the command line (quoted, escaped), read
     back literally."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     arg = next((a for a in reversed(argv) if a.startswith("resume=")), None)
     if arg is None:

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import IO, Optional
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 
 def job_number() -> Optional[int]:
     """Hydra's ``job.num`` when this process runs a multirun job, else None."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
         if not HydraConfig.initialized():
             return None

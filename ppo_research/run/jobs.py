@@ -25,13 +25,24 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, CheckpointError, ConfigError, NonFiniteError,
-                                 RunDirError, first_line)
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_IO,
+    CheckpointError,
+    ConfigError,
+    NonFiniteError,
+    RunDirError,
+    first_line,
+)
 from .config.compose import choices_of
 from .console import write_line
+from .loop import train
 from .rundir import checkpoint, owner
+from .rundir.resume import continue_in_place, resume_config
 from .signals import preemption
 from .signals.stops import TrainingInterrupted
 
@@ -104,7 +115,6 @@ def config_error_of(err: BaseException) -> Optional[ConfigError]:
 
 def fail_job(message: str, status: int) -> RunFailed:
     """One line on stderr; a single run exits with ``status``, a multirun job fails alone."""
-    from hydra.types import RunMode
 
     write_line(message)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -194,11 +204,10 @@ def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path, continuing: Optional[str
     continues its run in place; anything else is a fresh run, refused in a directory that already
     holds one. Raises what ``job_failure`` reports. (The population launcher plans its members
     with this too.)"""
-    from .rundir.resume import continue_in_place, resume_config
 
     overrides = list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))  # as typed
     # a requeued SLURM job (time limit, preemption) continues its run in place (run/signals/preemption.py)
-    resumed = invocation.resume_dir is not None or preemption.resumes_requeued(run_dir)
+    resumed = invocation.resume_dir is not None or resumes_requeued(run_dir)
     continued = not resumed and continuing is not None and continue_in_place(run_dir, continuing, announce=False)
     if resumed or continued:
         cfg, choices, path, state = resume_config(cfg, run_dir, overrides, hydra_choices())
@@ -212,12 +221,27 @@ def plan_job(cfg: DictConfig, hydra_cfg, run_dir: Path, continuing: Optional[str
     return JobPlan(cfg, hydra_choices(), overrides)
 
 
+def resumes_requeued(run_dir: Path) -> bool:
+    """Whether this job is a requeued attempt of the run in ``run_dir`` that must continue it:
+    a submitit job that requeued itself (the marker names it) or that SLURM restarted
+    (``SLURM_RESTART_COUNT`` > 0), in a directory holding a run. An attempt that got no
+    checkpoint written leaves files but nothing to resume: they are set aside and the run starts
+    over. Anything else (a fresh job, a new directory, a plain run) gets False."""
+    run_dir = Path(run_dir)
+    if not owner.holds_a_run(run_dir):
+        return False
+    why = preemption.requeued_job(run_dir)
+    if why is None:
+        return False
+    (run_dir / preemption.MARKER).unlink(missing_ok=True)
+    return continue_in_place(run_dir, why)
+
+
 def run_job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | None:
-    from .loop.train import train_from_config
 
     try:
         plan = plan_job(cfg, hydra_cfg, run_dir)
-        summary = train_from_config(plan.cfg, run_dir, plan.choices, resume_from=plan.resume_from,
+        summary = train.train_from_config(plan.cfg, run_dir, plan.choices, resume_from=plan.resume_from,
                                     resume_state=plan.resume_state, overrides=plan.overrides)
     except (Exception, KeyboardInterrupt) as err:
         raise job_failure(err, run_dir) from None

@@ -45,10 +45,21 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import EXIT_BAD_INPUT
+import gymnasium as gym
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import EXIT_BAD_INPUT, ConfigError
+from ..run.config.compose import check_group_choices, compose
+from ..run.config.schema import validate
 from ..run.console import write_line
-from .cli_common import (OneLineParser, OutputError, check_output_file, error_line, make_output_dir,
-                         write_output)
+from ..run.envs.training import make_env, probe_spaces
+from ..run.loop.build import build
+from ..run.loop.train import MemberJob, train_members
+from ..run.loop.trainer import Trainer
+from . import reference_ppo
+from .cli_common import OneLineParser, OutputError, check_output_file, error_line, make_output_dir, write_output
+from .floor import member_step_floor
 
 STANDARD_CASES = ("halfcheetah", "pendulum", "cartpole")
 PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_envs
@@ -56,12 +67,7 @@ PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_
 
 def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
     """One training run plus raw stepping, in this process."""
-    import gymnasium as gym
 
-    from ..run.config.compose import compose
-    from ..run.loop.build import build
-    from ..run.envs.training import make_env
-    from ..run.loop.trainer import Trainer
 
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
@@ -104,9 +110,6 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
 
 def measure_reference(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
     """The reference PPO at the sizes the framework's run of ``env`` uses, in this process."""
-    from ..run.config.compose import compose
-    from ..run.config.schema import validate
-    from . import reference_ppo
 
     extra = [f"env={env}", "logger=none"]
     if num_envs is not None:
@@ -123,8 +126,6 @@ def measure_reference(env: str, num_envs: int | None, steps: int, overrides: lis
 
 def measure_population(env: str, size: int, steps: int, overrides: list[str]) -> dict:
     """A population of ``size`` members of the preset, each training ``steps`` steps, in this process."""
-    from ..run.config.compose import compose
-    from ..run.loop.train import MemberJob, train_members
 
     extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
              "checkpoint.every=0", "progress=false"]
@@ -160,9 +161,6 @@ def measure_population(env: str, size: int, steps: int, overrides: list[str]) ->
 
 def _member_floor(job) -> dict:
     """tools/floor.py's bound for one member of ``job``'s config, measured in this process."""
-    from ..run.loop.build import build
-    from ..run.envs.training import make_env, probe_spaces
-    from .floor import member_step_floor
 
     parts = build(job.cfg, job.choices)
     env_cfg = parts.config.env
@@ -186,12 +184,7 @@ def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str],
 
 def check_cases(cases: list[str], overrides: list[str]) -> None:
     """Unknown presets and bad overrides fail here, in one line, before any worker starts."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    from ..errors import ConfigError
-    from ..run.config.compose import check_group_choices, compose
-    from ..run.config.schema import validate
 
     check_group_choices([f"env={env}" for env in cases] + overrides)  # exits 2 naming the options
     for env in cases:

@@ -42,6 +42,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -64,7 +65,6 @@ class StandalonePolicy(nn.Module):
 
     def __init__(self, loaded: LoadedRun, action_space):
         super().__init__()
-        import gymnasium as gym
 
         env = loaded.env_config
         self.network = copy.deepcopy(loaded.network).eval().requires_grad_(False)
@@ -97,7 +97,6 @@ class StandalonePolicy(nn.Module):
 
 def describe(loaded: LoadedRun, action_space, fmt: str) -> dict:
     """What the file is: enough to use it without the run directory."""
-    import gymnasium as gym
 
     space = ({"type": "Box", "shape": list(action_space.shape), "low": action_space.low.tolist(),
               "high": action_space.high.tolist()} if isinstance(action_space, gym.spaces.Box)

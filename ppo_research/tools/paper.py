@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from ..run.config.compose import CONF_DIR
+from ..errors import ConfigError
+from ..run.app import hydra_error_line
+from ..run.config import compose as composing
+from ..run.config.compose import CONF_DIR, compose
+from ..run.config.schema import resolve_target, validate
+from ..run.envs.training import ActionAdapter, make_env
 from .cli_common import OneLineParser, OutputError, error_line
 from .report import Normalization, Variant, normalized_table, summarize, write_csv, write_report
 from .results import ResultsError, Run, find_runs, finished
@@ -65,7 +71,6 @@ def setting_of(loss: Mapping) -> str:
     started as ``loss=clip loss.epsilon=0.1`` land in the same row as ``paper_setting=clip_0.1``.
     Arguments off their constructor default that the row name does not cover are appended, so a
     variant the paper did not run never passes for one it did."""
-    from ..run.config.schema import resolve_target
 
     target = str(loss.get("_target_", "?"))
     params = {k: v for k, v in loss.items() if k != "_target_"}
@@ -109,10 +114,7 @@ def plan(overrides: Sequence[str], compose: bool = True) -> list[Job]:
     """The jobs ``python -m ppo_research -m <overrides>`` would launch, in its order
     (``run.compose.expand_multirun``), without launching anything. With ``compose``, every job's
     config is composed and validated, as the sweeper composes each before launch."""
-    from omegaconf import OmegaConf
 
-    from ..run.config import compose as composing
-    from ..run.config.schema import validate
 
     try:
         batch = composing.expand_multirun(overrides)
@@ -153,9 +155,6 @@ def random_returns(env: str, episodes: int, seed: int = 0) -> tuple[str, np.ndar
     """Undiscounted returns of a uniform random policy on the env preset ``env`` (a conf/env name),
     built as training builds it (make_env + ActionAdapter with the preset's settings). Returns the
     gymnasium id and the returns."""
-    from ..run.config.compose import compose
-    from ..run.config.schema import validate
-    from ..run.envs.training import ActionAdapter, make_env
 
     env_cfg = validate(compose([f"env={env}"]).cfg).env
     gym_env = make_env(env_cfg)
@@ -373,8 +372,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error_line(str(err))
         return err.status
     except Exception as err:  # Hydra / config errors about the overrides: one line
-        from ..run.app import hydra_error_line
-        from ..errors import ConfigError
 
         overrides = list(getattr(args, "overrides", []))
         line = str(err) if isinstance(err, ConfigError) else hydra_error_line(err, overrides)

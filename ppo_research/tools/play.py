@@ -31,9 +31,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from ..algo.inference import rollout_policy
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
 from ..run.console import write_line
+from ..run.envs.training import ActionAdapter, ObsNormalizer, make_env
+from ..run.envs.video import RenderError, check_writer, prepare_rendering, render_frame, write_video
+from ..run.loop.build import build
+from ..run.loop.seeds import eval_episode_seed, seed_globals
+from ..run.rundir import checkpoint as ckpt
+from ..run.rundir.resume import choose_checkpoint
 from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
 
 RUN_FILE = "run.json"  # run/loop/train.py writes it into every run directory
@@ -69,12 +77,10 @@ class LoadedRun:
         return self.parts.network
 
     def make_env(self, render: bool = False):
-        from ..run.envs.training import make_env
 
         return make_env(self.env_config, render_mode="rgb_array" if render else None)
 
     def action_adapter(self, action_space):
-        from ..run.envs.training import ActionAdapter
 
         return ActionAdapter(action_space, self.env_config.action_mode)
 
@@ -82,7 +88,6 @@ class LoadedRun:
     def actor(self):
         """The run's rollout inference path (its numpy mirror where the network declares one)."""
         if self._actor is None:
-            from ..algo.inference import rollout_policy
 
             self._actor = rollout_policy(self.network)
         return self._actor
@@ -100,7 +105,6 @@ class LoadedRun:
 def find_checkpoint(run_dir: Path, checkpoint: Optional[Path] = None) -> Path:
     """The requested checkpoint file, or (without one) the newest file in the run's checkpoints/
     (not yet loaded: ``newest_usable_checkpoint`` chooses among them)."""
-    from ..run.rundir import checkpoint as ckpt
 
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -122,7 +126,6 @@ def newest_usable_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     the run, chosen as a resume chooses (``run.resume.choose_checkpoint``). Newer files passed
     over are named in one ``warning:`` line and left in place (play and export only read);
     none usable is a one-line PlayError naming every file and why."""
-    from ..run.rundir.resume import choose_checkpoint
 
     try:
         path, state, skipped = choose_checkpoint(run_dir)
@@ -155,11 +158,7 @@ def _run_description(run_dir: Path, state: dict, checkpoint: Path) -> tuple[dict
 
 def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     """The run's network with the checkpoint's weights and normalisation statistics."""
-    from omegaconf import OmegaConf
 
-    from ..run.rundir import checkpoint as ckpt
-    from ..run.loop.build import build
-    from ..run.envs.training import ObsNormalizer
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -210,7 +209,6 @@ class PlayResult:
 
 def episode_seed(loaded: LoadedRun, episode: int, seed: Optional[int] = None) -> int:
     """Episode j starts from evaluation stream j of ``seed`` (default: the run's own seed)."""
-    from ..run.loop.seeds import eval_episode_seed
 
     return eval_episode_seed(int(loaded.config["seed"]) if seed is None else int(seed), episode)
 
@@ -229,8 +227,6 @@ def run_episodes(loaded: LoadedRun, episodes: int = 10, deterministic: bool = Tr
                  record: bool = False) -> PlayResult:
     """Run ``episodes`` episodes; with ``record``, the first one's frames are kept in the result
     (``save_video`` writes them)."""
-    from ..run.loop.seeds import seed_globals
-    from ..run.envs.video import prepare_rendering, render_frame
 
     if episodes < 1:
         raise PlayError(f"--episodes must be at least 1, got {episodes}")
@@ -267,7 +263,6 @@ def save_video(result: PlayResult, video: Path) -> Path:
     """Write the recorded episode to ``video`` (.mp4 or .gif): encoded in a scratch directory,
     then written whole (``cli_common.write_output``), so a failure leaves no partial file and
     any earlier file at ``video`` as it was. RenderError (encoding) or OutputError (writing)."""
-    from ..run.envs.video import write_video
 
     video = Path(video)
     scratch = Path(tempfile.mkdtemp(prefix="ppo_research_video_"))
@@ -283,7 +278,6 @@ def save_video(result: PlayResult, video: Path) -> Path:
 def check_video(video: Path) -> None:
     """Fail before any episode (RenderError or OutputError, exit status 2) if ``video`` cannot be
     written: its format, the packages it needs, and the path itself."""
-    from ..run.envs.video import check_writer
 
     check_writer(Path(video))
     check_output_file(video, "video")
@@ -340,7 +334,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..run.envs.video import RenderError
 
     args = parse_args(argv)
     try:

@@ -39,10 +39,20 @@ import numpy as np
 from ..run.config.compose import CONF_DIR, GROUPS
 from ..run.console import write_line
 from .cli_common import OneLineParser, OutputError, check_output_dir, error_line, make_output_dir, write_output
-from .results import FACET, ResultsError, Run, finished, find_runs, load_yaml
-from .stats import (MIN_SEEDS_FOR_CI, aggregate, bootstrap_ci, interval_label, normalize_score,
-                    performance_profile, performance_profile_ci, pooled_iqm, pooled_iqm_ci,
-                    probability_of_improvement, probability_of_improvement_ci)
+from .results import FACET, ResultsError, Run, find_runs, finished, load_yaml
+from .stats import (
+    MIN_SEEDS_FOR_CI,
+    aggregate,
+    bootstrap_ci,
+    interval_label,
+    normalize_score,
+    performance_profile,
+    performance_profile_ci,
+    pooled_iqm,
+    pooled_iqm_ci,
+    probability_of_improvement,
+    probability_of_improvement_ci,
+)
 
 #: Settings that change what is recorded or how a run is kept, never what it learns: they never
 #: name a variant (seed is the replicate axis).

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from omegaconf import OmegaConf
+
 from ..run.config.compose import GROUPS
 from ..run.console import write_line
 
@@ -75,7 +77,6 @@ def flatten(node: Any, prefix: str = "") -> dict:
 
 def load_yaml(path: Path) -> Any:
     """A YAML (or JSON) file as plain data, interpolations resolved where they can be."""
-    from omegaconf import OmegaConf
 
     node = OmegaConf.load(path)
     try:

@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ...errors import EXIT_BAD_INPUT
-from .schema import register_base_config
 from ..console import write_line
+from .schema import register_base_config
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 #: The config groups a run is composed of; their choices name a run and describe it.
@@ -85,8 +91,6 @@ def check_group_choices(argv: Sequence[str]) -> None:
 
 def compose(overrides: Sequence[str] = ()) -> Composed:
     """The config ``python -m ppo_research <overrides>`` would run with."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
@@ -111,11 +115,6 @@ def plan_multirun(overrides: Sequence[str]) -> tuple[list[list[str]], DictConfig
     internals (the basic sweeper's argument splitting and the MULTIRUN compose that accepts
     sweep syntax), so a Hydra upgrade that moves them breaks only here.
     """
-    from hydra import initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ppo_research"):
         hydra = GlobalHydra.instance().hydra

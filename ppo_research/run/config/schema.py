@@ -15,12 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+from gymnasium import spaces
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ...errors import ConfigError
-
-
 
 
 def _in(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -257,8 +258,6 @@ def check_action_space_settings(config: Config, network: dict, action_space) -> 
     (-1, 1), so on a Box whose bounds are not [-1, 1] it needs ``env.action_mode=rescale``.
     Discrete-only: none exist yet; add them here.
     """
-    import numpy as np
-    from gymnasium import spaces
 
     kind = type(action_space).__name__
     squash = network.get("squash", "none")
@@ -283,7 +282,6 @@ def check_action_space_settings(config: Config, network: dict, action_space) -> 
 def register_base_config() -> None:
     """Store the dataclass defaults as Hydra's ``base_config`` (a plain mapping, so Hydra does
     no type conversion of its own and ``validate`` gives every error in one line)."""
-    from hydra.core.config_store import ConfigStore
 
     defaults = OmegaConf.to_container(OmegaConf.structured(Config))
     ConfigStore.instance().store(name="base_config", node=defaults)

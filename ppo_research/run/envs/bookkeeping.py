@@ -21,7 +21,6 @@ import math
 import numpy as np
 
 from .moments import batch_moments, clip, merge_moments
-from ..signals.stops import sigint_deferred
 
 _kernel = None
 _prepared: set = set()  # observation dtypes the kernel has been compiled or loaded for
@@ -37,19 +36,19 @@ def compiled_available() -> bool:
 def prepare(obs_dtype) -> None:
     """Import numba (~0.5 s) and compile the kernel for observations of ``obs_dtype``, or load it
     from the cache, with one call on dummy arrays. The training envs call this when they are
-    made, so that a run's first rollout is not charged for it."""
+    made, so that a run's first rollout is not charged for it (the trainer holds Ctrl-C back
+    meanwhile: a KeyboardInterrupt inside numba's compiler would be dropped)."""
     global _kernel
     dtype = np.dtype(obs_dtype) if np.dtype(obs_dtype).kind == "f" else np.dtype(np.float64)
     if _kernel is not None and dtype in _prepared:
         return
-    with sigint_deferred():  # a Ctrl-C inside numba's compiler would be dropped
-        if _kernel is None:
-            from .bookkeeping_kernel import kernel as _kernel
-        one = np.zeros((1, 1))
-        state = BookkeepingState(one, one, one, [0.0], ([0.0], [1.0], [1.0]), None, True, (one, one, [1.0]), None, True)
-        step_bookkeeping(np.zeros((1, 1, 1), dtype), one, one.astype(bool), one.astype(bool), state,
-                         np.empty((1, 1, 1), np.float32), np.empty((1, 1), np.float32))
-        _prepared.add(dtype)
+    if _kernel is None:
+        from .bookkeeping_kernel import kernel as _kernel
+    one = np.zeros((1, 1))
+    state = BookkeepingState(one, one, one, [0.0], ([0.0], [1.0], [1.0]), None, True, (one, one, [1.0]), None, True)
+    step_bookkeeping(np.zeros((1, 1, 1), dtype), one, one.astype(bool), one.astype(bool), state,
+                     np.empty((1, 1, 1), np.float32), np.empty((1, 1), np.float32))
+    _prepared.add(dtype)
 
 
 def numpy_step(raw_obs, rewards, episode_end, valid, state, obs_out, scaled_out) -> None:

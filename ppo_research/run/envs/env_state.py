@@ -12,9 +12,8 @@ import gymnasium as gym
 import numpy as np
 
 from ...errors import CheckpointError
-from .vector import SerialVectorEnv
 from ..rundir.checkpoint import generator_state, make_generator
-
+from .vector import SerialVectorEnv
 
 PLAIN = (bool, int, float, np.ndarray, np.generic, type(None))
 

@@ -11,11 +11,11 @@ import gymnasium as gym
 import numpy as np
 
 from ...errors import ConfigError
-from . import bookkeeping
 from ..config.schema import EnvConfig
+from . import bookkeeping
+from .env_state import load_sub_env_state, restorable, set_spaces_rng, spaces_rng, sub_env_state
 from .moments import RunningMeanStd, clip
 from .vector import SerialVectorEnv
-from .env_state import load_sub_env_state, restorable, set_spaces_rng, spaces_rng, sub_env_state
 
 
 class ObsNormalizer:
@@ -129,8 +129,7 @@ class TrainingEnvs:
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
         raw, _ = self.envs.reset(seed=list(seeds))  # one seed per sub-env (run/loop/seeds.py)
-        if self.compiled:
-            bookkeeping.prepare(raw.dtype)  # the steps' compiled arithmetic, ready before the first rollout
+        self.raw_obs_dtype = raw.dtype  # what the compiled bookkeeping is prepared for (bookkeeping.prepare)
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
 

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from ...errors import described
 
 #: Container formats by file extension.

@@ -10,6 +10,9 @@ from typing import Optional
 
 import numpy as np
 
+from ...errors import ConfigError
+from ..config.schema import check_target_kwargs, construct
+
 _log = logging.getLogger(__name__)
 
 
@@ -61,8 +64,6 @@ class MultiLogger(RunLogger):
     logger group; the local files are written once, by the run, whatever the children do."""
 
     def __init__(self, loggers: dict):
-        from ...errors import ConfigError
-        from ..config.schema import check_target_kwargs, construct
 
         if not isinstance(loggers, dict) or not loggers:
             raise ConfigError("logger.loggers", loggers, "a non-empty mapping of name -> logger node")

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 NAME_GROUPS = ("paper_setting", "loss", "advantage", "env")  # run name: [<paper_setting>-]<loss>-<advantage>-<env>[-<hparams>]-s<seed>
 
@@ -26,8 +28,6 @@ class HydraContext:
     @classmethod
     def current(cls) -> "HydraContext":
         try:
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
 
             if not HydraConfig.initialized():
                 return cls()

@@ -6,9 +6,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-
+from ...errors import ConfigError, described
 from .base import RunLogger
-from ...errors import described
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ class TensorBoardLogger(RunLogger):
 
     def __init__(self, log_dir: str = "tensorboard", flush_secs: float = 30.0, hparams: bool = True,
                  metrics: Optional[list] = None):
-        from ...errors import ConfigError
 
         if not isinstance(log_dir, str) or not log_dir or Path(log_dir).is_absolute() or ".." in Path(log_dir).parts:
             raise ConfigError("logger.log_dir", log_dir, "a relative folder name inside the run directory")

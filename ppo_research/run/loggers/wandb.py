@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from ...errors import described
+
+from ...errors import ConfigError, described
+from ..envs.video import prepare_rendering
+from ..rundir.checkpoint import latest
 from .base import RunLogger
 from .naming import HydraContext, default_group, default_name, default_tags
-
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +55,6 @@ class WandbLogger(RunLogger):
         upload_checkpoint: bool = False,
         settings: Optional[dict] = None,
     ):
-        from ...errors import ConfigError
 
         if mode is not None and mode not in MODES:
             raise ConfigError("logger.mode", mode, f"null or one of {', '.join(MODES)}")
@@ -63,7 +65,6 @@ class WandbLogger(RunLogger):
         self.init_timeout, self.upload_checkpoint = float(init_timeout), upload_checkpoint
         self.wants_video = bool(video)
         if self.wants_video:  # before any env is made: mujoco reads its GL backend on import
-            from ..envs.video import prepare_rendering
 
             prepare_rendering()
         self.settings = dict(settings or {})
@@ -197,7 +198,6 @@ class WandbLogger(RunLogger):
             self._run = None
 
     def _log_checkpoint(self, exit_code: int) -> None:
-        from ..rundir.checkpoint import latest
 
         path = latest(self._run_dir)
         if path is None:
@@ -233,7 +233,6 @@ class WandbLogger(RunLogger):
 
 def _shell_path(path: Path) -> str:
     """``path`` relative to the working directory when under it (shorter to copy), quoted if needed."""
-    import shlex
 
     try:
         path = Path(path).resolve().relative_to(Path.cwd().resolve())

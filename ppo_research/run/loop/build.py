@@ -23,17 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from gymnasium import spaces
 from omegaconf import DictConfig, OmegaConf
 
 from ...algo.advantages import AdvantageEstimator
 from ...algo.losses import PolicyLoss
 from ...algo.networks import ActorCritic
-from ...errors import ConfigError
+from ...errors import ConfigError, first_line
+from ..config.compose import CONF_DIR, group_options
 from ..config.schema import Config, check_action_space_settings, construct, validate
 from ..envs.training import make_env
 from ..loggers.base import RunLogger
 from .seeds import seed_globals
-from ...errors import first_line
 
 #: Each group's interface; ``_target_`` must name a concrete class implementing it.
 GROUP_INTERFACES = {"loss": PolicyLoss, "advantage": AdvantageEstimator, "network": ActorCritic,
@@ -94,7 +95,6 @@ def check(cfg: DictConfig) -> Config:
 def check_group_targets(cfg: DictConfig) -> None:
     """Each group node is a mapping whose ``_target_`` imports to a concrete class of the
     group's interface (so ``validate`` can read its constructor's signature)."""
-    from ..config.compose import group_options
 
     for group, interface in GROUP_INTERFACES.items():
         try:
@@ -136,7 +136,6 @@ def _import(path: str) -> Any:
 
 
 def _example(group: str) -> str:
-    from ..config.compose import CONF_DIR
 
     default = {"loss": "clip", "advantage": "gae", "network": "mlp", "logger": "none"}[group]
     try:
@@ -182,7 +181,6 @@ def _short(node: dict) -> str:
 def probe_env(env_cfg) -> tuple:
     """The env's observation and action spaces, from one env that is made, reset and stepped
     once (then closed): whatever breaks there is a bad ``env.*`` setting, told in one line."""
-    from gymnasium import spaces
 
     key, value = _env_key(env_cfg)
     try:
@@ -233,7 +231,6 @@ SUPPORTED_SPACES = ("a flat Box observation space (shape (n,)) and a Box or Disc
 
 def check_spaces(env_id: str, obs_space, action_space) -> None:
     """Refuse, before training, every space the networks and the rollout cannot handle."""
-    from gymnasium import spaces
 
     problems = []
     if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1 or obs_space.shape[0] < 1:
@@ -270,7 +267,6 @@ def _gb(n: float) -> str:
 def check_memory(config: Config, network: dict, obs_space, action_space) -> None:
     """The rollout storage and (for MLPs) the network with its gradients and Adam moments must
     fit in the memory available now: found out in one line, not by the kernel's OOM killer."""
-    from gymnasium import spaces
 
     free = available_memory()
     if free is None:

@@ -14,8 +14,8 @@ import torch
 from ...algo.batch import Rollout
 from ...algo.inference import StackedNumpyPolicy
 from ...algo.networks import ActorCritic
-from ..envs.training import TrainingEnvs
 from ..envs.lockstep import LockstepEnvs
+from ..envs.training import TrainingEnvs
 
 
 def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) -> Rollout:

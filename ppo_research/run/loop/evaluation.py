@@ -5,11 +5,12 @@ import warnings
 
 import numpy as np
 
+from ...algo.inference import rollout_policy
+from ...algo.networks import ActorCritic
 from ..config.schema import EnvConfig
 from ..envs.training import ActionAdapter, ObsNormalizer, make_env
 from .seeds import eval_episode_seed
-from ...algo.inference import rollout_policy
-from ...algo.networks import ActorCritic
+
 
 class Evaluator:
     def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False, fast: bool = True):

@@ -14,8 +14,8 @@ import numpy as np
 
 from ...algo.batch import Rollout
 from ..console import Progress, write_line
-from ..rundir.files import MetricsFile, write_json_atomic
 from ..loggers.base import RunLogger
+from ..rundir.files import MetricsFile, write_json_atomic
 
 #: the update statistics every metrics row carries, in this order (a skipped update: only epochs = 0)
 UPDATE_KEYS = ("policy_loss", "value_loss", "entropy", "kl", "clip_fraction", "approx_kl_k3", "ratio_min",

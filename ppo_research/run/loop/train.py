@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ...algo.losses import SURROGATES, KLPenaltyLoss
 from ...errors import CheckpointError, ConfigError, RunDirError
-from ..console import write_line
-from ..rundir import checkpoint
+from ..console import print_end_line, write_line
+from ..rundir import checkpoint, owner
+from ..rundir.files import check_free_space, check_run_dir, describe_run, described_run_id
+from ..rundir.resume import choose_checkpoint, set_aside
+from ..signals.stops import TrainingInterrupted
+from .build import build
+from .seeds import POPULATION, stream_seed
+from .trainer import Trainer
 
 #: The config keys in which the members of one population may differ.
 MEMBER_KEYS = ("seed", "loss.epsilon", "loss.beta", "loss.kl_target", "loss.adaptive", "advantage.lam",
@@ -66,9 +76,7 @@ def _as_surrogate(loss: dict) -> dict:
     members differ only in epsilon and beta) as the KL penalty's, its unset settings at their
     defaults: so members of these kinds group together when their KL settings are the defaults or,
     among penalties, the same. Other losses stay as they are."""
-    import inspect
 
-    from ...algo.losses import SURROGATES, KLPenaltyLoss
 
     if loss.get("_target_") not in {f"{kind.__module__}.{kind.__name__}" for kind in SURROGATES}:
         return loss
@@ -115,11 +123,7 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
     raises (e.g. a pruned trial). A stop signal raises TrainingInterrupted after every running
     member's checkpoint.
     """
-    import torch
 
-    from ..rundir import checkpoint, owner
-    from .build import build
-    from ..rundir.files import check_run_dir, described_run_id
 
     results: list[Optional[Result]] = [None] * len(jobs)
     built = []  # (index, parts, torch generator state after the build)
@@ -157,10 +161,6 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
 
 
 def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
-    from ..console import print_end_line
-    from ..signals.stops import TrainingInterrupted
-    from ..rundir.files import check_free_space, describe_run
-    from .train import continue_metrics, load_into
 
     indices = [i for i, *_ in members]
     states = [state for *_, state in members]
@@ -229,7 +229,6 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
 def _make_current(job: MemberJob) -> None:
     """Make the member's Hydra job config the current one (a multirun job's name, number, dir)."""
     if job.hydra is not None:
-        from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(job.hydra)
 
@@ -238,10 +237,7 @@ def population_trainer(parts: Sequence, run_dirs: Sequence[Path], rng_states: Se
     """The Trainer of built members (``rng_states``: torch's generator state right after each
     member's build). Between the members' own streams torch's global generator holds the
     population's (run/loop/seeds.py); a single run keeps its own."""
-    import torch
 
-    from .seeds import POPULATION, stream_seed
-    from .trainer import Trainer
 
     if len(parts) > 1:
         torch.manual_seed(stream_seed(parts[0].config.seed, POPULATION))
@@ -254,7 +250,6 @@ def _common_iteration(jobs, indices: list[int], states: list[dict]):
     damaged checkpoint sends every member back to an older one, as it sends a single run (the
     damaged file is set aside as ``*.unusable``). Returns the members' states, or the
     CheckpointError when no such iteration is left."""
-    from ..rundir.resume import choose_checkpoint, set_aside
 
     states = list(states)
     iterations = [int(s["iteration"]) for s in states]
@@ -296,7 +291,6 @@ def train_from_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str],
     is reported. Failures raise: ConfigError, RunDirError, CheckpointError before training;
     NonFiniteError, TrainingInterrupted (a KeyboardInterrupt) during it.
     """
-    from .train import MemberJob, train_members
 
     result = train_members([MemberJob(cfg, Path(run_dir), choices, overrides, resume_from, on_evaluation,
                                       resume_state)])[0]

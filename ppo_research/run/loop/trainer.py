@@ -33,14 +33,16 @@ from ...algo.batch import Batch, Rollout
 from ...algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
 from ...algo.optim import FlatAdam
 from ...algo.update import PPOUpdate, UpdateSettings
+from ..envs import bookkeeping
+from ..envs.training import TrainingEnvs
 from ..rundir import checkpoint
+from ..signals import preemption
+from ..signals.stops import StopRequests, TrainingInterrupted, sigint_deferred
 from .build import RunParts
 from .collect import LockstepCollector, RolloutCollector
-from ..envs.training import TrainingEnvs
 from .evaluation import Evaluator
 from .record import RunRecord, explained_variance
 from .seeds import env_seeds, restart_env_seeds
-from ..signals.stops import StopRequests, TrainingInterrupted
 
 EvaluationHook = Callable[[int, int, float], None]
 
@@ -64,6 +66,9 @@ class Member:
         self.loss, self.estimator, self.policy, self.logger = parts.loss, parts.estimator, parts.network, parts.logger
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs),
                                  compiled=algo.fast_paths)
+        if self.envs.compiled:  # the compiled bookkeeping ready before the first rollout; a Ctrl-C meanwhile
+            with sigint_deferred():  # would be dropped inside numba's compiler: it waits for the compile
+                bookkeeping.prepare(self.envs.raw_obs_dtype)
         self.actor = rollout_policy(self.policy, fast=algo.fast_paths)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video,
@@ -169,7 +174,9 @@ class Trainer:
         running member's checkpoint."""
         for m in self.members:
             m.record.open()
-        with self.stops.listening():
+        warning = preemption.job_warning()  # a submitit job's time-limit/preemption signal, if it can requeue
+        preemption.arm(warning)  # kept after the loop: the requeue happens once the run is closed
+        with self.stops.listening(warning):
             while self.iteration < self.num_iterations and self.running:
                 start = time.perf_counter()
                 lrs = self.schedule_learning_rate()

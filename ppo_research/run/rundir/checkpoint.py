@@ -31,8 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ...errors import CheckpointError
-from ...errors import first_line
+from ...errors import CheckpointError, first_line
 
 FORMAT = "ppo_research.checkpoint/3"  # /3: the state's bytes with their SHA-256 (and the run id)
 LEGACY_FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and logger-id state for exact resume

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ...errors import CheckpointError, ConfigError
-from . import checkpoint
 from ..config.compose import GROUPS
 from ..console import write_line
+from . import checkpoint
+from .owner import holds_a_run
 
 #: What a resume may change: the rest of the config is the checkpoint's, so the continuation
 #: stays the run it was. ``logger`` covers the group and its keys (tracking, not training).
@@ -180,7 +182,6 @@ def continue_in_place(run_dir: Path, why: str, announce: bool = True) -> bool:
     checkpoint (killed early): its files are set aside as ``*.earlier_attempt`` and the run starts
     over (False). Otherwise True: the job resumes from the newest checkpoint (said in a line
     unless ``announce`` is false: the caller says it once the resume is accepted)."""
-    from .owner import holds_a_run
 
     run_dir = Path(run_dir)
     if not holds_a_run(run_dir):
@@ -231,7 +232,6 @@ def resume_config(composed: DictConfig, run_dir: Path, overrides: list[str],
     the command line's overrides of RESUME_MAY_CHANGE applied. Any other override must agree
     with the run being resumed; one that does not is an error, not silently ignored. Returns
     (config, choices, checkpoint path, checkpoint state)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     resume_checkpoint(run_dir)
     path, state, skipped = choose_checkpoint(run_dir)

@@ -15,8 +15,8 @@ How the pieces fit:
   (start-up, closing) the signal reaches submitit's handler directly: the job is requeued at once
   and the run's newest checkpoint, if any, is where it continues.
 - The requeued job runs the same Hydra job again, in the same run directory.
-  ``resumes_requeued`` recognises it (a marker naming this job, written before requeueing, or
-  SLURM's restart count) and the job resumes from the directory's newest checkpoint, appending
+  ``requeued_job`` recognises it (a marker naming this job, written before requeueing, or
+  SLURM's restart count; ``jobs.plan_job`` then continues the run) and the job resumes from the directory's newest checkpoint, appending
   to the same ``metrics.jsonl`` and continuing the same wandb run (its id is in the checkpoint).
 
 Nothing here acts outside a submitit job: a plain ``python -m ppo_research`` run never
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..console import write_line
 from ...errors import first_line
+from ..console import write_line
 
 #: Written into the run directory just before the job requeues itself; the requeued job whose
 #: submitit job id it names resumes the run (and removes it).
@@ -101,7 +101,7 @@ def after_stop(err) -> Optional[str]:
       returns one line saying so; the checkpoint stays for a resume by hand.
     - SIGTERM/SIGINT in a submitit job (``scancel``, ``scontrol requeue``, a preemption without
       the warning): one line and exit status 128 + N; if SLURM requeues the job, the requeued job
-      resumes the run (``resumes_requeued``).
+      resumes the run (``requeued_job``).
     - Anything else (not a submitit job): None, and the caller goes on as before.
     """
     warning = _armed
@@ -131,7 +131,7 @@ def after_stop(err) -> Optional[str]:
             f"with checkpoint {err.checkpoint}; continue it with: python -m ppo_research resume={run_dir}")
 
 
-def _requeued_job(run_dir: Path) -> Optional[str]:
+def requeued_job(run_dir: Path) -> Optional[str]:
     """Why this process is a requeued attempt of the job that wrote ``run_dir`` (None: it is not)."""
     if not os.environ.get("SUBMITIT_EXECUTOR"):
         return None
@@ -146,22 +146,3 @@ def _requeued_job(run_dir: Path) -> Optional[str]:
     if restarts.isdigit() and int(restarts) > 0:
         return f"SLURM job {job} was requeued (restart {restarts})"
     return None
-
-
-def resumes_requeued(run_dir: Path) -> bool:
-    """Whether this job is a requeued attempt of the run in ``run_dir`` that must continue it:
-    a submitit job that requeued itself (the marker names it) or that SLURM restarted
-    (``SLURM_RESTART_COUNT`` > 0), in a directory holding a run. An attempt that got no
-    checkpoint written leaves files but nothing to resume: they are set aside and the run starts
-    over. Anything else (a fresh job, a new directory, a plain run) gets False."""
-    from ..rundir.owner import holds_a_run
-    from ..rundir.resume import continue_in_place
-
-    run_dir = Path(run_dir)
-    if not holds_a_run(run_dir):
-        return False
-    why = _requeued_job(run_dir)
-    if why is None:
-        return False
-    (run_dir / MARKER).unlink(missing_ok=True)
-    return continue_in_place(run_dir, why)

@@ -112,13 +112,13 @@ class StopRequests:
         self.forwarded = False  # the stop came from the command that started this worker
 
     @contextlib.contextmanager
-    def listening(self, signals=(signal.SIGINT, signal.SIGTERM)):
+    def listening(self, warning=None, signals=(signal.SIGINT, signal.SIGTERM)):
+        """Take over the stop signals while training; ``warning``: a submitit job's time-limit or
+        preemption warning (``preemption.JobWarning``), a stop that requeues the job."""
         if threading.current_thread() is not threading.main_thread():
             yield  # Python delivers signals to the main thread only
             return
-        from . import preemption
 
-        warning = preemption.job_warning()  # None unless this is a submitit job that can requeue
         warn = warning.signum if warning is not None else None
         own = signals  # the signals sent to this process itself
         if _forwarder and warn != FORWARDED:
@@ -166,7 +166,6 @@ class StopRequests:
         previous = {s: signal.signal(s, handler) for s in signals}
         if warning is not None and warn not in previous:
             previous[warn] = signal.signal(warn, handler)
-        preemption.arm(warning)  # kept after the loop: the requeue happens once the run is closed
         try:
             yield
         finally:

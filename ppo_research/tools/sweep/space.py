@@ -10,13 +10,13 @@ from omegaconf import OmegaConf
 
 from ...errors import ConfigError
 from ...run.config.compose import GROUPS, check_group_choices, compose, group_options
+from ...run.loop.build import check
 from ...run.loop.train import MEMBER_KEYS
 from .spec import TRIAL_DEFAULTS, Spec, SpecError, format_value, param_overrides
 
 
 def checked_config(overrides: list[str], what: str):
     """Compose ``overrides`` and run every check a run would; a failure is a one-line SpecError."""
-    from ...run.loop.build import check
 
     try:
         cfg = compose(overrides).cfg

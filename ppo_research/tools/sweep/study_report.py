@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from optuna.trial import TrialState
 
 from ..results import find_run_dirs
@@ -34,8 +36,6 @@ def effective_overrides(overrides: list[str]) -> list[str]:
     """``overrides`` with each plain ``key=value`` once: the last one, which is the one Hydra
     applies (``env=pendulum ... env=cartpole`` -> ``env=cartpole``), at its place. Overrides that
     add or delete keys (``+key=``, ``++key=``, ``~key``) are kept as they are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))

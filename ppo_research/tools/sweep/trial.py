@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import optuna
+from hydra.conf import HydraConf
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from ...errors import RunDirError
 from ...run.config.compose import Composed, compose
+from ...run.loop.train import MemberJob, train_from_config, train_members
 from ..stats import aggregate
 from .spec import TRIAL_DEFAULTS, Spec, param_overrides, run_name
 
@@ -108,7 +111,6 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
     thus compare at equal cost and equal position in the seed/env order, and one pruning
     decision can stop the whole trial during its first seed.
     """
-    from ...run.loop.train import train_from_config
 
     params = sample(spec, trial)
     scores, offset = [], 0
@@ -140,8 +142,6 @@ def run_context(spec: Spec, overrides: list[str]):
     """A Hydra job config holding only what the tracker reads (run/loggers.HydraContext): the
     run's overrides, so a population member's wandb run is named as ``python -m ppo_research
     <overrides>`` would name it."""
-    from hydra.conf import HydraConf
-    from hydra.types import RunMode
 
     node = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
     node.hydra.mode = RunMode.RUN
@@ -181,7 +181,6 @@ class PopulationTrial:
 
     def jobs(self, env: Optional[str]) -> list:
         """The trial's member jobs on ``env``, one per seed (none once the trial has ended)."""
-        from ...run.loop.train import MemberJob
 
         if not self.going:
             return []
@@ -266,7 +265,6 @@ def run_population(spec: Spec, trials: list[optuna.Trial], parent_pid: Optional[
     keeps to the member keys. Several envs are trained one population after the other, env by
     env; a trial pruned or failed on one env has no runs on the next.
     """
-    from ...run.loop.train import train_members
 
     members = [PopulationTrial(spec, trial, parent_pid) for trial in trials]
     for env in spec.env_runs():
