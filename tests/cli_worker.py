@@ -62,8 +62,8 @@ def _alarm(signum, frame):
 def serve() -> None:
     import numpy as np
 
-    from ppo_research.run.envs import bookkeeping
     from ppo_research.run.app import cli
+    from ppo_research.run.envs import bookkeeping
 
     _install_cap()
     for dtype in (np.float32, np.float64):  # numba and the compiled step, loaded once for every case

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, CliWorker, run_cli
+
 from ppo_research.run.rundir import checkpoint
 
 BASE = ["logger=none", *TINY]  # pendulum, batch = 2 envs x 64 steps = 128
@@ -265,11 +265,13 @@ def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from conftest import compose_config
+
     from ppo_research.errors import RunDirError
     from ppo_research.run.loop import train
+    from ppo_research.run.rundir import checkpoint as checkpoints
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     cfg = compose_config(["logger=none", *TINY, "env=cartpole"])
     with pytest.raises(RunDirError, match=r"has 0\.0 MB free; this run needs about") as info:
         train.train_from_config(cfg, tmp_path / "run", {"env": "cartpole"})

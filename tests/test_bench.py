@@ -31,8 +31,8 @@ PENDULUM_FLOPS_FWD_BWD = PENDULUM_FLOPS_FWD + 2 * 2 * (_TOWER_MACS + _TOWER_MACS
 
 
 def test_update_flops_match_a_count_by_hand():
-    from ppo_research.run.loop.build import build
     from ppo_research.run.config.compose import compose
+    from ppo_research.run.loop.build import build
     from ppo_research.tools.floor import update_flops_per_sample
 
     composed = compose(["env=pendulum", "logger=none"])

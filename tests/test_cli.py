@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, read_metrics, read_summary, run_cli, without_timing
 
 LOSSES = ["clip", "klpen", "klfixed", "cpi"]

@@ -17,9 +17,9 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import TINY, CliWorker
 from omegaconf import OmegaConf
 
-from conftest import TINY, CliWorker
 from ppo_research.run.config.compose import CONF_DIR
 
 hypothesis = pytest.importorskip("hypothesis")

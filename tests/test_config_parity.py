@@ -5,11 +5,10 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from conftest import compose_config
 
 from ppo_research.run.app import CONF_DIR
 from ppo_research.run.config.schema import resolve_target, validate
-
-from conftest import compose_config
 
 BUILD_TIME_ARGS = {"obs_space", "action_space"}  # passed by the trainer, never written into config
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
+
 from ppo_research.run.console import end_line
 
 PROGRESS = re.compile(r"^iter (\d+)/(\d+) \| step (\d+) \| sps \d+( \| return -?[\d.]+)?( \| eval -?[\d.]+)? \| kl [\d.]+$")
@@ -73,9 +73,8 @@ def test_multirun_lines_carry_the_job_number(tmp_path):
 def test_a_terminal_gets_a_progress_bar(tmp_path):
     """stderr on a pseudo-terminal: tqdm's bar (carriage returns, a percentage, the statistics),
     no plain progress lines; the end line after the bar."""
-    import pty
-
     import fcntl
+    import pty
     import struct
     import termios
 

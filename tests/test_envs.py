@@ -1,16 +1,15 @@
 """Normalisation statistics and env handling."""
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 from ppo_research.errors import ConfigError
 from ppo_research.run.config.schema import EnvConfig
-from ppo_research.run.envs.training import ActionAdapter, ObsNormalizer, TrainingEnvs
-from ppo_research.run.envs.moments import RunningMeanStd
 from ppo_research.run.envs.lockstep import step_alone
-
-import gymnasium as gym
+from ppo_research.run.envs.moments import RunningMeanStd
+from ppo_research.run.envs.training import ActionAdapter, ObsNormalizer, TrainingEnvs
 
 
 @pytest.mark.parametrize("rows,dtype", [(1, np.float64), (3, np.float64), (4, np.float32)])

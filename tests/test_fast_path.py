@@ -11,16 +11,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import CONF_DIR, build_trainer, compose_config
+from hydra.utils import instantiate
 from torch import nn
 from torch.distributions import Normal
 
 from ppo_research.algo.batch import Batch
-from hydra.utils import instantiate
-
 from ppo_research.algo.inference import NumpyPolicy, TorchPolicy, rollout_policy
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
-
-from conftest import CONF_DIR, build_trainer, compose_config
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (11,))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TIMING_KEYS, read_metrics, run_cli
+
 from ppo_research.run.rundir import checkpoint
 
 # CartPole, 40 iterations of 64 steps, a checkpoint after every iteration.
@@ -240,7 +240,8 @@ def test_sigint_while_starting_gives_one_line(tmp_path, delay):
 STORM = """
 import os, signal, threading, time
 import numpy as np
-from ppo_research.run import bookkeeping
+from ppo_research.run.envs import bookkeeping
+from ppo_research.run.loop.trainer import prepare_bookkeeping
 
 def storm():
     time.sleep(0.3)  # prepare is under way: a cold compile takes seconds
@@ -250,7 +251,7 @@ def storm():
 
 threading.Thread(target=storm, daemon=True).start()
 try:
-    bookkeeping.prepare(np.float32)
+    prepare_bookkeeping(np.float32)  # as the trainer prepares it
     print("no interrupt")
 except KeyboardInterrupt:
     print("after" if np.dtype(np.float32) in bookkeeping._prepared else "inside")

@@ -7,14 +7,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from conftest import one_torch_thread
+
 from ppo_research.algo.batch import Batch
 from ppo_research.algo.hand_gradient import HandGradient
 from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss, member_view
+from ppo_research.algo.members import _Padded
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
 from ppo_research.algo.optim import FlatAdam
-from ppo_research.algo.members import _Padded
 from ppo_research.algo.update import PPOUpdate, UpdateSettings
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)

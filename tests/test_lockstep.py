@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 
 from ppo_research.run.config.schema import EnvConfig
+from ppo_research.run.envs.lockstep import LockstepEnvs, step_alone
 from ppo_research.run.envs.training import TrainingEnvs
-from ppo_research.run.envs.lockstep import LockstepEnvs
-from ppo_research.run.envs.lockstep import step_alone
 
 
 def _members(cfg, num_envs, gammas):

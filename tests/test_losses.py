@@ -6,13 +6,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config, read_metrics, run_cli
 from hydra.utils import instantiate
 
-from ppo_research.errors import ConfigError
 from ppo_research.algo.losses import ClipLoss, CPILoss, KLPenaltyLoss, PGLoss, PolicyBatch
 from ppo_research.algo.networks import MLPActorCritic
-
-from conftest import compose_config, read_metrics, run_cli, TINY
+from ppo_research.errors import ConfigError
 
 EPS = 0.2
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY, compose_config, read_metrics, run_cli
-from ppo_research.run.config.schema import validate
 from wandb_files import wandb_records
+
+from ppo_research.run.config.schema import validate
 
 EXPERIMENTS = sorted((REPO / "conf" / "experiment").glob("*.yaml"))
 

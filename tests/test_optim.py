@@ -11,9 +11,8 @@ import io
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from conftest import one_torch_thread
 import torch
+from conftest import one_torch_thread
 
 from ppo_research.algo.networks import MLPActorCritic, SharedMLPActorCritic
 from ppo_research.algo.optim import FlatAdam, flatten_parameters

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, TINY, compose_config, read_summary, run_cli
+
 from ppo_research.tools import paper
 from ppo_research.tools.report import Normalization
 from ppo_research.tools.results import ResultsError

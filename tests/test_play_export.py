@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY, read_summary, run_cli
+
 from ppo_research.tools import export as export_tool
 from ppo_research.tools.play import PlayError, load_run, play
 

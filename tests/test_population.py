@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import one_torch_thread, read_metrics, run_cli
+
 from ppo_research.errors import ConfigError, NonFiniteError
-from ppo_research.run.rundir import checkpoint
-from ppo_research.run.loop.build import build
 from ppo_research.run.config.compose import compose
+from ppo_research.run.loop.build import build
 from ppo_research.run.loop.train import MemberJob, group_key, population_trainer, train_members
+from ppo_research.run.rundir import checkpoint
 
 TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num_steps=128"],  # 8 envs x 128
                   "pendulum": ["env=pendulum", "total_timesteps=2048", "algo.num_steps=256",

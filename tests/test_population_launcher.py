@@ -20,8 +20,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import REPO, TINY, files_of, partial_lines, read_metrics, read_summary, run_cli, run_cli_writes, without_timing
+from conftest import (
+    REPO,
+    TINY,
+    files_of,
+    partial_lines,
+    read_metrics,
+    read_summary,
+    run_cli,
+    run_cli_writes,
+    without_timing,
+)
 from wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
@@ -163,8 +172,9 @@ def test_population_size_caps_a_population_and_a_rerun_is_refused(tmp_path):
     ([3], 2, 2, [2, 1]),
 ])
 def test_groups_are_cut_by_the_cap_and_to_keep_every_process_busy(groups, size, processes, expected):
-    from hydra_plugins.ppo_research_population.launcher import Job, make_populations
     from omegaconf import OmegaConf
+
+    from hydra_plugins.ppo_research_population.launcher import Job, make_populations
 
     jobs, keys = [], []
     for g, count in enumerate(groups):
@@ -177,8 +187,9 @@ def test_groups_are_cut_by_the_cap_and_to_keep_every_process_busy(groups, size, 
 
 def test_the_largest_population_starts_first(tmp_path):
     """Largest first (members x steps): a long population does not run on alone at the end."""
-    from hydra_plugins.ppo_research_population.launcher import Job, Population, launch_order
     from omegaconf import OmegaConf
+
+    from hydra_plugins.ppo_research_population.launcher import Job, Population, launch_order
 
     def population(number, *budgets):
         return Population(number, [Job(i, OmegaConf.create({"total_timesteps": b})) for i, b in enumerate(budgets)])
@@ -268,7 +279,7 @@ def test_a_bad_launcher_option_is_one_error_line(tmp_path, option, line):
     proc = run_cli(["-m", "seed=0,1", *CARTPOLE, option], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (printed,) = proc.stderr.strip().splitlines()
-    assert printed.startswith(line or f"error: ") and (line is not None or "population_size" in printed), printed
+    assert printed.startswith(line or "error: ") and (line is not None or "population_size" in printed), printed
     assert not (tmp_path / "outputs").exists()  # rejected before any directory was made
 
 

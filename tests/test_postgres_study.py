@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import optuna
+import pg_server
 import pytest
 import yaml
 from optuna.trial import TrialState
-
-import pg_server
 
 pytestmark = pytest.mark.postgres
 

@@ -18,12 +18,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TIMING_KEYS, read_metrics
-from ppo_research.run.rundir import checkpoint
+
 from ppo_research.run.config.schema import EnvConfig
-from ppo_research.run.envs.training import TrainingEnvs
 from ppo_research.run.envs.lockstep import step_alone
+from ppo_research.run.envs.training import TrainingEnvs
+from ppo_research.run.rundir import checkpoint
 
 # Small but long enough (40+ iterations) that a kill lands mid-run; checkpoints every 3
 # iterations, so a kill usually leaves rows past the last checkpoint to be dropped on resume.

@@ -11,11 +11,20 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from conftest import TINY, read_summary, run_cli
 from omegaconf import OmegaConf
 
-from conftest import TINY, read_summary, run_cli
-from ppo_research.tools.report import (LEGEND_CHARS, Normalization, aggregate_groups, aggregate_stats, curves_figure,
-                                       group_runs, summarize, variant_curve, write_report)
+from ppo_research.tools.report import (
+    LEGEND_CHARS,
+    Normalization,
+    aggregate_groups,
+    aggregate_stats,
+    curves_figure,
+    group_runs,
+    summarize,
+    variant_curve,
+    write_report,
+)
 from ppo_research.tools.results import RUN_FILE, find_runs, read_run
 
 
@@ -121,9 +130,9 @@ def test_run_json_describes_a_run_before_hydra_files(tmp_path):
 
 
 def test_the_results_layer_reads_the_file_the_trainer_writes():
-    from ppo_research.run.loop import train
+    from ppo_research.run.rundir import files
 
-    assert RUN_FILE == train.RUN_FILE
+    assert RUN_FILE == files.RUN_FILE
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unfinished", "bad final key"])

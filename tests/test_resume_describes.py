@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import TINY, run_cli
+
 from ppo_research.tools.results import find_runs
 
 

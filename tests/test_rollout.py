@@ -5,15 +5,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import build_trainer
 
 from ppo_research.algo.batch import Batch
 from ppo_research.algo.inference import rollout_policy
 from ppo_research.algo.networks import MLPActorCritic
-from ppo_research.run.loop.collect import RolloutCollector
 from ppo_research.run.config.schema import EnvConfig
 from ppo_research.run.envs.training import TrainingEnvs
-
-from conftest import build_trainer
+from ppo_research.run.loop.collect import RolloutCollector
 
 
 class StepCounterEnv(gym.Env):

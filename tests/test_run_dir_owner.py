@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, read_metrics, run_cli
+
 from ppo_research.run.rundir import owner
 
 # CartPole, 80 iterations of 64 steps: long enough to be caught alive, short enough for CI.
@@ -100,7 +100,7 @@ def test_a_fresh_run_does_not_take_over_a_finished_run(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import os, sys, time
-    from ppo_research.run import owner
+    from ppo_research.run.rundir import owner
     owner.acquire(sys.argv[1])
     if sys.argv[2] == "fork":
         if os.fork() == 0:        # a child (as gymnasium's async env workers are) outlives the owner

@@ -363,9 +363,8 @@ def test_only_a_requeued_job_resumes_its_own_directory(tmp_path, monkeypatch):
 
 
 def test_requeued_attempt_without_checkpoint_starts_over(tmp_path, monkeypatch, capsys):
-    from ppo_research.run.rundir import owner
     from ppo_research.run import jobs
-    from ppo_research.run.signals import preemption
+    from ppo_research.run.rundir import owner
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.setenv("SLURM_JOB_ID", "7")

@@ -7,9 +7,21 @@ import math
 import numpy as np
 import pytest
 
-from ppo_research.tools.stats import (AGGREGATES, MIN_SEEDS_FOR_CI, aggregate, bootstrap_ci, interval_label, iqm,
-                                      normalize_score, performance_profile, performance_profile_ci, pooled_iqm,
-                                      pooled_iqm_ci, probability_of_improvement, probability_of_improvement_ci)
+from ppo_research.tools.stats import (
+    AGGREGATES,
+    MIN_SEEDS_FOR_CI,
+    aggregate,
+    bootstrap_ci,
+    interval_label,
+    iqm,
+    normalize_score,
+    performance_profile,
+    performance_profile_ci,
+    pooled_iqm,
+    pooled_iqm_ci,
+    probability_of_improvement,
+    probability_of_improvement_ci,
+)
 
 
 def test_aggregates_by_hand():

@@ -13,15 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
+from optuna.trial import TrialState
+from wandb_files import wandb_records
+
 from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.space import check_search_space
 from ppo_research.tools.sweep.spec import SpecError, load_spec
 from ppo_research.tools.sweep.storage import make_storage
 from ppo_research.tools.sweep.study_report import history_figure, objective_label, write_report
-from wandb_files import wandb_records
 
 BASE = ["env=cartpole", "logger=none", *TINY]
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -325,7 +325,7 @@ def test_shipped_specs_cover_the_issue():
 
 STOP_SCRIPT = """
 import os, signal, sys
-from ppo_research.run import stops
+from ppo_research.run.signals import stops
 order = sys.argv[1:]
 stops.listen_for_forwarded_stops("the sweep command")  # as a sweep's worker process does first
 requests = stops.StopRequests()

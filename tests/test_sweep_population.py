@@ -11,19 +11,21 @@ import textwrap
 from pathlib import Path
 
 import optuna
+import pg_server
 import pytest
 import yaml
-from optuna.trial import TrialState
-
-import pg_server
 from conftest import REPO, TINY, read_metrics, read_summary, run_cli
+from optuna.trial import TrialState
+from test_postgres_study import STUDY, pg, start, workers  # noqa: F401
+from test_postgres_study import load as pg_load
+from test_postgres_study import write_spec as pg_spec
+from wandb_files import wandb_records
+
 from ppo_research.run.loop.train import MEMBER_KEYS
 from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.space import check_search_space
 from ppo_research.tools.sweep.spec import load_spec
 from ppo_research.tools.sweep.storage import make_storage
-from test_postgres_study import STUDY, load as pg_load, pg, start, workers, write_spec as pg_spec  # noqa: F401
-from wandb_files import wandb_records
 
 # 2 envs x 64 steps = 128 steps an iteration; 4 iterations; an evaluation after each
 BASE = ["env=cartpole", "logger=none", *TINY, "total_timesteps=512", "eval.every=1"]

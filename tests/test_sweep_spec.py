@@ -12,13 +12,13 @@ import re
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from conftest import read_metrics, read_summary, run_cli
+from optuna.trial import TrialState
+from test_sweep import BASE, load, run_sweep, study_dir, write_spec
+
 from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.spec import SPEC_KEYS, SUMMARY_METRICS, SpecError, load_spec
 from ppo_research.tools.sweep.storage import make_storage
-from test_sweep import BASE, load, run_sweep, study_dir, write_spec
 
 HELP = "(see python -m ppo_research.sweep --help)"
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("tensorboard")
+from conftest import TINY, read_metrics, read_summary, run_cli  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
-
-from conftest import TINY, read_metrics, read_summary, run_cli  # noqa: E402
 from wandb_files import wandb_records  # noqa: E402
 
 # CartPole with an evaluation every iteration: every row has eval_return too.

@@ -15,10 +15,10 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from conftest import one_torch_thread
 import torch
-from torch.distributions import Categorical as TorchCategorical, Normal, kl_divergence
+from conftest import one_torch_thread
+from torch.distributions import Categorical as TorchCategorical
+from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
 from ppo_research.algo.batch import Batch

@@ -13,13 +13,13 @@ from pathlib import Path
 import imageio
 import numpy as np
 import pytest
-from wandb.proto import wandb_internal_pb2 as pb
-
 from conftest import TINY, read_metrics, read_summary, run_cli
+from wandb.proto import wandb_internal_pb2 as pb
 from wandb_files import wandb_records
+
 from ppo_research.errors import ConfigError
+from ppo_research.run.loggers.naming import HydraContext, default_group, default_name, sweep_name
 from ppo_research.run.loggers.wandb import WandbLogger
-from ppo_research.run.loggers.naming import default_group, default_name, HydraContext, sweep_name
 
 
 def _key(item) -> str:

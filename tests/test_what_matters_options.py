@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, build_trainer, compose_config, read_metrics, run_cli
 from torch.nn import functional as F
 
 from ppo_research.algo.advantages import GAE, AdvantageRefresh
@@ -27,8 +28,6 @@ from ppo_research.algo.optim import FlatAdam
 from ppo_research.algo.update import PPOUpdate, UpdateSettings, minibatch_slices
 from ppo_research.errors import ConfigError
 from ppo_research.run.loop.build import build
-
-from conftest import TINY, build_trainer, compose_config, read_metrics, run_cli
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (6,), np.float32)
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from ..run.config.compose import GROUPS
 from ..run.console import write_line
 
-#: The run's self-description, written by the trainer (``ppo_research.run.loop.train.RUN_FILE``; a
+#: The run's self-description, written by the trainer (``ppo_research.run.rundir.files.RUN_FILE``; a
 #: test checks the two agree, this module does not import the trainer to stay light).
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"

@@ -1,0 +1,1 @@
+"""The config: its schema (typed, every field documented and validated) and composing it from conf/."""

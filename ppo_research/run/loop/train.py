@@ -24,7 +24,8 @@ from ...algo.losses import SURROGATES, KLPenaltyLoss
 from ...errors import CheckpointError, ConfigError, RunDirError
 from ..console import print_end_line, write_line
 from ..rundir import checkpoint, owner
-from ..rundir.files import check_free_space, check_run_dir, describe_run, described_run_id
+from ..rundir.checkpoint import check_free_space, check_run_dir
+from ..rundir.files import describe_run, described_run_id
 from ..rundir.resume import choose_checkpoint, set_aside
 from ..signals.stops import TrainingInterrupted
 from .build import build

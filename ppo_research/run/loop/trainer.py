@@ -66,9 +66,8 @@ class Member:
         self.loss, self.estimator, self.policy, self.logger = parts.loss, parts.estimator, parts.network, parts.logger
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs),
                                  compiled=algo.fast_paths)
-        if self.envs.compiled:  # the compiled bookkeeping ready before the first rollout; a Ctrl-C meanwhile
-            with sigint_deferred():  # would be dropped inside numba's compiler: it waits for the compile
-                bookkeeping.prepare(self.envs.raw_obs_dtype)
+        if self.envs.compiled:  # the compiled bookkeeping ready before the first rollout
+            prepare_bookkeeping(self.envs.raw_obs_dtype)
         self.actor = rollout_policy(self.policy, fast=algo.fast_paths)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video,
@@ -77,6 +76,14 @@ class Member:
         self.last_checkpoint: Optional[Path] = None
         self.ended: Optional[BaseException] = None  # why it stopped before the end (divergence, pruning)
         self.summary: Optional[dict] = None
+
+
+def prepare_bookkeeping(obs_dtype) -> None:
+    """Compile (or load) the env bookkeeping's kernel for ``obs_dtype`` with Ctrl-C held back: a
+    KeyboardInterrupt inside numba's compiler would be dropped (the run would go on) or leave the
+    kernel half-built; the interrupt comes once the compile is done."""
+    with sigint_deferred():
+        bookkeeping.prepare(obs_dtype)
 
 
 class MemberRandom:

@@ -16,7 +16,6 @@ evaluation), where the run's future depends on nothing but what ``Trainer.state_
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -24,6 +23,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -31,7 +31,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ...errors import CheckpointError, first_line
+from ...errors import CheckpointError, RunDirError, first_line
+from .files import fsync_file, write_atomic
 
 FORMAT = "ppo_research.checkpoint/3"  # /3: the state's bytes with their SHA-256 (and the run id)
 LEGACY_FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and logger-id state for exact resume
@@ -39,8 +40,6 @@ LEGACY_FORMAT = "ppo_research.checkpoint/2"  # /2 added RNG, env and logger-id s
 METRICS_FILE = "metrics.jsonl"
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 _TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")
-
-
 
 
 def _to_storable(obj: Any) -> Any:
@@ -66,8 +65,6 @@ def _from_storable(obj: Any) -> Any:
     return obj
 
 
-
-
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -79,22 +76,6 @@ def _encode(state: dict) -> dict:
     body = buffer.getvalue()
     return {"format": FORMAT, "sha256": hashlib.sha256(body).hexdigest(),
             "body": torch.frombuffer(bytearray(body), dtype=torch.uint8)}
-
-
-def fsync_file(path: Path) -> None:
-    """Make what was written to ``path`` (a file, by any descriptor, or a directory's entries)
-    durable; a missing path is fine, and so is a filesystem that refuses fsync on directories."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def save(run_dir: Path, iteration: int, state: dict, keep: Optional[int]) -> Path:
@@ -110,15 +91,9 @@ def save(run_dir: Path, iteration: int, state: dict, keep: Optional[int]) -> Pat
     try:
         fsync_file(Path(run_dir) / METRICS_FILE)
         directory.mkdir(parents=True, exist_ok=True)
-        data = _serialize(state)
-        with open(tmp, "wb") as f:  # a full disk fails here as OSError (torch's zip writer would hide it)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_file(directory)  # the rename itself survives a power cut
+        # a full disk fails in the write as OSError (torch's zip writer would hide it)
+        write_atomic(path, _serialize(state), durable=True, temp=tmp)
     except OSError as err:  # disk full, read-only, quota: say so in one line, keep older checkpoints
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or first_line(err)}") from err
     if keep is not None:
         prune(run_dir, keep)
@@ -258,13 +233,8 @@ def truncate_metrics(path: Path, iteration: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_file(path.parent)
+        write_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"), durable=True,
+                     temp=path.with_name(path.name + ".tmp"))
     return dropped
 
 
@@ -280,3 +250,33 @@ def metrics_iterations(path: Path) -> list[int] | None:
         except (ValueError, KeyError, TypeError):
             continue
     return found
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The run directory and its checkpoints/ must take a file: found out now, not at the first
+    checkpoint an hour in."""
+    probe_dir = checkpoint_dir(run_dir)
+    try:
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        probe = probe_dir / f".write_probe_{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"output directory {run_dir} is not writable: {err.strerror or err}"
+                          f"{f' ({err.filename})' if err.filename else ''}") from None
+
+
+def check_free_space(run_dir: Path, trainer, member: int = 0) -> None:
+    """Room for ``keep`` + 1 checkpoints (one is written before the oldest is pruned) plus 1 MB
+    of metrics; measured from this run's (the trainer's ``member``'s) checkpoint."""
+    size = serialized_size(trainer.member_state(member))
+    keep = trainer.members[member].cfg.checkpoint.keep
+    need = size * (keep + 1) + 2**20
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise RunDirError(f"output directory {run_dir} has {free / 2**20:.1f} MB free; this run needs about "
+                          f"{need / 2**20:.1f} MB (checkpoints of {size / 2**10:.0f} KB, "
+                          f"checkpoint.keep={keep})")

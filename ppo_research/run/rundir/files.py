@@ -8,15 +8,12 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-from ...errors import RunDirError
-from . import checkpoint
 
 
 def jsonable(value: Any) -> Any:
@@ -47,10 +44,46 @@ class MetricsFile:
             pass
 
 
+def fsync_file(path: Path) -> None:
+    """Make what was written to ``path`` (a file, by any descriptor, or a directory's entries)
+    durable; a missing path is fine, and so is a filesystem that refuses fsync on directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = False, temp: Optional[Path] = None) -> None:
+    """Write ``path`` whole: ``data`` goes to a temp file beside it (``temp``, default
+    ``.<name>.tmp``) that is then renamed over ``path``, so a reader finds the old file or the new
+    one, never a part of it; on failure the temp file is removed. ``durable``: the file and then
+    its directory are fsynced, so that it survives a power cut."""
+    path = Path(path)
+    temp = Path(temp) if temp is not None else path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_file(path.parent)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps({k: jsonable(v) for k, v in data.items()}, indent=2) + "\n")
-    os.replace(tmp, path)
+    """A JSON file written whole (non-finite floats as ``jsonable`` says)."""
+    write_atomic(path, (json.dumps({k: jsonable(v) for k, v in data.items()}, indent=2) + "\n").encode("utf-8"))
 
 
 #: Written into every run directory at the start of each run segment: the run describes itself
@@ -58,46 +91,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
 RUN_FILE = "run.json"
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """The run directory and its checkpoints/ must take a file: found out now, not at the first
-    checkpoint an hour in."""
-    probe_dir = checkpoint.checkpoint_dir(run_dir)
-    try:
-        probe_dir.mkdir(parents=True, exist_ok=True)
-        probe = probe_dir / f".write_probe_{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-    except OSError as err:
-        raise RunDirError(f"output directory {run_dir} is not writable: {err.strerror or err}"
-                          f"{f' ({err.filename})' if err.filename else ''}") from None
-
-
-def check_free_space(run_dir: Path, trainer, member: int = 0) -> None:
-    """Room for ``keep`` + 1 checkpoints (one is written before the oldest is pruned) plus 1 MB
-    of metrics; measured from this run's (the trainer's ``member``'s) checkpoint."""
-    size = checkpoint.serialized_size(trainer.member_state(member))
-    keep = trainer.members[member].cfg.checkpoint.keep
-    need = size * (keep + 1) + 2**20
-    free = shutil.disk_usage(run_dir).free
-    if free < need:
-        raise RunDirError(f"output directory {run_dir} has {free / 2**20:.1f} MB free; this run needs about "
-                          f"{need / 2**20:.1f} MB (checkpoints of {size / 2**10:.0f} KB, "
-                          f"checkpoint.keep={keep})")
-
-
 def write_json_durable(path: Path, data: dict) -> None:
-    """Write ``path`` atomically and durably (temp file, fsync, rename, directory fsync)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    checkpoint.fsync_file(path.parent)
+    """A JSON file written whole and durably (it survives a power cut)."""
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"), durable=True)
 
 
 def describe_run(run_dir: Path, resolved: dict, choices: dict[str, str], overrides: Sequence[str] = (),

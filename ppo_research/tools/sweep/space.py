@@ -2,7 +2,7 @@
 bound (or choice) must pass the run layer's checks, and so must every enqueued trial (its
 config composed and checked as a trial's is), so a bad spec fails before the study starts
 rather than as N failed trials. With ``population`` > 1 every parameter must be one of the
-population member keys (run/population.MEMBER_KEYS)."""
+population member keys (run/loop/train.py, MEMBER_KEYS)."""
 from __future__ import annotations
 
 from hydra.errors import HydraException
