@@ -24,11 +24,11 @@ population, and train each population in a fresh process, ``processes`` of them 
   (Linux) and stop the same way.
 """
 
-import copy
 import json
 import logging
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -46,7 +46,19 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ppo_research.run.console import write_line
+import ppo_research
+from ppo_research.run import jobs
+from ppo_research.run.config.schema import validate
+from ppo_research.run.console import fail, write_line
+from ppo_research.run.envs.training import make_env
+from ppo_research.run.jobs import EXIT_BUG, RunFailed, job_ended
+from ppo_research.run.loop.train import group_key
+from ppo_research.run.rundir import checkpoint
+from ppo_research.run.rundir.resume import finished_summary
+from ppo_research.run.signals.stops import FORWARDED, TrainingInterrupted, starting_workers
+from ppo_research.tools.floor import env_step_us
+
+from .job_returns import job_return, task_config
 
 log = logging.getLogger(__name__)
 
@@ -73,32 +85,12 @@ class Population:
         return ", ".join(str(job.idx) for job in self.jobs)
 
 
-# ---------------------------------------------------------------------------------------------
-# shared with the worker
-
-def task_config(config: DictConfig) -> DictConfig:
-    """The job's config without Hydra's node: what the app's ``main`` receives."""
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        task.pop("hydra", None)
-    return task
-
-
-def job_return(config: DictConfig, status: JobStatus, value: Any) -> JobReturn:
-    """The JobReturn Hydra's ``run_job`` makes for a job of ``config`` (chdir is never on here)."""
-    ret = JobReturn(overrides=list(OmegaConf.to_container(config.hydra.overrides.task)), cfg=task_config(config),
-                    hydra_cfg=OmegaConf.masked_copy(config, "hydra"), working_dir=os.getcwd(),
-                    task_name=config.hydra.job.name, status=status)
-    ret.return_value = value
-    return ret
-
 
 # ---------------------------------------------------------------------------------------------
 # grouping
 
 def population_key(config: DictConfig) -> str:
     """Equal keys: the jobs may be members of one population (``HydraConfig`` must be this job's)."""
-    from ppo_research.run.loop.train import group_key
 
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
     return json.dumps([group_key(task_config(config)), env], sort_keys=True, default=str)
@@ -147,9 +139,6 @@ def launch_order(populations: Sequence[Population]) -> list[Population]:
     step_us: dict[str, float] = {}
 
     def env_us(config: DictConfig) -> float:
-        from ppo_research.run.config.schema import validate
-        from ppo_research.run.envs.training import make_env
-        from ppo_research.tools.floor import env_step_us
 
         env = validate(task_config(config)).env
         key = json.dumps([env.id, env.kwargs, env.max_episode_steps], sort_keys=True, default=str)
@@ -178,7 +167,6 @@ def launch_order(populations: Sequence[Population]) -> list[Population]:
 # the launcher
 
 def _fail(message: str) -> None:
-    from ppo_research.run.jobs import fail
 
     fail(message)
 
@@ -279,8 +267,6 @@ class PopulationLauncher(Launcher):
     def _earlier_run(config: DictConfig) -> tuple[Optional[dict], str]:
         """(summary of the job's finished run or None, "resume" | "fresh"): what the job's directory
         holds from an earlier multirun. A run without a checkpoint starts over, so it is fresh."""
-        from ppo_research.run.rundir import checkpoint
-        from ppo_research.run.rundir.resume import finished_summary
 
         run_dir = Path(config.hydra.runtime.output_dir)
         summary = finished_summary(run_dir, OmegaConf.to_container(task_config(config), resolve=True))
@@ -296,7 +282,6 @@ class PopulationLauncher(Launcher):
         interrupts: list[dict] = []
 
         def forward(signum, frame):  # as the stop its population processes take (run/stops.FORWARDED)
-            from ppo_research.run.signals.stops import FORWARDED
 
             stops.append(signum)
             for proc in running:
@@ -323,7 +308,6 @@ class PopulationLauncher(Launcher):
                 signal.signal(s, handler)
             shutil.rmtree(workdir, ignore_errors=True)
         if interrupts or stops:
-            from ppo_research.run.signals.stops import TrainingInterrupted
 
             stopped = next((i for i in interrupts if i.get("checkpoint")), None)
             if stopped is not None:  # the launcher's own signal, if it was the one stopped
@@ -337,14 +321,12 @@ class PopulationLauncher(Launcher):
     def _continuation(self) -> str:
         """The command that continues this multirun: the same one, in this sweep directory, with
         ``hydra.launcher.resume=true``."""
-        import shlex
 
         kept = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra.launcher.resume="))]
         return shlex.join(["python", "-m", "ppo_research", *kept, f"hydra.sweep.dir={self.sweep_dir}",
                            "hydra.launcher.resume=true"])
 
     def _start(self, population: Population, request: Path, result: Path) -> subprocess.Popen:
-        from ppo_research.run import jobs
 
         for job in population.jobs:
             self._callback("on_job_start", job.config, task_function=self.task_function)
@@ -352,7 +334,6 @@ class PopulationLauncher(Launcher):
             pickle.dump({"number": population.number, "jobs": [(job.idx, job.config) for job in population.jobs],
                          "invocation": jobs.invocation, "parent": os.getpid(), "argv": list(sys.argv),
                          "resume": self.resume}, f)
-        from ppo_research.run.signals.stops import starting_workers
 
         with starting_workers():
             proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(request), str(result)],
@@ -371,7 +352,6 @@ class PopulationLauncher(Launcher):
             if stopping:  # stopped before it could say so (e.g. SIGTERM while starting)
                 interrupts.append({"signum": None})
                 return
-            from ppo_research.run.jobs import EXIT_BUG, RunFailed
 
             message = (f"error: the process of population {population.number} (pid {proc.pid}, jobs "
                        f"{population.describe()}) ended with {_ended(proc.returncode)} before it reported its jobs; "
@@ -386,13 +366,11 @@ class PopulationLauncher(Launcher):
         for job in population.jobs:
             ret = outcome["returns"].get(job.idx)
             if ret is None and not outcome.get("interrupted"):  # (a population process always reports each job)
-                from ppo_research.run.jobs import EXIT_BUG, RunFailed
 
                 message = f"error: population {population.number} did not report job {job.idx}"
                 write_line(message)
                 ret = job_return(job.config, JobStatus.FAILED, RunFailed(message, EXIT_BUG))
             if ret is not None:
-                from ppo_research.run.jobs import job_ended
 
                 failure = ret._return_value if ret.status == JobStatus.FAILED else None
                 job_ended(0 if failure is None else getattr(failure, "status", 1))
@@ -413,7 +391,6 @@ class PopulationLauncher(Launcher):
 def _worker_env() -> dict[str, str]:
     """The environment of a population process: ours, with this plugin's and ppo_research's
     folders first on its path, so that it runs the very code this process imported."""
-    import ppo_research
 
     folders = [str(Path(__file__).resolve().parents[2]), str(Path(ppo_research.__file__).resolve().parents[1])]
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

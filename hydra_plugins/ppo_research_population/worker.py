@@ -5,6 +5,10 @@ this process sets up every member as a job of its own (``prepare_member``), trai
 together through ``ppo_research.run.loop.train.train_members``, and pickles one JobReturn per job
 (and whether a stop ended it) into ``<result>``. Failures are reported by the app's own rules:
 one ``error:`` line each, the same statuses.
+
+ppo_research (and torch with it) is imported inside the functions, after ``main`` has deferred
+SIGINT: torch's C++ start-up can abort on a Ctrl-C, and this module is also imported by Hydra's
+plugin scan in every Hydra application.
 """
 from __future__ import annotations  # (no dataclass here: Hydra scans plugin modules outside sys.modules)
 
@@ -13,7 +17,7 @@ import pickle
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, configure_log, env_override, setup_globals
@@ -21,7 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppo_research.run.console import write_line
 
-from .launcher import job_return, task_config
+if TYPE_CHECKING:
+    from ppo_research.run.loop.train import MemberJob
+
+from .job_returns import job_return, task_config
 
 
 def prepare_member(idx: int, config: DictConfig, claimed: dict[Path, int],

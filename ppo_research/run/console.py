@@ -18,6 +18,8 @@ from typing import IO, Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from ..errors import EXIT_BAD_INPUT
+
 
 def job_number() -> Optional[int]:
     """Hydra's ``job.num`` when this process runs a multirun job, else None."""
@@ -34,6 +36,12 @@ def job_number() -> Optional[int]:
 def job_prefix(job: Optional[int] = None) -> str:
     job = job_number() if job is None else job
     return "" if job is None else f"[job {job}] "
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """One ``error:`` line and exit with ``code`` (bad input by default)."""
+    write_line(f"error: {message}")
+    sys.exit(code)
 
 
 def write_line(text: str, stream: Optional[IO[str]] = None) -> None:

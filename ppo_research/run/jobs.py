@@ -95,11 +95,6 @@ def job_ended(status: int) -> None:
 invocation = Invocation()
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    write_line(f"error: {message}")
-    sys.exit(code)
-
-
 def hydra_choices() -> dict[str, str]:
     return choices_of(HydraConfig.get().runtime.choices)
 
@@ -120,8 +115,6 @@ def fail_job(message: str, status: int) -> RunFailed:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(status)
     return RunFailed(message, status)
-
-
 
 
 def log_bug(err: BaseException, run_dir: Optional[Path] = None) -> str:

@@ -34,6 +34,7 @@ while writing (disk full) is one ``error:`` line, exit status 4, and leaves any 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import itertools
 import json
@@ -50,6 +51,8 @@ from torch import nn
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
 from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
 from .play import LoadedRun, PlayError, episode_seed, load_run
+
+# onnx, onnxruntime and torch.export (the `export` extra, slow imports) are imported where they are used.
 
 FORMATS = ("onnx", "torch")
 #: --verify's largest N: 100,000 CartPole observations add about 6 s and 160 MB to an export,
@@ -209,7 +212,6 @@ class _quiet_exporter:
 
 
 def _require(*modules: str) -> None:
-    import importlib.util
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -269,7 +271,6 @@ def play_actions(loaded: LoadedRun, obs: np.ndarray) -> np.ndarray:
 def verify(loaded: LoadedRun, path: Path, fmt: str, count: int) -> Optional[float]:
     """Largest |exported - play| over ``count`` observations; None when onnxruntime is missing."""
     if fmt == "onnx":
-        import importlib.util
 
         if importlib.util.find_spec("onnxruntime") is None:
             return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 # torch is imported where it is used: the population launcher times env steps with this module
 # and has no other use for it
@@ -39,7 +40,6 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
 def update_flops_per_sample(network, obs_shape: tuple, num_epochs: int, batch: int = 64) -> float:
     """Matmul FLOPs one collected sample costs: ``num_epochs`` forward-and-backward passes (the
     gradient of log pi and V: the matmuls of every PPO loss) plus the rollout's forward."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     obs = torch.zeros(batch, *obs_shape)
     with torch.no_grad():

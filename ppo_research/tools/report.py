@@ -54,6 +54,8 @@ from .stats import (
     probability_of_improvement_ci,
 )
 
+# matplotlib is imported where a figure is drawn: it is slow to import, and the tables need none.
+
 #: Settings that change what is recorded or how a run is kept, never what it learns: they never
 #: name a variant (seed is the replicate axis).
 TRACKING_KEYS = frozenset({"seed", "progress", "resume", "torch_threads", "eval.every", "choices.logger"})

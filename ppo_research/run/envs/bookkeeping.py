@@ -16,6 +16,7 @@ read-only), so later processes load it instead.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -28,7 +29,6 @@ _prepared: set = set()  # observation dtypes the kernel has been compiled or loa
 
 def compiled_available() -> bool:
     """Whether numba is installed (the compiled kernel can be used)."""
-    import importlib.util
 
     return importlib.util.find_spec("numba") is not None
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from ...errors import described
 
+# imageio (the `video` extra) is imported where a video is written.
+
 #: Container formats by file extension.
 VIDEO_SUFFIXES = (".mp4", ".gif")
 EXTRA_HINT = 'pip install -e ".[video]"'

@@ -9,6 +9,8 @@ from typing import Any, Optional
 from ...errors import ConfigError, described
 from .base import RunLogger
 
+# torch.utils.tensorboard needs the `tensorboard` extra: imported where used, by logger=tensorboard runs only.
+
 _log = logging.getLogger(__name__)
 
 

@@ -18,6 +18,8 @@ from ..rundir.checkpoint import latest
 from .base import RunLogger
 from .naming import HydraContext, default_group, default_name, default_tags
 
+# wandb is imported where it is used: about a second to import, which logger=none runs never pay.
+
 _log = logging.getLogger(__name__)
 
 

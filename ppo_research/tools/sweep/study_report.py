@@ -31,6 +31,8 @@ from ..stats import MIN_SEEDS_FOR_CI, bootstrap_ci
 from .spec import Spec, param_overrides
 from .trial import run_name, trial_dir
 
+# matplotlib and optuna's plotting are imported where the figure is drawn (slow imports).
+
 
 def effective_overrides(overrides: list[str]) -> list[str]:
     """``overrides`` with each plain ``key=value`` once: the last one, which is the one Hydra
