@@ -10,7 +10,7 @@ parameters' gradient buffer; the forward it needs keeps its activations, outside
 A population's stacked module gets the same, with batched matmuls and each member's mean over
 its own valid samples. Everything else - other networks, losses, value losses - goes through
 autograd.
-tests/test_hand_gradient.py checks every gradient against autograd's on the same minibatch.
+tests/algo/test_hand_gradient.py checks every gradient against autograd's on the same minibatch.
 
 With L = policy term + c_v * value loss - c_e * entropy, per sample i of a minibatch of B:
   dL/dlog pi_i = -A_i r_i / B, times [r_i A_i <= clip(r_i) A_i] for the clipped term (CPI: no

@@ -1,7 +1,7 @@
 """The training envs' per-step bookkeeping: episode returns, reward scaling and observation
 normalisation for S members x N envs in one call (run/envs/lockstep.py calls it).
 
-Two implementations of one step, with the same numbers bit for bit (tests/test_bookkeeping.py):
+Two implementations of one step, with the same numbers bit for bit (tests/run/envs/test_bookkeeping.py):
 
 - ``numpy_step``: the formulas in numpy's array operations. Each is ~1 us of call overhead on
   arrays of a few numbers, ~60 us per step on HalfCheetah, close to the simulation's own cost.

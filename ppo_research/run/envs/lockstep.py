@@ -4,7 +4,7 @@ or one run's envs (a population of one: the same code path).
 Each member's envs take their own step; then the members' bookkeeping - episode returns,
 reward scaling, observation normalisation - runs once over [S, N] arrays, compiled
 (``run/envs/bookkeeping.py``), with each member's own statistics, so member k's numbers are those of
-its envs stepped alone (tests/test_lockstep.py). The state is taken from the members'
+its envs stepped alone (tests/run/envs/test_lockstep.py). The state is taken from the members'
 ``TrainingEnvs`` when a rollout starts and handed back when it ends (``release``): between
 rollouts - checkpoints, evaluation - each member's own objects hold it.
 """

@@ -2,7 +2,7 @@
 
 The semantics are those of ``gymnasium.vector.SyncVectorEnv`` in NEXT_STEP autoreset mode (the
 step after an episode ends resets that env: its action is ignored, its reward is 0, and it is
-neither terminated nor truncated), step for step and bit for bit (tests/test_vector.py checks
+neither terminated nor truncated), step for step and bit for bit (tests/run/envs/test_vector.py checks
 this against gymnasium's own). What it leaves out is what the trainer never needs: iterating
 the batched action space, merging the per-env ``info`` dicts, the defensive copies - about 60 us
 per step on HalfCheetah, a fifth of a solo run's rollout step. The envs themselves are

@@ -33,7 +33,7 @@ TRIAL_DEFAULTS = ["progress=false", "checkpoint.every=0"]
 
 
 #: What ``objective.metric`` may name: the keys of the ``summary.json`` a run writes
-#: (run/loop/record.py; tests/test_sweep_spec.py checks a real run's), and ``eval_auc``, the mean of
+#: (run/loop/record.py; tests/tools/test_sweep_spec.py checks a real run's), and ``eval_auc``, the mean of
 #: the run's periodic eval returns, computed by the trial.
 SUMMARY_METRICS = ("eval_return", "eval_return_std", "eval_episodes", "train_return", "train_return_last100",
                    "global_step", "iterations", "wall_time_s", "sps")
@@ -368,7 +368,7 @@ def load_spec(path: str | Path, cli_overrides: list[str] = (), trials: Optional[
     spec.out_dir = str(Path(out_dir).resolve())
     spec.storage = storage or node.get("storage") or f"sqlite:///{spec.study_dir / 'study.db'}"
     beat = spec.heartbeat_s  # 0 would spin a core; a worker is taken for dead after 3 silent beats
-    if not _number(beat) or beat < 1:  # this wording is pinned by tests/test_bad_input.py
+    if not _number(beat) or beat < 1:  # this wording is pinned by tests/cli/test_bad_input.py
         raise SpecError(f"heartbeat_s={_shown(beat)}, expected a number of seconds >= 1")
     spec.heartbeat_s = float(beat)
     for name, v, lo in (("trials", spec.trials, 0), ("workers", spec.workers, 1), ("population", spec.population, 1)):

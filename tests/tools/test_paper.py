@@ -1,0 +1,217 @@
+"""The PPO paper's Table 1: experiment files, the job plan, random baselines and the score table."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import REPO, TINY, compose_config, read_summary, run_cli
+
+from ppo_research.tools import paper
+from ppo_research.tools.report import Normalization
+from ppo_research.tools.results import ResultsError
+
+PAPER_ENV_IDS = {"HalfCheetah-v5", "Hopper-v5", "InvertedDoublePendulum-v5", "InvertedPendulum-v5", "Reacher-v5",
+                 "Swimmer-v5", "Walker2d-v5"}
+SMALL_SETTINGS = ["No clipping or penalty", "Clipping, ε = 0.2", "Adaptive KL, d_targ = 0.01", "Fixed KL, β = 1"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- settings and plans --------------------------------------------------------------------------
+
+def test_setting_names_come_from_loss_values_and_name_what_the_paper_did_not_run():
+    klpen = {"_target_": "ppo_research.algo.losses.KLPenaltyLoss", "beta": 1.0, "kl_target": 0.01, "adaptive": True}
+    assert paper.setting_of(klpen) == "Adaptive KL, d_targ = 0.01"
+    assert paper.setting_of({**klpen, "direction": "reverse"}) == "Adaptive KL, d_targ = 0.01 (direction=reverse)"
+    assert paper.setting_of({**klpen, "beta": 2.0}) == "Adaptive KL, d_targ = 0.01 (beta=2.0)"
+    # With beta fixed, d_targ is never read: it does not make another setting.
+    assert paper.setting_of({**klpen, "adaptive": False, "kl_target": 0.05}) == "Fixed KL, β = 1"
+    assert paper.setting_of({**klpen, "adaptive": False, "epsilon": 0.2}) == "Fixed KL, β = 1 (epsilon=0.2)"
+    assert paper.setting_of({"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.1}) == "Clipping, ε = 0.1"
+
+
+def test_full_scale_plan_lists_231_jobs_of_the_paper_protocol():
+    jobs = paper.plan(["experiment=ppo_paper_table1"])  # composes and validates every job, runs none
+    assert len(jobs) == 231 and [j.number for j in jobs] == list(range(231))
+    cells = {(j.setting, j.env_id, j.seed) for j in jobs}
+    assert cells == set(itertools.product(paper.PUBLISHED, PAPER_ENV_IDS, (0, 1, 2)))
+    assert {j.total_timesteps for j in jobs} == {1_000_000}
+    # The per-job loss parameters behind the names, checked on the composed config itself.
+    composed = compose_config(["experiment=ppo_paper_table1", "paper_setting=klpen_0.003", "env=hopper"])
+    assert (composed.loss.kl_target, composed.loss.beta, composed.loss.adaptive) == (0.003, 1.0, True)
+    composed = compose_config(["experiment=ppo_paper_table1", "paper_setting=klfixed_10", "env=hopper"])
+    assert (composed.loss.beta, composed.loss.adaptive) == (10.0, False)
+
+
+@pytest.mark.parametrize("env", sorted(paper.PAPER_ENVS))
+def test_paper_hyperparameters_for_every_env(env):
+    cfg = compose_config(["experiment=ppo_paper_table1", f"env={env}"])
+    algo = cfg.algo
+    assert (algo.num_envs, algo.num_steps, algo.num_epochs, algo.minibatch_size) == (1, 2048, 10, 64)
+    assert (algo.learning_rate, algo.ent_coef, algo.anneal_lr) == (3e-4, 0.0, False)
+    assert (cfg.advantage.gamma, cfg.advantage.lam) == (0.99, 0.95)
+    assert list(cfg.network.hidden_sizes) == [64, 64] and cfg.network.activation == "tanh"
+    assert cfg.total_timesteps == 1_000_000 and cfg.env.normalize_obs and cfg.env.normalize_reward
+
+
+def test_plan_command_and_small_scale_plan():
+    res = run_cli(["plan", "experiment=ppo_paper_table1", "--no-compose"], cwd=REPO, module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[-1] == "231 jobs" and len(lines) == 232
+    assert not (REPO / "multirun.yaml").exists()  # nothing launched, nothing written
+    jobs = paper.plan(["experiment=ppo_paper_table1_small"])
+    assert len(jobs) == 36 and {j.setting for j in jobs} == set(SMALL_SETTINGS)
+    assert {j.env_id for j in jobs} == {"Hopper-v5", "InvertedPendulum-v5", "Reacher-v5"}
+    assert {j.seed for j in jobs} == {0, 1, 2} and {j.total_timesteps for j in jobs} == {200_704}
+
+
+def test_plan_rejects_a_bad_override_in_one_line():
+    res = run_cli(["plan", "experiment=ppo_paper_table1", "paper_setting=clip_0.25"], cwd=REPO,
+                  module="ppo_research.paper")
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "clip_0.2" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# -- random baselines ----------------------------------------------------------------------------
+
+def test_random_baselines_command(tmp_path):
+    out = tmp_path / "baselines.json"
+    res = run_cli(["baselines", "--envs", "inverted_pendulum,reacher", "--episodes", "3", "--seed", "7",
+                   "--out", str(out)], cwd=tmp_path, module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    assert set(result["random"]) == {"InvertedPendulum-v5", "Reacher-v5"} and result["episodes"] == 3
+    # Same seed, same numbers, in process or not.
+    env_id, returns = paper.random_returns("reacher", 3, seed=7)
+    assert env_id == "Reacher-v5" and result["random"][env_id] == pytest.approx(returns.mean())
+    assert (returns < 0).all()  # Reacher pays a distance and a control cost every step
+    _, pendulum = paper.random_returns("inverted_pendulum", 3, seed=7)
+    assert ((pendulum >= 1) & (pendulum < 100) & (pendulum == np.round(pendulum))).all()  # +1 per step, falls soon
+    assert not np.array_equal(paper.random_returns("reacher", 3, seed=8)[1], returns)
+    # The file is a report.py normalisation file too.
+    norm = Normalization.from_file(out)
+    assert norm.reference == "best" and norm.random == result["random"]
+
+
+def test_committed_baselines_cover_the_paper_envs():
+    result = json.loads(paper.BASELINES_FILE.read_text())
+    assert set(result["random"]) == PAPER_ENV_IDS and result["episodes"] == 100
+    assert all(math.isfinite(v) for v in result["random"].values())
+    assert Normalization.from_file(paper.BASELINES_FILE).random == result["random"]
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+def expected_scores(jobs: list[Path], random: dict) -> dict[str, float]:
+    """The paper's score recomputed from summary.json files: per env the best setting's mean is 1,
+    the random policy 0; a setting's score is the mean over its runs."""
+    finals: dict[tuple[str, str], list[float]] = {}
+    for job in jobs:
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        finals.setdefault((cfg["env"]["id"], paper.setting_of(cfg["loss"])), []).append(
+            read_summary(job)["train_return_last100"])
+    best = {env: max(np.mean(v) for (e, _), v in finals.items() if e == env) for env, _ in finals}
+    scores: dict[str, list[float]] = {}
+    for (env, setting), values in finals.items():
+        scores.setdefault(setting, []).extend((x - random[env]) / (best[env] - random[env]) for x in values)
+    return {s: float(np.mean(v)) for s, v in scores.items()}
+
+
+def test_small_experiment_at_toy_budget_produces_the_table(tmp_path):
+    """The small-scale experiment file, its multirun through joblib and the table command, with
+    the grid cut to 2 envs x 1 seed and a toy budget."""
+    overrides = ["experiment=ppo_paper_table1_small", "env=inverted_pendulum,reacher", "seed=0", "logger=none", *TINY]
+    sweep_dir = tmp_path / "multirun"
+    res = run_cli(["-m", *overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted((p.parent for p in sweep_dir.glob("*/summary.json")), key=lambda p: int(p.name))
+    assert len(jobs) == 8
+    # The plan is the list Hydra launched, job for job.
+    planned = paper.plan(overrides, compose=False)
+    assert [list(j.overrides) for j in planned] == [yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+                                                    for d in jobs]
+
+    res = run_cli(["table", str(sweep_dir)], cwd=tmp_path, module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = sweep_dir / "paper_table1"
+    rows = read_csv(out / "table1.csv")
+    assert [r["setting"] for r in rows] == SMALL_SETTINGS  # one row per setting, in the paper's order
+    random = json.loads(paper.BASELINES_FILE.read_text())["random"]
+    expected = expected_scores(jobs, random)
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(expected[row["setting"]], rel=1e-9)
+        assert float(row["published"]) == paper.PUBLISHED[row["setting"]] and row["runs"] == "2"
+    assert "| Clipping, ε = 0.2 | " in res.stdout and "| 0.82 |" in res.stdout
+    assert (out / "table1.md").read_text() in res.stdout
+    assert (out / "report" / "curves.png").stat().st_size > 0  # report.py's curves, same runs
+
+
+def fake_run(root: Path, name: str, env_id: str, loss: dict, seed: int, score: float, steps: int = 1000) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "total_timesteps": steps, "env": {"id": env_id}, "loss": loss,
+              "algo": {"num_steps": 2048}}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    row = {"iteration": 1, "global_step": steps, "episode_return": score}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    (run / "summary.json").write_text(json.dumps({"global_step": steps, "wall_time_s": 1.0, "sps": 1000.0,
+                                                  "train_return_last100": score}))
+    return run
+
+
+CLIP = {"_target_": "ppo_research.algo.losses.ClipLoss", "epsilon": 0.2}
+CPI = {"_target_": "ppo_research.algo.losses.CPILoss"}
+
+
+def test_table_numbers_by_hand(tmp_path):
+    # A: random 0; clip 10, 20 (mean 15, the best); cpi 0, -6.  B: random -10; clip 0, 0; cpi 10, 30 (mean 20, best)
+    for i, (env, loss, seed, score) in enumerate([("A-v0", CLIP, 0, 10.0), ("A-v0", CLIP, 1, 20.0),
+                                                  ("A-v0", CPI, 0, 0.0), ("A-v0", CPI, 1, -6.0),
+                                                  ("B-v0", CLIP, 0, 0.0), ("B-v0", CLIP, 1, 0.0),
+                                                  ("B-v0", CPI, 0, 10.0), ("B-v0", CPI, 1, 30.0)]):
+        fake_run(tmp_path / "runs", str(i), env, loss, seed, score)
+    baselines = tmp_path / "random.json"
+    baselines.write_text(json.dumps({"random": {"A-v0": 0.0, "B-v0": -10.0}}))
+    text, files = paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", n_boot=200, curves=False)
+    rows = {r["setting"]: r for r in read_csv(files["table_csv"])}
+    # clip: A (10/15, 20/15), B (10/30, 10/30) -> mean 0.75;  cpi: A (0, -6/15), B (20/30, 40/30) -> 0.4
+    assert float(rows["Clipping, ε = 0.2"]["score"]) == pytest.approx((10 / 15 + 20 / 15 + 2 * 10 / 30) / 4)
+    assert float(rows["No clipping or penalty"]["score"]) == pytest.approx((0 - 6 / 15 + 20 / 30 + 40 / 30) / 4)
+    assert float(rows["No clipping or penalty"]["B-v0"]) == pytest.approx(1.0)
+    assert (rows["Clipping, ε = 0.2"]["rank"], rows["No clipping or penalty"]["rank"]) == ("1", "2")
+    assert "| best setting | 15.0 | 20.0 |" in text
+
+
+def test_table_refuses_mixed_protocols_and_missing_baselines(tmp_path):
+    fake_run(tmp_path / "runs", "0", "A-v0", CLIP, 0, 1.0, steps=1000)
+    fake_run(tmp_path / "runs", "1", "A-v0", CPI, 0, 2.0, steps=2000)
+    baselines = tmp_path / "random.json"
+    baselines.write_text(json.dumps({"random": {"A-v0": 0.0}}))
+    with pytest.raises(ResultsError, match="differ in total_timesteps"):
+        paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", curves=False)
+    baselines.write_text(json.dumps({"random": {"B-v0": 0.0}}))
+    res = run_cli(["table", str(tmp_path / "runs"), "--baselines", str(baselines), "--no-curves"], cwd=tmp_path,
+                  module="ppo_research.paper")
+    assert res.returncode == 2 and res.stderr.startswith("error: no random baseline for A-v0")
+
+
+def test_table_notes_an_incomplete_grid(tmp_path):
+    for i, (env, loss, score) in enumerate([("A-v0", CLIP, 2.0), ("A-v0", CPI, 1.0), ("B-v0", CLIP, 3.0)]):
+        fake_run(tmp_path / "runs", str(i), env, loss, 0, score)
+    baselines = tmp_path / "random.json"
+    baselines.write_text(json.dumps({"random": {"A-v0": 0.0, "B-v0": 0.0}}))
+    text, files = paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", n_boot=50, curves=False)
+    assert "Note: the grid is incomplete (No clipping or penalty on B-v0)" in text
+    rows = {r["setting"]: r for r in read_csv(files["table_csv"])}
+    assert (rows["No clipping or penalty"]["runs"], float(rows["No clipping or penalty"]["score"])) == ("1", 0.5)
