@@ -122,7 +122,7 @@ def cli(argv: list[str]) -> int:
         # An existing directory is taken before Hydra writes its .hydra/ into it: a live run's
         # files stay its own, and a fresh run does not overwrite a finished one's.
         if multirun and not _runs_nothing(argv):
-            guard.refuse_taken_job_dirs(argv)  # likewise every job directory of a multirun, before multirun.yaml
+            guard.refuse_taken_job_dirs(argv, jobs.invocation)  # likewise every job directory of a multirun, before multirun.yaml
         explicit = [] if multirun else guard.explicit_dirs(argv, ("hydra.run.dir",))
         target = jobs.invocation.resume_dir or (explicit[-1] if explicit else None)
         if target is not None and target.is_dir() and not _runs_nothing(argv):
@@ -140,7 +140,7 @@ def cli(argv: list[str]) -> int:
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else (0 if err.code is None else EXIT_BUG)
     except RunFailed as err:  # already printed by main
-        guard.restore_sweep_dir()
+        guard.restore_sweep_dir(jobs.invocation)
         return err.status
     except RunDirError as err:  # the owner lock taken above
         write_line(f"error: {err}", stderr)

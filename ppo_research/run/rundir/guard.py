@@ -20,26 +20,27 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from ...errors import EXIT_BAD_INPUT
-from .. import jobs
 from ..config.compose import CONF_DIR, plan_multirun
 from ..console import write_line
 from . import owner
 
 
-def restore_sweep_dir() -> None:
+def restore_sweep_dir(invocation) -> None:
     """After a multirun that trained nothing (every job refused): put back the ``multirun.yaml``
-    Hydra's sweeper wrote over (or remove the one it made), and the sweep directory if it made it."""
-    sweep_dir = jobs.invocation.sweep_dir
-    statuses = jobs.invocation.job_statuses
+    Hydra's sweeper wrote over (or remove the one it made), and the sweep directory if it made it.
+    ``invocation``: the command's ``jobs.Invocation`` (the sweep directory as it was, each job's
+    exit status, the directories that existed before)."""
+    sweep_dir = invocation.sweep_dir
+    statuses = invocation.job_statuses
     if sweep_dir is None or not statuses or any(status != EXIT_BAD_INPUT for status in statuses):
         return
     try:
         path = sweep_dir / "multirun.yaml"
-        if jobs.invocation.multirun_yaml is not None:
-            path.write_bytes(jobs.invocation.multirun_yaml)
+        if invocation.multirun_yaml is not None:
+            path.write_bytes(invocation.multirun_yaml)
         elif path.exists():
             path.unlink()
-        while sweep_dir not in jobs.invocation.existed and sweep_dir != sweep_dir.parent and not any(sweep_dir.iterdir()):
+        while sweep_dir not in invocation.existed and sweep_dir != sweep_dir.parent and not any(sweep_dir.iterdir()):
             sweep_dir.rmdir()
             sweep_dir = sweep_dir.parent
     except OSError:
@@ -112,19 +113,20 @@ def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]
     return dirs, resuming, sweep_dir
 
 
-def refuse_taken_job_dirs(argv: list[str]) -> None:
+def refuse_taken_job_dirs(argv: list[str], invocation) -> None:
     """A multirun into an existing sweep directory is checked before Hydra writes anything there
     (``multirun.yaml``, each job's ``.hydra/``): a job directory in use by a live process, one
     holding a run this multirun would start over (not continued with the population launcher's
     ``hydra.launcher.resume=true``), or two jobs sharing one directory refuse the whole command,
-    one line each, exit status 2."""
+    one line each, exit status 2. ``invocation`` (the command's ``jobs.Invocation``) keeps the sweep
+    directory and its ``multirun.yaml`` as they were, for ``restore_sweep_dir``."""
     planned = multirun_job_dirs(argv)
     if planned is None:
         return
     dirs, resuming, sweep_dir = planned
-    jobs.invocation.sweep_dir = sweep_dir
+    invocation.sweep_dir = sweep_dir
     try:
-        jobs.invocation.multirun_yaml = (sweep_dir / "multirun.yaml").read_bytes()
+        invocation.multirun_yaml = (sweep_dir / "multirun.yaml").read_bytes()
     except OSError:
         pass
     lines, first_job = [], {}

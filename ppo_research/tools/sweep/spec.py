@@ -256,11 +256,17 @@ def _seeds(node: Any) -> list[int]:
     return list(node)
 
 
-def _envs(node: Any) -> dict:
+def _mapping(key: str, node: Any, expected: str) -> dict:
+    """A spec field that is a mapping: {} when left out (null); anything but a mapping is refused."""
     if node is None:
         return {}
     if not isinstance(node, dict):
-        raise invalid("envs", node, "a mapping from env options to {random: R, reference: E} (or null)")
+        raise invalid(key, node, expected)
+    return node
+
+
+def _envs(node: Any) -> dict:
+    node = _mapping("envs", node, "a mapping from env options to {random: R, reference: E} (or null)")
     for env, norm in node.items():
         if not isinstance(env, str) or not env:
             raise invalid("envs", env, "env options (config group env, e.g. cartpole) as keys")
@@ -279,10 +285,9 @@ def _envs(node: Any) -> dict:
 
 
 def _objective(node: Any) -> dict:
-    if node is None:
+    node = _mapping("objective", node, "a mapping with metric, direction and aggregate")
+    if not node:
         return {}
-    if not isinstance(node, dict):
-        raise invalid("objective", node, "a mapping with metric, direction and aggregate")
     unknown = set(node) - {"metric", "direction", "aggregate"}
     if unknown:
         raise SpecError(f"objective: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
