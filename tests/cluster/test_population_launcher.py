@@ -243,7 +243,13 @@ def test_a_member_writes_what_the_basic_launcher_writes_for_the_same_job(tmp_pat
     names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
     assert names(member) == names(solo)
     ran, alone = json.loads((member / "run.json").read_text()), json.loads((solo / "run.json").read_text())
-    assert {k: v for k, v in ran.items() if k != "run_id"} == {k: v for k, v in alone.items() if k != "run_id"}
+    own = lambda described: {k: v for k, v in described.items() if k not in ("run_id", "population")}  # noqa: E731
+    assert own(ran) == own(alone)
+    # ... but each names the population it trained in (python -m ppo_research.rerun trains it again)
+    assert ran["population"]["index"] == 0 and alone["population"]["index"] == 0
+    assert [m["run_dir"] for m in ran["population"]["members"]] == [str(member), str(tmp_path / "pop" / "1")]
+    assert [m["run_dir"] for m in alone["population"]["members"]] == [str(solo)]
+    assert [m["config"]["seed"] for m in ran["population"]["members"]] == [3, 4]
     rows, solo_rows = untimed(read_metrics(member)), untimed(read_metrics(solo))
     assert len(rows) == len(solo_rows) >= 2
     for row, solo_row in zip(rows, solo_rows):

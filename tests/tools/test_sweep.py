@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import REPO, TINY, read_metrics, read_summary, run_cli
+from helpers import REPO, TINY, read_metrics, read_summary, run_cli, without_timing
 from helpers.sweeps import BASE, load, run_sweep, study_dir, write_spec
 from helpers.wandb_files import wandb_records
 from optuna.trial import TrialState
@@ -209,6 +210,30 @@ def test_report_and_best_overrides_reproduce_the_best_trial(tmp_path):
     evals = [r["eval_return"] for r in read_metrics(tmp_path / "repro") if "eval_return" in r]
     assert sum(evals) / len(evals) == pytest.approx(study.best_trial.user_attrs["eval_auc/s0"], rel=1e-9)
     assert read_summary(tmp_path / "repro")["global_step"] == 512
+
+
+def test_the_reproduce_command_of_a_population_trial_trains_its_population_again_exactly(tmp_path):
+    """A trial trained with --population 2 has its population's numbers, not its solo runs'
+    (docs/populations.md): its reproduce command (best.json, and the command's last lines) trains
+    that population again, and every run of it comes back bit for bit."""
+    spec = write_spec(tmp_path, trials=2, seeds=[0, 1], overrides=[*BASE, "total_timesteps=1280", "eval.every=2"])
+    res = run_sweep(tmp_path, str(spec), "--population", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    best = json.loads((study_dir(tmp_path) / "best.json").read_text())
+    (command,) = best["reproduce"]  # one population: one command
+    assert f"reproduce trial {best['best_trial']}: {command}" in res.stdout
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "ppo_research.rerun"]
+
+    res = run_cli(words[3:], cwd=tmp_path, module="ppo_research.rerun")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out, trials = Path(words[words.index("--out") + 1]), study_dir(tmp_path) / "trials"
+    assert study_dir(tmp_path) not in out.parents  # the study's report does not count the re-run's runs
+    runs = sorted(trials.glob("*/s*"))
+    assert len(runs) == 4  # 2 trials x 2 seeds, one population
+    for run in runs:
+        rows = read_metrics(out / run.relative_to(trials))
+        assert len(rows) == 10 and without_timing(rows) == without_timing(read_metrics(run)), run
 
 
 def test_history_names_its_objective_and_counts_trials_in_integers(tmp_path):

@@ -5,6 +5,10 @@ Each member is a whole run - its own run directory, run.json, metrics, checkpoin
 run, envs, normalisation, random streams - and the members' networks are updated together by
 one stacked update (algo/stacking.py, run/loop/trainer.py). ``train_members`` is the life of a
 population as ``train.train_from_config`` is a run's; a single run is a population of one.
+
+A member's numbers depend on its population (the stacked update's round-off, amplified by the
+dynamics), so every member's run.json names its population (``describe_members``), from which
+``python -m ppo_research.rerun`` (tools/rerun.py) trains it again with the same numbers.
 """
 from __future__ import annotations
 
@@ -179,9 +183,11 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
             for i in indices:
                 results[i] = states
             return
+    stopped: dict[int, int] = {}  # member -> the iteration at which its own on_evaluation stopped it
     try:
         trainer = population_trainer([parts for _, parts, _, _ in members], [Path(jobs[i].run_dir) for i in indices],
-                                     [rng for _, _, rng, _ in members], [jobs[i].on_evaluation for i in indices])
+                                     [rng for _, _, rng, _ in members],
+                                     [_noting_stop(jobs[i].on_evaluation, k, stopped) for k, i in enumerate(indices)])
     except ConfigError as err:  # e.g. a network that cannot be stacked
         for i in indices:
             results[i] = err
@@ -199,9 +205,9 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
             for i in indices:
                 results[i] = err
             return
+        describe_members(trainer, jobs, indices, stopped)
         for k, (m, i) in enumerate(zip(trainer.members, indices)):
             job = jobs[i]
-            describe_run(m.run_dir, m.parts.resolved, m.parts.choices, job.overrides, m.parts.run_id)
             _make_current(job)  # the tracker names and groups the run from its own job's Hydra config
             m.logger.start(m.run_dir, m.parts.resolved, m.parts.choices,
                            resume_id=states[k].get("logger_run_id") if resuming else None)
@@ -212,6 +218,8 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
             for k, m in enumerate(trainer.members):
                 continue_metrics(trainer, exact[k], m)
         outcomes = trainer.train_members()
+        if stopped:  # a re-run must stop these members where they stopped
+            describe_members(trainer, jobs, indices, stopped)
         exit_code = 0
         for k, (m, i) in enumerate(zip(trainer.members, indices)):
             results[i] = outcomes[k]
@@ -225,6 +233,43 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
         trainer.close()
         for m in loggers_started:
             m.logger.finish(exit_code if m.ended is None else 1)
+
+
+def population_members(trainer, jobs: Sequence[MemberJob], indices: list[int], stopped: dict[int, int]) -> list[dict]:
+    """The population's members in order, as run.json records them: enough to train the
+    population again exactly (``python -m ppo_research.rerun``), since a member's numbers depend on
+    who it trains with (the stacked update's round-off) and not only on its own config.
+
+    Each: ``run_dir`` (absolute), ``run_id``, ``config`` (resolved), ``choices``, ``overrides``
+    and ``stopped_at``: the iteration at whose evaluation the member's ``on_evaluation`` stopped
+    it (a pruned trial), else null."""
+    return [{"run_dir": str(Path(m.run_dir).absolute()), "run_id": m.parts.run_id, "config": m.parts.resolved,
+             "choices": dict(m.parts.choices), "overrides": list(jobs[i].overrides), "stopped_at": stopped.get(k)}
+            for k, (m, i) in enumerate(zip(trainer.members, indices))]
+
+
+def describe_members(trainer, jobs: Sequence[MemberJob], indices: list[int], stopped: dict[int, int]) -> None:
+    """Every member's run.json, each naming its population and its own index ``k`` in it."""
+    members = population_members(trainer, jobs, indices, stopped)
+    for k, (m, i) in enumerate(zip(trainer.members, indices)):
+        describe_run(m.run_dir, m.parts.resolved, m.parts.choices, jobs[i].overrides, m.parts.run_id,
+                     population={"index": k, "members": members})
+
+
+def _noting_stop(hook: Optional[Callable[[int, int, float], None]], k: int, stopped: dict[int, int]):
+    """``hook``, noting in ``stopped[k]`` the iteration at which it stops member k: once a member
+    stops, the others train on other numbers, so a re-run must stop it at the same iteration."""
+    if hook is None:
+        return None
+
+    def on_evaluation(iteration: int, global_step: int, eval_return: float) -> None:
+        try:
+            hook(iteration, global_step, eval_return)
+        except Exception:  # the trainer ends this member (as it ends it for any hook's exception)
+            stopped[k] = iteration
+            raise
+
+    return on_evaluation
 
 
 def _make_current(job: MemberJob) -> None:

@@ -1,7 +1,8 @@
 """The files that describe a run in its directory, and how they are written.
 
-- ``run.json`` (``describe_run``): the run's identity (run id), resolved config, group choices
-  and overrides, written at the start of every segment; a run directory describes itself.
+- ``run.json`` (``describe_run``): the run's identity (run id), resolved config, group choices,
+  overrides and the population it trains in, written at the start of every segment; a run
+  directory describes itself.
 - ``metrics.jsonl`` (``MetricsFile``): one row per iteration, appended and flushed.
 - every JSON file is written whole: a temp file renamed over the target (``write_json_atomic``),
   with fsyncs where a power cut must not lose it (``write_json_durable``).
@@ -97,10 +98,15 @@ def write_json_durable(path: Path, data: dict) -> None:
 
 
 def describe_run(run_dir: Path, resolved: dict, choices: dict[str, str], overrides: Sequence[str] = (),
-                 run_id: Optional[str] = None) -> None:
+                 run_id: Optional[str] = None, population: Optional[dict] = None) -> None:
     """run.json: the run's identity (``run_id``, kept by every resume; checkpoints carry it too),
-    resolved config, group choices and this segment's overrides."""
+    resolved config, group choices, this segment's overrides and ``population``: the population
+    this segment trains in, ``{"index": k, "members": [...]}`` (``loop.train.population_record``;
+    a run trained alone is a population of one), from which ``python -m ppo_research.rerun``
+    trains it again with the same numbers."""
     data = {"run_id": run_id, "config": resolved, "choices": dict(choices), "overrides": list(overrides)}
+    if population is not None:
+        data["population"] = population
     try:
         write_json_durable(Path(run_dir) / RUN_FILE, data)
     except OSError:  # e.g. a value json cannot hold: the plain writer's behaviour

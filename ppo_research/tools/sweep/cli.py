@@ -52,6 +52,8 @@ def run(spec: Spec) -> dict:
     print(f"done in {time.perf_counter() - start:.0f}s: {result['counts']}; "
           f"best {result.get('best_value')} with {result.get('best_params')}; report in {spec.study_dir} "
           f"(runs: python -m ppo_research.report {spec.study_dir})", flush=True)
+    for command in result.get("reproduce", []):  # the best trial's numbers again (docs/sweeps.md)
+        print(f"reproduce trial {result['best_trial']}: {command}", flush=True)
     failed = [c for c in codes if c]
     if failed:
         raise WorkersDied(codes)

@@ -2,7 +2,8 @@
 
     <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs
                                     (blank below 3 runs), params, last reported step, duration, error
-    <study>/best.json               best trial, value, params, counts, importances, reproduce commands
+    <study>/best.json               best trial, value, params, counts, importances, and the commands
+                                    that reproduce the best trial's numbers (``reproduce_commands``)
     <study>/best_overrides.txt      the best config as Hydra overrides (one line, each key once)
     <study>/history.png             optimisation history: the objective named on the y axis,
                                     integer trial numbers on the x axis
@@ -17,9 +18,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -123,11 +125,9 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
         best = study.best_trial
         scores = run_scores(spec, best)
         base = effective_overrides(spec.overrides + param_overrides(best.params))
-        commands = [" ".join(["python -m ppo_research", *effective_overrides(spec.run_overrides(best.params, e, s))])
-                    for e in spec.env_runs() for s in spec.seeds]
         result.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                       best_value_ci=_ci(spec, scores),
-                      best_overrides=base, reproduce=commands,
+                      best_overrides=base, reproduce=reproduce_commands(spec, best),
                       best_runs=[str(p) for p in find_run_dirs(trial_dir(spec, best.number))]
                       if trial_dir(spec, best.number).is_dir() else [])
         (out / "best_overrides.txt").write_text(" ".join(base) + "\n")
@@ -136,6 +136,36 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
     if complete:
         plot_history(study, out / "history.png", objective_label(spec))
     return result
+
+
+def trained_in_population(spec: Spec, t: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's runs trained as members of a population of several runs (``--population``:
+    the trials trained together, each with every seed), rather than each alone."""
+    together = t.user_attrs.get("population")
+    return isinstance(together, list) and len(together) * len(spec.seeds) > 1
+
+
+def rerun_dir(spec: Spec, number: int, env: Optional[str]) -> Path:
+    """Where the reproduce command re-runs trial ``number``'s population on ``env``: beside the study
+    folder, not in it, so that the study's report does not count the re-run's runs twice."""
+    suffix = f"-{env}" if len(spec.env_runs()) > 1 else ""
+    return spec.study_dir.parent / f"{spec.study}-t{number:04d}-rerun{suffix}"
+
+
+def reproduce_commands(spec: Spec, t: optuna.trial.FrozenTrial) -> list[str]:
+    """The commands that train the trial's runs again with the numbers they had. A run trained
+    alone is ``python -m ppo_research <its overrides>``, one command per seed and env. A member of a
+    population has its solo run's distribution but not its numbers (docs/populations.md): its
+    population is trained again with ``python -m ppo_research.rerun``, one command per env."""
+    if not trained_in_population(spec, t):
+        return [" ".join(["python -m ppo_research", *effective_overrides(spec.run_overrides(t.params, env, seed))])
+                for env in spec.env_runs() for seed in spec.seeds]
+    commands = []
+    for env in spec.env_runs():
+        member = trial_dir(spec, t.number) / run_name(env, spec.seeds[0])  # any run of the trial names the population
+        out = rerun_dir(spec, t.number, env)
+        commands.append(shlex.join(["python", "-m", "ppo_research.rerun", str(member), "--out", str(out)]))
+    return commands
 
 
 def importances(study: optuna.Study, complete: list) -> dict:

@@ -25,7 +25,7 @@ from helpers import one_torch_thread, read_metrics, run_cli
 from ppo_research.errors import ConfigError, NonFiniteError
 from ppo_research.run.config.compose import compose
 from ppo_research.run.loop.build import build
-from ppo_research.run.loop.train import MemberJob, group_key, population_trainer, train_members
+from ppo_research.run.loop.train import MemberJob, group_key, population_trainer, train_from_config, train_members
 from ppo_research.run.rundir import checkpoint
 
 TWO_ITERATIONS = {"cartpole": ["env=cartpole", "total_timesteps=2048", "algo.num_steps=128"],  # 8 envs x 128
@@ -191,6 +191,30 @@ def test_members_must_share_everything_else(tmp_path):
                              job(["env=cartpole", "seed=1", "algo.num_epochs=3"], tmp_path / "b")])
     assert all(isinstance(r, ConfigError) and "algo.num_epochs" in str(r) for r in results), results
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+
+def test_run_json_names_the_population_each_member_trained_in(tmp_path):
+    """A member's numbers are its population's (module docstring), so its run.json records the
+    population: its own index and every member in order, with its directory, run id, resolved
+    config, choices and overrides. A run trained alone records a population of one. The keys other
+    code reads are as they were."""
+    tiny = ["env=cartpole", "total_timesteps=128", "algo.num_envs=2", "algo.num_steps=64"]
+    dirs = [tmp_path / "pop4", tmp_path / "pop5"]
+    results = train_members([job([*tiny, f"seed={seed}"], d) for seed, d in zip((4, 5), dirs)])
+    assert all(isinstance(r, dict) for r in results), results
+    described = [json.loads((d / "run.json").read_text()) for d in dirs]
+    for k, mine in enumerate(described):
+        assert list(mine) == ["run_id", "config", "choices", "overrides", "population"]
+        assert mine["population"] == {"index": k, "members": [
+            {"run_dir": str(d), "run_id": run["run_id"], "config": run["config"], "choices": run["choices"],
+             "overrides": run["overrides"], "stopped_at": None} for d, run in zip(dirs, described)]}
+    assert [run["config"]["seed"] for run in described] == [4, 5]
+
+    train_from_config(job([*tiny, "seed=4"], tmp_path / "alone").cfg, tmp_path / "alone", {}, overrides=["seed=4"])
+    alone = json.loads((tmp_path / "alone" / "run.json").read_text())
+    assert alone["population"] == {"index": 0, "members": [
+        {"run_dir": str(tmp_path / "alone"), "run_id": alone["run_id"], "config": alone["config"], "choices": {},
+         "overrides": ["seed=4"], "stopped_at": None}]}
 
 
 def test_loss_kinds_group_when_their_other_settings_agree():
