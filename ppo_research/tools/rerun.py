@@ -38,7 +38,8 @@ from ..errors import (
     first_line,
 )
 from ..run.console import write_line
-from ..run.loop.train import RUN_OWN_KEYS, MemberJob, train_members
+from ..run.loop.build import check
+from ..run.loop.train import RUN_OWN_KEYS, MemberJob, check_members, train_members
 from ..run.rundir.files import RUN_FILE
 from .cli_common import OneLineParser, OutputError, check_output_dir, error_line
 
@@ -135,6 +136,24 @@ def member_jobs(members: Sequence[dict], dirs: Sequence[Path]) -> list[MemberJob
     return jobs
 
 
+def check_jobs(jobs: Sequence[MemberJob], run_dir: Path) -> None:
+    """Every member's recorded config passes a run's checks, and they can still be one population:
+    else nothing trains. A member refused alone (a run.json edited by hand, or written by a version
+    whose checks were looser) would leave the others training in a smaller population, with other
+    numbers than the originals'."""
+    path = run_dir / RUN_FILE
+    for k, job in enumerate(jobs):
+        try:
+            check(job.cfg)
+        except ConfigError as err:
+            raise RerunError(f"{path}: member {k} of its population record has a config this version refuses "
+                             f"({first_line(err)})") from None
+    try:
+        check_members([job.cfg for job in jobs])
+    except ConfigError as err:
+        raise RerunError(f"{path}: its population record's members cannot train together ({first_line(err)})") from None
+
+
 def failure_status(err: BaseException) -> int:
     if isinstance(err, NonFiniteError):
         return EXIT_DIVERGED
@@ -168,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         members = read_population(args.run_dir)
         check_out(args.out)
         jobs = member_jobs(members, member_dirs(members, args.out))
+        check_jobs(jobs, args.run_dir)
     except (RerunError, OutputError) as err:
         error_line(str(err))
         return EXIT_BAD_INPUT

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY, one_torch_thread, read_metrics, run_cli, without_timing
+from omegaconf import OmegaConf
 
 from ppo_research.run.config.compose import compose
 from ppo_research.run.loop.train import MemberJob, train_members
@@ -124,14 +125,23 @@ def rerun(argv: list[str]) -> int:
         return stop.code
 
 
-def described(run_dir: Path, population: bool = True) -> Path:
-    """A run.json as a run writes it (with or without the population record); no training."""
+def described(run_dir: Path, population: bool = True, configs: tuple[dict, ...] = ({"seed": 0},)) -> Path:
+    """A run.json as a run writes it (with or without the population record of members with
+    ``configs``); no training."""
     run_dir.mkdir(parents=True)
-    data = {"run_id": "0123456789abcdef", "config": {"seed": 0}, "choices": {}, "overrides": []}
+    data = {"run_id": "0123456789abcdef", "config": configs[0], "choices": {}, "overrides": []}
     if population:
-        data["population"] = {"index": 0, "members": [{**data, "run_dir": str(run_dir.absolute()), "stopped_at": None}]}
+        data["population"] = {"index": 0, "members": [
+            {**data, "config": config, "run_dir": str((run_dir if k == 0 else run_dir.parent / f"m{k}").absolute()),
+             "stopped_at": None}
+            for k, config in enumerate(configs)]}
     (run_dir / "run.json").write_text(json.dumps(data))
     return run_dir
+
+
+def recorded_config(*overrides: str) -> dict:
+    """A resolved config as run.json records it."""
+    return OmegaConf.to_container(compose([*CARTPOLE, *overrides]).cfg, resolve=True)
 
 
 @pytest.mark.parametrize("case, line", [
@@ -139,8 +149,19 @@ def described(run_dir: Path, population: bool = True) -> Path:
     ("no run.json", "error: {tmp}/empty: holds no run.json (not a run directory)"),
     ("no record", "error: {tmp}/old/run.json: records no population (written before run.json named the population "
                   "a run trains in), so its numbers cannot be reproduced exactly"),
+    ("a file", "error: {tmp}/file: not a directory"),
+    ("garbled run.json", "error: {tmp}/garbled/run.json: cannot be read (Expecting value: line 1 column 1 (char 0))"),
+    ("a member refused", "error: {tmp}/refused/run.json: member 1 of its population record has a config this "
+                         "version refuses (algo.learning_rate=-1.0 is invalid: expected a value in (0, inf))"),
+    ("members apart", "error: {tmp}/apart/run.json: its population record's members cannot train together "
+                      "(population='member 1' is invalid: expected a config equal to member 0's outside "
+                      "seed, loss.epsilon, loss.beta, loss.kl_target, loss.adaptive, advantage.lam, advantage.gamma, "
+                      "algo.learning_rate, algo.ent_coef and the loss kind among cpi, clip, klpen, klfixed (it "
+                      "differs in algo.num_epochs))"),
     ("out holds files", "error: --out {tmp}/taken: already holds files; re-run into a new directory"),
     ("out is a file", "error: cannot write --out {tmp}/file: it is a file, not a directory"),
+    ("out unwritable", "error: cannot write --out /proc/ppo_research_nowhere/out: cannot create files in /proc "
+                       "(No such file or directory)"),
     ("no out", "error: the following arguments are required: --out (see python -m ppo_research.rerun --help)"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(case, line, tmp_path, capsys):
@@ -150,9 +171,18 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, line, tmp_path, ca
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "metrics.jsonl").write_text("")
     (tmp_path / "file").write_text("")
-    target = {"no directory": tmp_path / "nowhere", "no run.json": tmp_path / "empty",
-              "no record": tmp_path / "old"}.get(case, run)
-    out = {"out holds files": tmp_path / "taken", "out is a file": tmp_path / "file"}.get(case, tmp_path / "new")
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "run.json").write_text("")
+    # a member refused alone would leave the others training in a smaller population, with other numbers
+    if case == "a member refused":
+        described(tmp_path / "refused", configs=(recorded_config(), recorded_config("algo.learning_rate=-1.0")))
+    if case == "members apart":
+        described(tmp_path / "apart", configs=(recorded_config(), recorded_config("algo.num_epochs=3")))
+    target = {"no directory": tmp_path / "nowhere", "no run.json": tmp_path / "empty", "no record": tmp_path / "old",
+              "a file": tmp_path / "file", "garbled run.json": tmp_path / "garbled",
+              "a member refused": tmp_path / "refused", "members apart": tmp_path / "apart"}.get(case, run)
+    out = {"out holds files": tmp_path / "taken", "out is a file": tmp_path / "file",
+           "out unwritable": Path("/proc/ppo_research_nowhere/out")}.get(case, tmp_path / "new")
     argv = [str(target)] + ([] if case == "no out" else ["--out", str(out)])
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
 
