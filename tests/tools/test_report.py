@@ -13,8 +13,10 @@ import pytest
 import yaml
 from helpers import TINY, read_summary, run_cli
 from omegaconf import OmegaConf
+from scipy import stats as sps
 
 from ppo_research.tools.report import (
+    CONVENTIONS,
     LEGEND_CHARS,
     Normalization,
     aggregate_groups,
@@ -26,6 +28,7 @@ from ppo_research.tools.report import (
     write_report,
 )
 from ppo_research.tools.results import RUN_FILE, find_runs, read_run
+from ppo_research.tools.stats import coverage_text
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -39,11 +42,19 @@ def is_png(path: Path) -> bool:
 
 # -- on a real multirun ---------------------------------------------------------------------------
 
-def test_report_of_a_multirun_matches_the_runs_summaries(tmp_path):
-    sweep, out = tmp_path / "sweep", tmp_path / "report"
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> Path:
+    """A real multirun: loss=clip,klpen x seed=0,1 on CartPole, tiny (the tests only read it)."""
+    root = tmp_path_factory.mktemp("multirun")
+    sweep = root / "sweep"
     proc = run_cli(["-m", "loss=clip,klpen", "seed=0,1", "env=cartpole", "logger=none", *TINY,
-                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=180)
+                    f"hydra.sweep.dir={sweep}"], cwd=root, timeout=180)
     assert proc.returncode == 0, proc.stderr
+    return sweep
+
+
+def test_report_of_a_multirun_matches_the_runs_summaries(tmp_path, multirun):
+    sweep, out = multirun, tmp_path / "report"
     proc = run_cli([str(sweep), "--out", str(out)], cwd=tmp_path, timeout=60, module="ppo_research.report")
     assert proc.returncode == 0, proc.stderr
     assert is_png(out / "curves.png")
@@ -84,6 +95,66 @@ def test_report_of_a_multirun_matches_the_runs_summaries(tmp_path):
         assert rows[variant]["final_key"] == "train_return"
         assert float(rows[variant]["final_mean"]) == pytest.approx(np.mean([s["train_return"] for s in summaries]))
     assert "final return [train_return]" in (out / "train" / "summary.md").read_text()
+
+
+def suptitle(fig) -> str:
+    """The figure's title as one line (it is wrapped to fit the image)."""
+    return " ".join(fig._suptitle.get_text().split())
+
+
+def _visible_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_split_draws_small_multiples_of_a_multirun(tmp_path, multirun):
+    """--split: one panel per env and value (a group, a key, or each variant), an env's panels on
+    one scale, every title inside the image; a bad value is one error line and writes nothing."""
+    variants = group_runs(find_runs([multirun]))
+    for split, titles in (("loss", ["CartPole-v1: loss=clip", "CartPole-v1: loss=klpen"]),
+                          ("loss.epsilon", ["CartPole-v1: loss.epsilon=0.2", "CartPole-v1: loss.epsilon=None"]),
+                          ("variant", ["CartPole-v1: V1 loss=clip", "CartPole-v1: V2 loss=klpen"])):
+        fig = curves_figure(variants, smooth=3, split=split)
+        axes = _visible_axes(fig)
+        assert [ax.get_title() for ax in axes] == titles, split
+        assert len({ax.get_ylim() for ax in axes}) == 1 and len({ax.get_xlim() for ax in axes}) == 1
+        assert all(len(ax.get_lines()) == 1 for ax in axes)  # each variant in its own panel
+        assert f"one panel per env and {split}" in suptitle(fig)
+        assert "trailing moving average over 3 iterations" in axes[0].get_ylabel()
+    assert len(_visible_axes(curves_figure(variants))) == 1  # no split: one panel per env
+
+    out = tmp_path / "report"
+    proc = run_cli([str(multirun), "--out", str(out), "--split", "loss", "--smooth", "3"], cwd=tmp_path,
+                   timeout=60, module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr
+    assert is_png(out / "curves.png")
+    assert ("trailing moving average over 3 iterations; one panel per env and loss, one y scale per env"
+            in (out / "summary.md").read_text())
+    for bad, message in (("nosuch", "error: --split nosuch: no run has a config group or key 'nosuch'"),
+                         ("seed", "error: --split seed: its value differs between the seeds of CartPole-v1")):
+        proc = run_cli([str(multirun), "--out", str(tmp_path / bad), "--split", bad], cwd=tmp_path, timeout=60,
+                       module="ppo_research.report")
+        assert proc.returncode == 2 and _one_error_line(proc.stderr).startswith(message), proc.stderr
+        assert not (tmp_path / bad).exists()
+
+
+def test_split_titles_stay_inside_the_image(tmp_path):
+    """Twelve settings on one env (the paper table's case): a panel each, four a row, their long
+    titles and the figure's title wrapped inside the panels and the image."""
+    variants = _many_variants(tmp_path / "runs")
+    fig = curves_figure(variants, smooth=5, split="variant")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = _visible_axes(fig)
+    assert len(axes) == 12 and len({round(ax.get_position().y0, 3) for ax in axes}) == 3  # 3 rows of 4
+    figure_box = fig.bbox
+    titles = [ax.title.get_window_extent(renderer) for ax in axes]
+    for ax, title in zip(axes, titles):  # each panel's title within the panel's width, none overlapping
+        panel = ax.get_window_extent(renderer)
+        assert panel.x0 <= title.x0 and title.x1 <= panel.x1 and "\n" in ax.get_title(), ax.get_title()
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:])
+    title_box = fig._suptitle.get_window_extent(renderer)
+    assert figure_box.x0 <= title_box.x0 and title_box.x1 <= figure_box.x1 and title_box.y1 <= figure_box.y1
+    assert is_png(write_report([tmp_path / "runs"], tmp_path / "out", smooth=5, split="variant")["curves"])
 
 
 def test_report_of_an_optuna_study_folder(tmp_path):
@@ -286,16 +357,27 @@ def test_below_three_seeds_no_interval_is_called_a_95_ci(tmp_path):
     assert rows["loss=clip"]["interval"] == "min–max of 2 seeds" and rows["loss=clip"]["final_mean_ci_low"] == ""
     assert rows["loss=klpen"]["interval"] == "none (1 seed)"
     fig = curves_figure(group_runs(find_runs([tmp_path / "runs"])))
-    title = fig._suptitle.get_text()
+    title = suptitle(fig)
     assert "95%" not in title and "min–max of 2 seeds" in title and "none for 1 seed" in title
 
-    # from three seeds on, the bootstrap interval is a 95% CI and says so
+    # from three seeds on, the mean gets the 95% t-interval and the IQM the 95% bootstrap CI, each
+    # named, with the coverage measured at few seeds and the quantile conventions
     make_run(tmp_path / "runs" / "c2", "clip", seed=2, final=13.0)
     files = write_report([tmp_path / "runs"], tmp_path / "out3")
     rows = {row["variant"]: row for row in read_csv(files["summary_csv"])}
-    assert rows["loss=clip"]["interval"] == "95% bootstrap CI"
-    assert 10.0 <= float(rows["loss=clip"]["final_mean_ci_low"]) < float(rows["loss=clip"]["final_mean_ci_high"]) <= 13.0
-    assert "95% bootstrap CI" in files["summary_md"].read_text()
+    clip = rows["loss=clip"]
+    assert (clip["interval"], clip["iqm_interval"]) == ("95% t-interval", "95% bootstrap CI")
+    x = np.array([10.0, 11.0, 13.0])
+    half = sps.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3)
+    assert (float(clip["final_mean_ci_low"]), float(clip["final_mean_ci_high"])) == pytest.approx(
+        (x.mean() - half, x.mean() + half))
+    assert 10.0 <= float(clip["final_iqm_ci_low"]) < float(clip["final_iqm_ci_high"]) <= 13.0  # resampled seeds
+    summary = files["summary_md"].read_text()
+    assert f"[{x.mean() - half:.4g}, {x.mean() + half:.4g}] 95% t-interval" in summary
+    assert "95% bootstrap CI" in summary
+    assert f"the mean's: Student-t interval ({coverage_text('mean', 't')}" in summary
+    assert f"the IQM's: percentile bootstrap, 2000 resamples ({coverage_text('iqm', 'percentile')})" in summary
+    assert CONVENTIONS in summary
 
 
 def test_tracking_only_settings_never_name_a_variant(tmp_path):
@@ -357,7 +439,7 @@ def test_the_smoothing_window_is_named(tmp_path):
     variants = group_runs(find_runs([tmp_path / "runs"]))
     fig = curves_figure(variants, smooth=5)
     assert "moving average over 5 iterations" in fig.axes[0].get_ylabel()
-    assert "moving average over 5 iterations" in fig._suptitle.get_text()
+    assert "moving average over 5 iterations" in suptitle(fig)
     assert "not smoothed" in curves_figure(variants, smooth=1).axes[0].get_ylabel()
     files = write_report([tmp_path / "runs"], tmp_path / "out", smooth=5)
     assert "moving average over 5 iterations" in files["summary_md"].read_text()
@@ -482,7 +564,7 @@ def test_a_curve_that_ends_early_says_where_and_why(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"note: {note}"]  # the klpen curve runs to its end: no note
     assert f"- {note}" in (tmp_path / "out" / "summary.md").read_text()
     fig = curves_figure(group_runs(find_runs([tmp_path / "runs"])))
-    assert "x: the curve ends before its runs do" in fig._suptitle.get_text()
+    assert "x: the curve ends before its runs do" in suptitle(fig)
     ends = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
     assert len(ends) == 1 and list(ends[0].get_xdata()) == [200]
     assert fig.axes[0].get_xlim()[1] >= 300  # the axis reaches the runs' end: the gap is visible
