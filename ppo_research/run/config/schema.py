@@ -55,7 +55,9 @@ class AlgoConfig:
 @dataclass
 class EnvConfig:
     id: str = "Pendulum-v1"  # gymnasium id
-    vectorization: str = field(default="sync", metadata={"choices": ("sync", "async")})  # vector env kind
+    backend: str = field(default="gymnasium", metadata={"choices": ("gymnasium", "envpool")})  # the training envs: gymnasium's, or EnvPool's C++ pool (the envpool extra; docs/extending.md); evaluation is gymnasium's
+    vectorization: str = field(default="sync", metadata={"choices": ("sync", "async")})  # vector env kind (gymnasium backend; envpool takes sync)
+    envpool_threads: int = field(default=1, metadata=_in(1, 1024))  # EnvPool's worker threads, at most num_envs used (backend=envpool only)
     normalize_obs: bool = False  # running mean/std observation normalisation
     normalize_reward: bool = False  # scale rewards by the std of the discounted return
     clip_obs: Optional[float] = field(default=10.0, metadata=_in(0, None, True))  # clip normalised obs; null = off
@@ -236,6 +238,9 @@ def validate(cfg: DictConfig) -> Config:
     if batch % algo.minibatch_size:
         raise ConfigError("algo.minibatch_size", algo.minibatch_size,
                           f"a divisor of the batch size num_envs*num_steps={batch}")
+    if config.env.backend == "envpool" and config.env.vectorization != "sync":
+        raise ConfigError("env.vectorization", config.env.vectorization,
+                          "sync with env.backend=envpool (EnvPool runs its envs in its own threads: env.envpool_threads)")
     for group in ("loss", "advantage", "logger", "network"):  # typed, ready to construct
         skip = ("obs_space", "action_space") if group == "network" else ()
         setattr(config, group, {"_target_": node[group]["_target_"], **check_target_kwargs(group, node[group], skip)})

@@ -1,4 +1,5 @@
-"""Environments: gymnasium vector envs plus the normalisation the trainer owns.
+"""Environments: gymnasium vector envs (or EnvPool's, ``env.backend=envpool``) plus the
+normalisation the trainer owns.
 
 Observation normalisation and reward scaling live here rather than in gymnasium's wrappers so
 that their statistics are plain arrays: saved in checkpoints, and frozen for evaluation.
@@ -117,7 +118,10 @@ class TrainingEnvs:
         # the steps' bookkeeping compiled (numba, if installed) or in numpy: the same numbers
         self.compiled = compiled and bookkeeping.compiled_available()
         make = lambda: make_env(cfg)  # noqa: E731
-        if cfg.vectorization == "sync":
+        if cfg.backend == "envpool":  # EnvPool's C++ pool with gymnasium's spaces (run/envs/envpool_backend.py)
+            from .envpool_backend import EnvPoolVectorEnv
+            self.envs = EnvPoolVectorEnv(cfg, num_envs, probe_spaces(cfg))
+        elif cfg.vectorization == "sync":
             self.envs = SerialVectorEnv(make, num_envs)
         else:
             self.envs = gym.vector.AsyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
@@ -158,8 +162,8 @@ class TrainingEnvs:
     def load_state_dict(self, state: dict, reseed: list[int]) -> bool:
         """Restore the statistics, and the envs exactly where the checkpoint allows it.
 
-        Returns False when the envs could not be restored exactly (async vectorisation, or an
-        env whose internals are not plain data, e.g. Box2D): they are then reset with the seeds
+        Returns False when the envs could not be restored exactly (async vectorisation, EnvPool,
+        or an env whose internals are not plain data, e.g. Box2D): they are then reset with the seeds
         ``reseed`` and the run continues correctly, but not bit-for-bit as if uninterrupted.
         """
         self.obs_norm.stats.load_state_dict(state["obs_norm"])

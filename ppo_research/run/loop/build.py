@@ -7,7 +7,8 @@
     loss, advantage estimator, logger            (their own range checks run here)
     env      one env is made, reset and stepped once with a sampled action: an env that cannot
              be made (missing module or dependency, bad keyword) or fails on its first step
-             fails here; its spaces must be ones the framework handles
+             fails here; its spaces must be ones the framework handles (with env.backend=envpool,
+             EnvPool must be installed and have the env, with these spaces and settings)
     action-space settings -> memory -> network
 
 Every check runs before a training env starts, so a bad value fails in one line at once. The
@@ -185,7 +186,10 @@ def probe_env(env_cfg) -> tuple:
     key, value = _env_key(env_cfg)
     try:
         env = make_env(env_cfg)
-    except ConfigError:
+    except ConfigError as err:
+        if env_cfg.backend == "envpool":  # EnvPool may have it: say why gymnasium's is needed too
+            raise ConfigError(err.key, err.value, f"{err.allowed}; env.backend=envpool needs it in gymnasium "
+                                                  "too (its spaces and the evaluation episodes)") from None
         raise
     except Exception as err:  # a module that fails to import, a missing optional dependency, a bad kwarg
         raise ConfigError(key, value, f"{_made(env_cfg)} ({type(err).__name__}: "
@@ -202,6 +206,9 @@ def probe_env(env_cfg) -> tuple:
                                           f"{first_line(err)})") from None
         if isinstance(action_space, spaces.Discrete) and action_space.n < 1:
             raise ConfigError("env.id", env_cfg.id, "an env with at least one action")
+        if env_cfg.backend == "envpool":  # the training envs' backend: the same env, spaces and settings there
+            from ..envs import envpool_backend
+            envpool_backend.probe(env_cfg, obs_space, action_space)
         return obs_space, action_space
     finally:
         try:

@@ -380,7 +380,11 @@ def continue_metrics(trainer, exact: bool, member=None) -> None:
             f"{path} lacks the rows of iteration(s) {_ranges(missing)}"
         write_line(f"warning: {what}: {len(missing)} of the {trainer.iteration} iteration(s) before the checkpoint have no "
               f"metrics row (lost before this resume); the run goes on from the checkpoint")
-    if not exact:
+    if not exact and member.cfg.env.backend == "envpool":
+        write_line(f"warning: the envs of {member.cfg.env.id} (envpool) cannot be restored exactly (EnvPool's internal "
+              "env state cannot be checkpointed); they restart with fresh episodes, re-seeded, so the continuation "
+              "is correct but not bit-identical to an uninterrupted run")
+    elif not exact:
         write_line(f"warning: the envs of {member.cfg.env.id} ({member.cfg.env.vectorization}) cannot be restored "
               "exactly; they restart with fresh episodes, so the continuation is correct but not bit-identical "
               "to an uninterrupted run")
