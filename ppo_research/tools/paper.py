@@ -3,11 +3,16 @@
     python -m ppo_research.paper plan experiment=ppo_paper_table1      # the multirun's jobs, nothing runs
     python -m ppo_research.paper baselines --episodes 100 --out FILE   # random-policy scores per env
     python -m ppo_research.paper table outputs/multirun/<date>/<time>  # normalised scores vs the paper
+    python -m ppo_research.paper compact outputs/multirun/<date>/<time> benchmarks/table1   # a small copy
+    python -m ppo_research.paper table benchmarks/table1               # the same table, from the copy
 
 The runs come from ``python -m ppo_research -m experiment=ppo_paper_table1[_small]``. The score
 of a run is ``train_return_last100`` (mean return of its last 100 training episodes); per env it
-is shifted and scaled so that a random policy is 0 and the best setting's mean is 1, and each
-setting's score is the mean over all its runs (7 envs x 3 seeds in the paper). Protocol and
+is shifted and scaled so that a random policy is 0 and "the best" is 1, and each setting's score
+is the mean over all its runs (7 envs x 3 seeds in the paper), with a 95% interval from the
+bootstrap stratified by env. "The best" has two readings, both in the table (``READINGS``):
+the best setting's mean, or the best single run. They weight the envs differently (each env's
+scores are divided by best - random) and can order the settings differently. Protocol and
 commands: docs/paper_table1.md.
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -28,11 +34,24 @@ from ..run.app import hydra_error_line
 from ..run.config import compose as composing
 from ..run.config.compose import CONF_DIR, compose
 from ..run.config.schema import resolve_target, validate
+from ..run.console import write_line
 from ..run.envs.training import ActionAdapter, make_env
-from .cli_common import OneLineParser, OutputError, error_line
+from .cli_common import OneLineParser, OutputError, check_output_dir, error_line, make_output_dir, write_output
 from .report import Normalization, Variant, normalized_table, summarize, write_csv, write_report
-from .results import ResultsError, Run, find_runs, finished
-from .stats import bootstrap_ci
+from .results import (
+    METRICS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    ResultsError,
+    Run,
+    find_run_dirs,
+    find_runs,
+    finished,
+    read_description,
+    read_metrics,
+    read_summary,
+)
+from .stats import MIN_SEEDS_FOR_CI, coverage_text, stratified_mean, stratified_mean_ci
 
 SCORE_KEY = "train_return_last100"  # the paper's per-run score
 EXPERIMENT = "ppo_paper_table1"
@@ -214,11 +233,54 @@ def check_protocol(runs: list[Run]) -> None:
                                  f"a table compares settings under one protocol: give one multirun")
 
 
+#: The two readings of the paper's "the best result was set to 1": per env, the best setting's
+#: mean over its runs, or the best single run. (key, column suffix, words)
+READINGS = (("mean", "", "best setting's mean"), ("run", "_best_run", "best single run"))
+
+
+def best_scores(rows: list[dict], reading: str) -> dict[str, float]:
+    """Per env the score that normalises to 1: the highest setting mean (``mean``) or the highest
+    single run (``run``; a seed run twice counts as the mean of its runs) among ``rows``
+    (report.summarize's rows)."""
+    best: dict[str, float] = {}
+    for row in rows:
+        value = row["final_mean"] if reading == "mean" else float(np.max(row["_finals"]))
+        best[row["env"]] = max(best.get(row["env"], -math.inf), value)
+    return best
+
+
+def setting_scores(rows: list[dict], random: Mapping[str, float], best: Mapping[str, float]
+                   ) -> dict[str, list[np.ndarray]]:
+    """Per setting, per env it ran on (in env order): its runs' normalised scores
+    ``(score - random) / (best - random)``."""
+    tasks: dict[str, list[np.ndarray]] = {}
+    for row in sorted(rows, key=lambda r: r["env"]):
+        scale = best[row["env"]] - random[row["env"]]
+        tasks.setdefault(row["variant"], []).append((np.asarray(row["_finals"], float) - random[row["env"]]) / scale)
+    return tasks
+
+
+def score_with_interval(tasks: list[np.ndarray], n_boot: int) -> tuple[float, float, float]:
+    """A setting's score, the mean of its runs' normalised scores over all envs
+    (``stats.stratified_mean``), and its 95% stratified bootstrap interval: each env's runs
+    resampled on their own, the normalisers held fixed; none (nan) unless every env has at least
+    ``MIN_SEEDS_FOR_CI`` runs and every score is finite."""
+    score = float(stratified_mean(tasks))
+    if min(len(t) for t in tasks) < MIN_SEEDS_FOR_CI or not all(np.isfinite(t).all() for t in tasks):
+        return score, math.nan, math.nan
+    low, high = stratified_mean_ci(tasks, n_boot=n_boot)
+    return score, float(low), float(high)
+
+
 def score_table(runs: list[Run], random: Mapping[str, float], n_boot: int = 2000) -> tuple[list[str], list[dict],
                                                                                             list[dict]]:
-    """Per setting: the paper's score (mean over its runs of the normalised score), its bootstrap
-    CI over runs, the published score and the per-env means. Returns (envs, setting rows, env rows)
-    where env rows are report.summarize's rows (raw final returns per env and setting)."""
+    """Per setting, under both readings of "best" (``READINGS``: columns ``score``, ``ci_low``,
+    ``ci_high``, ``rank`` for the best setting's mean, the same with ``_best_run`` for the best
+    single run): the paper's score (the mean over its runs of the normalised score) and its 95%
+    stratified bootstrap interval (``score_with_interval``); the published score and rank, and the
+    per-env means (best setting's mean = 1). Returns (envs, setting rows, env rows) where env rows
+    are report.summarize's rows (raw final returns per env and setting) with ``random``,
+    ``reference`` (the best setting's mean) and ``best_run``."""
     missing = sorted({r.env for r in runs} - set(random))
     if missing:
         raise PaperError(f"no random baseline for {', '.join(missing)}: measure it with "
@@ -233,24 +295,26 @@ def score_table(runs: list[Run], random: Mapping[str, float], n_boot: int = 2000
         variants.setdefault((run.env, label), Variant(run.env, label)).runs.append(run)
     normalization = Normalization(random=dict(random), reference="best", name="best setting")
     rows = summarize([variants[k] for k in sorted(variants)], SCORE_KEY, normalization, n_boot)
-    references = normalization.references(rows)
+    bests = {reading: best_scores(rows, reading) for reading, _, _ in READINGS}
     envs, per_env = normalized_table(rows)
     per_env = {row["variant"]: row for row in per_env}
-    scores: dict[str, list[float]] = {}
-    for row in rows:  # every run's own normalised score: the paper averages over runs
-        scores.setdefault(row["variant"], []).extend(
-            normalization(row["env"], x, references[row["env"]]) for x in row["_finals"])
-        row["reference"], row["random"] = references[row["env"]], random[row["env"]]
-    table = []
-    for label in sorted(scores, key=_row_order):
-        x = np.array(scores[label])
-        low, high = bootstrap_ci(x, n_boot=n_boot) if np.isfinite(x).all() else (math.nan, math.nan)
-        table.append({"setting": label, "score": float(x.mean()), "ci_low": low, "ci_high": high, "runs": len(x),
-                      "published": PUBLISHED.get(label, math.nan),
-                      **{env: per_env[label].get(env, math.nan) for env in envs}})
-    _add_ranks(table, "score", "rank")
-    _add_ranks(table, "published", "published_rank")
-    return envs, table, rows
+    for row in rows:
+        row["reference"], row["best_run"], row["random"] = (bests["mean"][row["env"]], bests["run"][row["env"]],
+                                                            random[row["env"]])
+    table = {label: {"setting": label} for label in sorted({r["variant"] for r in rows}, key=_row_order)}
+    for reading, suffix, _ in READINGS:
+        for label, tasks in setting_scores(rows, random, bests[reading]).items():
+            score, low, high = score_with_interval(tasks, n_boot)
+            table[label].update({f"score{suffix}": score, f"ci_low{suffix}": low, f"ci_high{suffix}": high,
+                                 "runs": sum(len(t) for t in tasks), "min_runs_per_env": min(len(t) for t in tasks)})
+    rows_out = []
+    for label, row in table.items():
+        rows_out.append({**row, "published": PUBLISHED.get(label, math.nan),
+                         **{env: per_env[label].get(env, math.nan) for env in envs}})
+    for _, suffix, _ in READINGS:
+        _add_ranks(rows_out, f"score{suffix}", f"rank{suffix}")
+    _add_ranks(rows_out, "published", "published_rank")
+    return envs, rows_out, rows
 
 
 def _add_ranks(table: list[dict], key: str, rank_key: str) -> None:
@@ -267,26 +331,106 @@ def _f(value, digits: int = 2) -> str:
         f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
-def markdown(envs: list[str], table: list[dict], rows: list[dict], baselines_name: str) -> str:
+def _interval_cell(row: dict, suffix: str) -> str:
+    low, high = row[f"ci_low{suffix}"], row[f"ci_high{suffix}"]
+    return f"[{_f(low)}, {_f(high)}]" if math.isfinite(low) else "–"
+
+
+def paper_orderings(table: list[dict]) -> list[dict]:
+    """Every pair of settings present that the paper ranks apart (``above`` published higher than
+    ``below``; ties left out), with, per reading of "best", whether ours has them in the same
+    order (``holds{suffix}``) and whether their 95% intervals are apart (``apart{suffix}``; None
+    where one has no interval)."""
+    present = [r for r in table if math.isfinite(r["published"])]
+    pairs = []
+    for a in present:
+        for b in present:
+            if a["published"] <= b["published"]:
+                continue
+            pair = {"above": a, "below": b}
+            for _, suffix, _ in READINGS:
+                pair[f"holds{suffix}"] = a[f"score{suffix}"] > b[f"score{suffix}"]
+                ends = [r[f"{end}{suffix}"] for r in (a, b) for end in ("ci_low", "ci_high")]
+                pair[f"apart{suffix}"] = (a[f"ci_low{suffix}"] > b[f"ci_high{suffix}"]
+                                          or b[f"ci_low{suffix}"] > a[f"ci_high{suffix}"]) \
+                    if all(math.isfinite(e) for e in ends) else None
+            pairs.append(pair)
+    return sorted(pairs, key=lambda p: (_row_order(p["above"]["setting"]), _row_order(p["below"]["setting"])))
+
+
+def _verdict(pair: dict, suffix: str) -> str:
+    a, b = pair["above"], pair["below"]
+    order = "holds" if pair[f"holds{suffix}"] else "reversed"
+    apart = {True: "intervals apart", False: "intervals overlap", None: "no intervals"}[pair[f"apart{suffix}"]]
+    return f"{_f(a[f'score{suffix}'])} vs {_f(b[f'score{suffix}'])}: {order} ({apart})"
+
+
+def markdown_orderings(table: list[dict]) -> list[str]:
+    """The paper's orderings that hold here and those that do not, under both readings."""
+    pairs = paper_orderings(table)
+    if not pairs:
+        return []
+    with_intervals = all(p[f"apart{suffix}"] is not None for p in pairs for _, suffix, _ in READINGS)
+    counts = " and ".join(
+        f"for {sum(p[f'holds{suffix}'] for p in pairs)} under the {words}"
+        + (f" ({sum(p[f'holds{suffix}'] and bool(p[f'apart{suffix}']) for p in pairs)} with the two intervals "
+           f"apart)" if with_intervals else "") for _, suffix, words in READINGS)
+    lines = ["", f"The paper's orderings: Table 1 ranks apart {len(pairs)} pair{'s' * (len(pairs) != 1)} of these "
+             f"settings (ties left out). Their order holds {counts}. An order holds when our scores put the two "
+             f"settings as the paper does; the intervals are apart when the two 95% intervals do not overlap"
+             f"{'' if with_intervals else ' (no intervals here: too few runs)'}."]
+    failing = [p for p in pairs if not all(p[f"holds{suffix}"] for _, suffix, _ in READINGS)]
+    if failing:
+        lines += ["", "Orderings of the paper that do not hold under at least one reading:", "",
+                  "| the paper's order | published | " + " | ".join(w for _, _, w in READINGS) + " |",
+                  "|---|---:|---|---|"]
+        lines += [f"| {p['above']['setting']} > {p['below']['setting']} | {_f(p['above']['published'])} vs "
+                  f"{_f(p['below']['published'])} | " + " | ".join(_verdict(p, suffix) for _, suffix, _ in READINGS)
+                  + " |" for p in failing]
+    else:
+        lines += ["", "Every ordering of the paper holds under both readings."]
+    if with_intervals:
+        held = [p for p in pairs if all(p[f"holds{suffix}"] and p[f"apart{suffix}"] for _, suffix, _ in READINGS)]
+        lines += ["", "Orderings that hold under both readings with the intervals apart: "
+                  + ("; ".join(f"{p['above']['setting']} > {p['below']['setting']}" for p in held) or "none") + "."]
+    return lines
+
+
+def markdown(envs: list[str], table: list[dict], rows: list[dict], baselines_name: str, n_boot: int = 2000) -> str:
     seeds = sorted({s for r in rows for s in r["seeds"].split()}, key=str)
     steps = sorted({int(r["steps"]) for r in rows})
-    head = ["setting", "score (ours)", "95% CI", "runs", "published", "rank ours / paper", *envs]
+    head = ["setting", "score, best = best mean", "95% interval", "rank", "score, best = best run", "95% interval",
+            "rank", "runs", "published", "paper rank", *envs]
+    coverage = coverage_text("mean over 7 tasks", "percentile", unit="runs per env").removesuffix(")")
     lines = [f"Normalised score per setting (Schulman et al. 2017, Table 1): each run's {SCORE_KEY}, shifted and "
-             f"scaled per env so that a random policy = 0 ({baselines_name}) and the best setting's mean = 1, "
-             f"averaged over the setting's runs. Envs: {', '.join(envs)}; seeds: {' '.join(seeds)}; "
-             f"steps per run: {', '.join(f'{s:,}' for s in steps)}. Ranks: among the settings of this table.", "",
+             f"scaled per env so that a random policy = 0 ({baselines_name}) and the best = 1, averaged over the "
+             f"setting's runs (all envs together). Two readings of \"the best result was set to 1\": the best "
+             f"setting's mean (best mean) or the best single run (best run) on that env. They divide each env's "
+             f"scores by a different best - random, so they weight the envs differently and can order the settings "
+             f"differently. Envs: {', '.join(envs)}; seeds: {' '.join(seeds)}; steps per run: "
+             f"{', '.join(f'{s:,}' for s in steps)}. Ranks: among the settings of this table; the per-env columns "
+             f"are the best-mean reading.", "",
+             f"Intervals: nominal 95% stratified percentile bootstrap ({n_boot} resamples): each env's runs "
+             f"resampled on their own, the normalisers held fixed; given only with >= {MIN_SEEDS_FOR_CI} runs on "
+             f"every env. At few runs they cover less than 95%: {coverage}, a stratified mean over 7 tasks; "
+             f"tools/stats.py COVERAGE); their ends are the 2.5% and 97.5% quantiles of the resampled scores "
+             f"(scipy.stats.quantile's 'linear' method).", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in table:
-        cells = [r["setting"], _f(r["score"]), f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]", str(r["runs"]),
-                 _f(r["published"]), f"{r['rank']} / {r['published_rank'] or '–'}", *(_f(r[e]) for e in envs)]
+        cells = [r["setting"]]
+        for _, suffix, _ in READINGS:
+            cells += [_f(r[f"score{suffix}"]), _interval_cell(r, suffix), str(r[f"rank{suffix}"])]
+        cells += [str(r["runs"]), _f(r["published"]), str(r["published_rank"] or "–"), *(_f(r[e]) for e in envs)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Mean {SCORE_KEY} per env (± std over seeds); random policy and the best setting's mean "
-                  "(= 1 after normalising):", "",
+    lines += markdown_orderings(table)
+    lines += ["", f"Mean {SCORE_KEY} per env (± std over seeds); the random policy, the best setting's mean and the "
+                  "best single run (each = 1 under its reading):", "",
               "| setting | " + " | ".join(envs) + " |", "|---|" + "---:|" * len(envs)]
     cell = {(r["env"], r["variant"]): f"{r['final_mean']:.1f} ± {_f(r['final_std'], 1)}" for r in rows}
     first = {r["env"]: r for r in rows}
     lines.append("| random policy | " + " | ".join(f"{first[e]['random']:.1f}" for e in envs) + " |")
-    lines.append("| best setting | " + " | ".join(f"{first[e]['reference']:.1f}" for e in envs) + " |")
+    lines.append("| best setting's mean | " + " | ".join(f"{first[e]['reference']:.1f}" for e in envs) + " |")
+    lines.append("| best single run | " + " | ".join(f"{first[e]['best_run']:.1f}" for e in envs) + " |")
     for r in table:
         lines.append(f"| {r['setting']} | " + " | ".join(cell.get((e, r["setting"]), "–") for e in envs) + " |")
     unbeaten = [e for e in envs if first[e]["reference"] <= first[e]["random"]]
@@ -301,22 +445,92 @@ def markdown(envs: list[str], table: list[dict], rows: list[dict], baselines_nam
     return "\n".join(lines) + "\n"
 
 
+TABLE_COLUMNS = ["setting", "score", "ci_low", "ci_high", "rank", "score_best_run", "ci_low_best_run",
+                 "ci_high_best_run", "rank_best_run", "runs", "published", "published_rank"]
+
+
 def write_table(dirs: Sequence[str], baselines: Path, out: Optional[Path] = None, n_boot: int = 2000,
                 curves: bool = True) -> tuple[str, dict[str, Path]]:
-    """Score the runs under ``dirs``; writes table1.md/.csv (and the local report's curves and per-env
-    tables with the same normalisation) to ``out`` (default ``<first dir>/paper_table1``)."""
+    """Score the runs under ``dirs`` (a sweep, or its ``compact`` copy: the same table); writes
+    table1.md/.csv (and the local report's curves and per-env tables with the same normalisation)
+    to ``out`` (default ``<first dir>/paper_table1``), checked before anything is computed."""
     normalization = Normalization.from_file(baselines)
-    runs = finished(find_runs(dirs), dirs)
-    envs, table, rows = score_table(runs, normalization.random, n_boot)
-    text = markdown(envs, table, rows, f"random policy from {Path(baselines).name}")
     out = Path(out) if out is not None else Path(dirs[0]) / "paper_table1"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table1.md").write_text(text)
-    columns = ["setting", "score", "ci_low", "ci_high", "runs", "published", "rank", "published_rank", *envs]
-    files = {"table_md": out / "table1.md", "table_csv": write_csv(out / "table1.csv", table, columns)}
+    runs = finished(find_runs(dirs), dirs)
+    check_output_dir(out, "table")
+    envs, table, rows = score_table(runs, normalization.random, n_boot)
+    text = markdown(envs, table, rows, f"random policy from {Path(baselines).name}", n_boot)
+    make_output_dir(out, "table")
+    files = {"table_md": write_output(out / "table1.md", text),
+             "table_csv": write_csv(out / "table1.csv", table, [*TABLE_COLUMNS, *envs])}
     if curves:  # learning curves and per-env tables from the shared report, same normalisation
         files.update(write_report(dirs, out / "report", SCORE_KEY, normalization=normalization, n_boot=n_boot))
     return text, files
+
+
+# -- compact: a sweep small enough to commit ---------------------------------------------------------
+
+#: at most this many metrics.jsonl rows per run in a compact copy
+COMPACT_ROWS = 200
+OVERRIDES_FILE = "overrides.yaml"
+
+
+def downsample(rows: list, at_most: int = COMPACT_ROWS) -> list:
+    """At most ``at_most`` of ``rows``, evenly spaced by position, the first and the last kept."""
+    if len(rows) <= at_most:
+        return list(rows)
+    keep = np.unique(np.round(np.linspace(0, len(rows) - 1, at_most)).astype(int))
+    return [rows[i] for i in keep]
+
+
+def _inside(path: Path, other: Path) -> bool:
+    path, other = Path(os.path.realpath(path)), Path(os.path.realpath(other))
+    return path == other or other in path.parents
+
+
+def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS) -> list[Path]:
+    """A copy of the finished runs under ``sweep`` small enough to commit: per run, at the same
+    relative path under ``out``, its ``overrides.yaml`` (the Hydra overrides that launched it),
+    ``summary.json``, ``run.json`` (its resolved config, group choices and overrides; made from
+    ``.hydra/`` for a run without one) and ``metrics.jsonl`` cut to at most ``at_most`` rows
+    (``downsample``). ``paper table`` and the report read the copy as they read the sweep; the
+    table is the same, the curves have fewer points. Unfinished runs are left out with a note.
+    Returns the run directories written."""
+    sweep, out = Path(sweep), Path(out)
+    if not sweep.is_dir():
+        raise PaperError(f"no such directory: {sweep}")
+    if _inside(out, sweep) or _inside(sweep, out):
+        raise PaperError(f"compact: {out} and {sweep} overlap; write the copy outside the sweep")
+    run_dirs = find_run_dirs(sweep)
+    if not run_dirs:
+        raise PaperError(f"no runs under {sweep} (a run directory holds {METRICS_FILE} and {RUN_FILE} or "
+                         f".hydra/config.yaml)")
+    done = [d for d in run_dirs if (d / SUMMARY_FILE).is_file()]
+    if not done:
+        raise PaperError(f"no finished runs (with {SUMMARY_FILE}) under {sweep}")
+    if len(done) < len(run_dirs):
+        write_line(f"note: leaving out {len(run_dirs) - len(done)} unfinished run(s) without {SUMMARY_FILE}")
+    check_output_dir(out, "compact copy")
+    copies = []
+    for run_dir in done:
+        try:  # every file read (and parsed) before anything of the run is written
+            config, choices, overrides = read_description(run_dir)
+            described = ((run_dir / RUN_FILE).read_text() if (run_dir / RUN_FILE).is_file() else
+                         json.dumps({"config": config, "choices": choices, "overrides": overrides}, indent=2) + "\n")
+            read_metrics(run_dir)
+            read_summary(run_dir)
+            metrics = [line for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+            summary = (run_dir / SUMMARY_FILE).read_text()
+        except Exception as err:  # a half-written or foreign file: name it, no traceback
+            lines = str(err).strip().splitlines()
+            raise PaperError(f"cannot read run {run_dir}: {type(err).__name__}: {lines[0] if lines else ''}")
+        target = make_output_dir(out / run_dir.relative_to(sweep), "compact copy")
+        write_output(target / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+        write_output(target / RUN_FILE, described)  # run.json and summary.json as they are
+        write_output(target / SUMMARY_FILE, summary)
+        write_output(target / METRICS_FILE, "".join(line + "\n" for line in downsample(metrics, at_most)))
+        copies.append(target)
+    return copies
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -340,6 +554,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     t.add_argument("--out", help="output directory (default: <first dir>/paper_table1)")
     t.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     t.add_argument("--no-curves", action="store_true", help="skip the local report's curves and per-env tables")
+    c = sub.add_parser("compact", help="a copy of a sweep's finished runs small enough to commit (overrides, "
+                                       "summary.json, run.json, metrics.jsonl cut to a few rows)")
+    c.add_argument("sweep", help="the multirun (or run) directory")
+    c.add_argument("out", help="where the copy goes (outside the sweep), e.g. benchmarks/table1")
+    c.add_argument("--rows", type=int, default=COMPACT_ROWS,
+                   help="at most this many metrics.jsonl rows per run, the first and the last kept (default: "
+                        "%(default)s)")
     return parser.parse_args(argv)
 
 
@@ -360,7 +581,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(text)
             print(text, end="")
+        elif args.command == "compact":
+            if args.rows < 2:
+                raise PaperError("--rows must be at least 2 (the first and the last row)")
+            copies = compact(Path(args.sweep), Path(args.out), args.rows)
+            print(f"{len(copies)} runs -> {args.out}")
         else:
+            if args.bootstrap < 1:
+                raise PaperError("--bootstrap must be at least 1")
             text, files = write_table(args.dirs, Path(args.baselines), args.out, args.bootstrap, not args.no_curves)
             print(text)
             for path in files.values():

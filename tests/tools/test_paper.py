@@ -185,12 +185,21 @@ def test_table_numbers_by_hand(tmp_path):
     baselines.write_text(json.dumps({"random": {"A-v0": 0.0, "B-v0": -10.0}}))
     text, files = paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", n_boot=200, curves=False)
     rows = {r["setting"]: r for r in read_csv(files["table_csv"])}
-    # clip: A (10/15, 20/15), B (10/30, 10/30) -> mean 0.75;  cpi: A (0, -6/15), B (20/30, 40/30) -> 0.4
+    # clip: A (10/15, 20/15), B (10/30, 10/30) -> mean 0.67;  cpi: A (0, -6/15), B (20/30, 40/30) -> 0.4
     assert float(rows["Clipping, ε = 0.2"]["score"]) == pytest.approx((10 / 15 + 20 / 15 + 2 * 10 / 30) / 4)
     assert float(rows["No clipping or penalty"]["score"]) == pytest.approx((0 - 6 / 15 + 20 / 30 + 40 / 30) / 4)
     assert float(rows["No clipping or penalty"]["B-v0"]) == pytest.approx(1.0)
     assert (rows["Clipping, ε = 0.2"]["rank"], rows["No clipping or penalty"]["rank"]) == ("1", "2")
-    assert "| best setting | 15.0 | 20.0 |" in text
+    # best = the best single run: A 20, B 30 -> clip: A (10/20, 20/20), B (10/40, 10/40); cpi: A (0, -6/20),
+    # B (20/40, 40/40)
+    assert float(rows["Clipping, ε = 0.2"]["score_best_run"]) == pytest.approx((0.5 + 1 + 0.25 + 0.25) / 4)
+    assert float(rows["No clipping or penalty"]["score_best_run"]) == pytest.approx((0 - 0.3 + 0.5 + 1) / 4)
+    assert "| best setting's mean | 15.0 | 20.0 |" in text and "| best single run | 20.0 | 30.0 |" in text
+    # two runs per env: too few for an interval, and the table says none
+    assert rows["Clipping, ε = 0.2"]["ci_low"] == rows["Clipping, ε = 0.2"]["ci_low_best_run"] == ""
+    assert "| Clipping, ε = 0.2 | 0.67 | – | 1 | 0.50 | – | 1 | 4 | 0.82 | 1 |" in text
+    assert "Their order holds for 1 under the best setting's mean and for 1 under the best single run." in text
+    assert "Every ordering of the paper holds under both readings." in text and "intervals apart: none" not in text
 
 
 def test_table_refuses_mixed_protocols_and_missing_baselines(tmp_path):
@@ -215,3 +224,142 @@ def test_table_notes_an_incomplete_grid(tmp_path):
     assert "Note: the grid is incomplete (No clipping or penalty on B-v0)" in text
     rows = {r["setting"]: r for r in read_csv(files["table_csv"])}
     assert (rows["No clipping or penalty"]["runs"], float(rows["No clipping or penalty"]["score"])) == ("1", 0.5)
+
+
+# -- both readings of "best", the stratified interval (issue 31) ----------------------------------------
+
+#: raw scores built so that the two readings of "best" order clip and cpi differently: B-v0's best
+#: single run (cpi's 30) is three times its best setting mean, so reading best as the best run
+#: shrinks B-v0, where cpi is ahead, against A-v0, where clip is ahead
+FLIP = {("A-v0", "clip"): [9.0, 10.0, 11.0], ("A-v0", "cpi"): [4.0, 5.0, 6.0],
+        ("B-v0", "clip"): [2.0, 3.0, 4.0], ("B-v0", "cpi"): [0.0, 0.0, 30.0]}
+FLIP_RANDOM = {"A-v0": -2.0, "B-v0": 1.0}
+
+
+def brute_force_table(finals: dict, random: dict, reading: str, n_boot: int, seed: int = 1):
+    """Scores and stratified percentile intervals straight from the definitions, by loops."""
+    envs = sorted({env for env, _ in finals})
+    best = {env: max((np.mean(v) if reading == "mean" else max(v)) for (e, _), v in finals.items() if e == env)
+            for env in envs}
+    normalised = {}
+    for (env, setting), values in finals.items():
+        normalised.setdefault(setting, []).append([(x - random[env]) / (best[env] - random[env]) for x in values])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for setting, tasks in normalised.items():
+        score = np.mean([x for task in tasks for x in task])
+        resampled = [np.mean([x for task in tasks for x in rng.choice(task, len(task))]) for _ in range(n_boot)]
+        out[setting] = (score, *np.percentile(resampled, [2.5, 97.5]))
+    return out
+
+
+def test_the_two_readings_of_best_can_flip_the_order(tmp_path):
+    names = {"clip": ("Clipping, ε = 0.2", CLIP), "cpi": ("No clipping or penalty", CPI)}
+    for i, ((env, setting), values) in enumerate(FLIP.items()):
+        for seed, score in enumerate(values):
+            fake_run(tmp_path / "runs", f"{i}-{seed}", env, names[setting][1], seed, score)
+    by_mean = brute_force_table(FLIP, FLIP_RANDOM, "mean", 4000)
+    by_run = brute_force_table(FLIP, FLIP_RANDOM, "run", 4000)
+    assert by_mean["clip"][0] < by_mean["cpi"][0] and by_run["clip"][0] > by_run["cpi"][0]  # the case flips
+
+    baselines = tmp_path / "random.json"
+    baselines.write_text(json.dumps({"random": FLIP_RANDOM}))
+    text, files = paper.write_table([str(tmp_path / "runs")], baselines, tmp_path / "out", n_boot=4000,
+                                    curves=False)
+    rows = {r["setting"]: r for r in read_csv(files["table_csv"])}
+    for setting, (name, _) in names.items():
+        row = rows[name]
+        for suffix, expected in (("", by_mean[setting]), ("_best_run", by_run[setting])):
+            got = [float(row[f"{key}{suffix}"]) for key in ("score", "ci_low", "ci_high")]
+            assert got[0] == pytest.approx(expected[0], rel=1e-12)
+            assert got[1:] == pytest.approx(expected[1:], abs=0.02)  # two Monte Carlo bootstraps
+    assert (rows["No clipping or penalty"]["rank"], rows["Clipping, ε = 0.2"]["rank"]) == ("1", "2")
+    assert (rows["Clipping, ε = 0.2"]["rank_best_run"], rows["No clipping or penalty"]["rank_best_run"]) == ("1", "2")
+    # the table says plainly which of the paper's orderings hold under which reading
+    assert ("Table 1 ranks apart 1 pair of these settings (ties left out). Their order holds for 0 under the best "
+            "setting's mean (0 with the two intervals apart) and for 1 under the best single run (") in text
+    clip, cpi = by_mean["clip"][0], by_mean["cpi"][0]
+    assert (f"| Clipping, ε = 0.2 > No clipping or penalty | 0.82 vs -0.39 | {clip:.2f} vs {cpi:.2f}: reversed "
+            f"(intervals overlap) | {by_run['clip'][0]:.2f} vs {by_run['cpi'][0]:.2f}: holds") in text
+    assert "| best setting's mean | 10.0 | 10.0 |" in text and "| best single run | 11.0 | 30.0 |" in text
+    assert ("measured coverage 0.87 / 0.89 / 0.93 at 3 / 5 / 10 runs per env (normal data, a stratified mean over 7 "
+            "tasks; tools/stats.py COVERAGE)") in text
+
+
+def test_the_interval_resamples_each_env_on_its_own(tmp_path):
+    """With one env constant, the interval comes from the other env alone, weighted by its share
+    of the runs: what a bootstrap stratified by env gives, and a pooled one would not."""
+    for seed, (a, b) in enumerate([(2.0, 10.0), (4.0, 10.0), (9.0, 10.0)]):
+        fake_run(tmp_path / "runs", f"a{seed}", "A-v0", CLIP, seed, a)
+        fake_run(tmp_path / "runs", f"b{seed}", "B-v0", CLIP, seed, b)
+    envs, table, _ = paper.score_table(paper.finished(paper.find_runs([tmp_path / "runs"]), []),
+                                       {"A-v0": 0.0, "B-v0": 0.0}, n_boot=2000)
+    [row] = table
+    a = np.array([2.0, 4.0, 9.0]) / 5.0  # A's best setting mean is 5; B's runs all normalise to 1
+    assert row["score"] == pytest.approx((a.sum() + 3) / 6)
+    low, high = row["ci_low"], row["ci_high"]
+    assert (a.min() + 1) / 2 - 1e-9 <= low < row["score"] < high <= (a.max() + 1) / 2 + 1e-9
+    assert high - low < (a.max() - a.min()) / 2 + 1e-9  # B never varies, A counts half
+
+
+# -- compact copies (issue 31) -----------------------------------------------------------------------
+
+def test_downsample_keeps_the_first_and_last_rows():
+    rows = list(range(1000))
+    kept = paper.downsample(rows, 200)
+    assert len(kept) == 200 and kept[0] == 0 and kept[-1] == 999 and kept == sorted(set(kept))
+    assert paper.downsample(rows[:150], 200) == rows[:150]
+    assert paper.downsample(rows[:7], 2) == [0, 6]
+
+
+def test_a_compact_copy_rebuilds_the_same_table(tmp_path, capsys):
+    """A real multirun (2 settings x 3 seeds on CartPole, 10 iterations each), cut to 4 metrics
+    rows per run: the table from the copy is the table from the sweep, byte for byte."""
+    sweep, copy = tmp_path / "sweep", tmp_path / "benchmarks" / "table1"
+    overrides = ["loss=clip,cpi", "seed=0,1,2", "env=cartpole", "logger=none", *TINY, "total_timesteps=1280"]
+    res = run_cli(["-m", *overrides, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted((p.parent for p in sweep.glob("*/summary.json")), key=lambda p: int(p.name))
+    assert len(jobs) == 6
+    res = run_cli(["compact", str(sweep), str(copy), "--rows", "4"], cwd=tmp_path, module="ppo_research.paper")
+    assert res.returncode == 0 and res.stdout.strip() == f"6 runs -> {copy}", res.stderr
+    for job in jobs:
+        kept = copy / job.name
+        assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl", "overrides.yaml", "run.json",
+                                                          "summary.json"]
+        assert yaml.safe_load((kept / "overrides.yaml").read_text()) == yaml.safe_load(
+            (job / ".hydra" / "overrides.yaml").read_text())
+        for name in ("run.json", "summary.json"):
+            assert (kept / name).read_bytes() == (job / name).read_bytes()
+        full = (job / "metrics.jsonl").read_text().splitlines()
+        short = (kept / "metrics.jsonl").read_text().splitlines()
+        assert len(full) == 10 and len(short) == 4 and (short[0], short[-1]) == (full[0], full[-1])
+        assert set(short) <= set(full)
+
+    baselines = tmp_path / "random.json"
+    baselines.write_text(json.dumps({"random": {"CartPole-v1": 22.0}}))
+    common = ["--baselines", str(baselines), "--bootstrap", "300"]
+    res = run_cli(["table", str(sweep), "--out", str(tmp_path / "from_sweep"), "--no-curves", *common],
+                  cwd=tmp_path, module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli(["table", str(copy), "--out", str(tmp_path / "from_copy"), *common], cwd=tmp_path,
+                  module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("table1.md", "table1.csv"):
+        assert (tmp_path / "from_copy" / name).read_text() == (tmp_path / "from_sweep" / name).read_text()
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "from_copy" / "table1.csv")}
+    assert set(rows) == {"Clipping, ε = 0.2", "No clipping or penalty"}
+    assert all(row["runs"] == "3" and row["ci_low"] != "" and row["ci_low_best_run"] != "" for row in rows.values())
+    assert (tmp_path / "from_copy" / "report" / "curves.png").stat().st_size > 0  # the report reads the copy
+
+    # bad input: one error line, exit status 2, nothing written (the command line's main, in process)
+    capsys.readouterr()
+    for args, message in (([str(sweep), str(sweep / "copy")], "error: compact: "),
+                          ([str(tmp_path / "nowhere"), str(tmp_path / "c")], "error: no such directory"),
+                          ([str(baselines.parent / "from_sweep"), str(tmp_path / "c")], "error: no runs under"),
+                          ([str(sweep), str(baselines)], f"error: cannot write compact copy {baselines}"),
+                          ([str(sweep), str(tmp_path / "c"), "--rows", "1"], "error: --rows must be at least 2")):
+        status = paper.main(["compact", *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (sweep / "copy").exists() and not (tmp_path / "c").exists()
