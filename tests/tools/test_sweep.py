@@ -18,11 +18,12 @@ from helpers import REPO, TINY, read_metrics, read_summary, run_cli, without_tim
 from helpers.sweeps import BASE, load, run_sweep, study_dir, write_spec
 from helpers.wandb_files import wandb_records
 from optuna.trial import TrialState
+from scipy import stats as sps
 
 from ppo_research.tools.sweep.cli import main as sweep_main
 from ppo_research.tools.sweep.space import check_search_space
 from ppo_research.tools.sweep.spec import SpecError, load_spec
-from ppo_research.tools.sweep.study_report import history_figure, objective_label, write_report
+from ppo_research.tools.sweep.study_report import _ci, ci_text, history_figure, objective_label, write_report
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -201,7 +202,8 @@ def test_report_and_best_overrides_reproduce_the_best_trial(tmp_path):
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv_rows = (out / "trials.csv").read_text().splitlines()
     assert csv_rows[0].startswith("number,state,value,algo.learning_rate") and len(csv_rows) == 5
-    assert len((out / "trials.md").read_text().splitlines()) == 6
+    trials_md = (out / "trials.md").read_text().splitlines()
+    assert trials_md[0].startswith("ci_low, ci_high: nominal 95% Student-t interval of the mean") and len(trials_md) == 8
 
     overrides = (out / "best_overrides.txt").read_text().split()
     assert f"algo.learning_rate={study.best_params['algo.learning_rate']!r}" in overrides
@@ -234,6 +236,22 @@ def test_the_reproduce_command_of_a_population_trial_trains_its_population_again
     for run in runs:
         rows = read_metrics(out / run.relative_to(trials))
         assert len(rows) == 10 and without_timing(rows) == without_timing(read_metrics(run)), run
+
+
+def test_a_trials_interval_is_the_reports_and_says_what_it_covers(tmp_path):
+    """A trial's value over its runs gets the interval the report gives the same aggregate (the
+    t-interval for a mean, the percentile bootstrap for an IQM), named with its measured coverage."""
+    scores = [0.2, 0.5, 0.9]
+    mean = load_spec(write_spec(tmp_path, seeds=[0, 1, 2]), out_dir=tmp_path / "o")
+    t = sps.ttest_1samp(scores, 0.0).confidence_interval(0.95)
+    assert _ci(mean, scores) == pytest.approx([t.low, t.high], rel=1e-12)
+    assert _ci(mean, scores[:2]) is None  # too few runs for a confidence interval
+    assert "Student-t interval" in ci_text(mean) and "measured coverage 0.95" in ci_text(mean)
+    iqm = load_spec(write_spec(tmp_path, study="q", seeds=[0, 1, 2], objective={"metric": "eval_return",
+                                                                                  "aggregate": "iqm"}),
+                    out_dir=tmp_path / "o")
+    assert _ci(iqm, scores) == pytest.approx([0.2, 0.9])  # at 3 runs the percentile bootstrap is the min-max
+    assert "percentile bootstrap" in ci_text(iqm) and "0.74" in ci_text(iqm)
 
 
 def test_history_names_its_objective_and_counts_trials_in_integers(tmp_path):

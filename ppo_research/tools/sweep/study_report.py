@@ -1,7 +1,7 @@
 """The study's report: every trial (CSV + Markdown), the best one, importances, the history plot.
 
-    <study>/trials.csv, trials.md   state, value and its 95% bootstrap CI over the trial's runs
-                                    (blank below 3 runs), params, last reported step, duration, error
+    <study>/trials.csv, trials.md   state, value and its nominal 95% interval over the trial's runs
+                                    (``_ci``; blank below 3 runs), params, last reported step, duration, error
     <study>/best.json               best trial, value, params, counts, importances, and the commands
                                     that reproduce the best trial's numbers (``reproduce_commands``)
     <study>/best_overrides.txt      the best config as Hydra overrides (one line, each key once)
@@ -29,7 +29,7 @@ from hydra.core.override_parser.types import OverrideType
 from optuna.trial import TrialState
 
 from ..results import find_run_dirs
-from ..stats import MIN_SEEDS_FOR_CI, bootstrap_ci
+from ..stats import INTERVAL_METHOD, METHOD_NAMES, MIN_SEEDS_FOR_CI, confidence_interval, coverage_text
 from .spec import Spec, param_overrides
 from .trial import run_name, trial_dir
 
@@ -68,9 +68,17 @@ def run_scores(spec: Spec, t: optuna.trial.FrozenTrial) -> list[float]:
 
 
 def _ci(spec: Spec, scores: list[float]):
-    """The 95% bootstrap CI of the objective over a trial's runs; None below 3 runs (too few for
-    a confidence interval)."""
-    return list(bootstrap_ci(scores, spec.aggregate)) if len(scores) >= MIN_SEEDS_FOR_CI else None
+    """The nominal 95% interval of the objective over a trial's runs, as the report gives it
+    (``stats.confidence_interval``: the t-interval for a mean, the percentile bootstrap for a
+    median or IQM); None below 3 runs (too few for a confidence interval)."""
+    return list(confidence_interval(scores, spec.aggregate)) if len(scores) >= MIN_SEEDS_FOR_CI else None
+
+
+def ci_text(spec: Spec) -> str:
+    """What ``ci_low``/``ci_high`` are and how much such an interval covers at few runs."""
+    method = INTERVAL_METHOD[spec.aggregate]
+    return (f"nominal 95% {METHOD_NAMES[method]} of the {spec.aggregate} over the trial's runs (from "
+            f"{MIN_SEEDS_FOR_CI} runs on); {coverage_text(spec.aggregate, method, unit='runs')}")
 
 
 def objective_label(spec: Spec) -> str:
@@ -114,7 +122,7 @@ def write_report(spec: Spec, study: optuna.Study) -> dict:
     header, rows = trial_rows(spec, trials)
     with open(out / "trials.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    (out / "trials.md").write_text(markdown_table(header, rows))
+    (out / "trials.md").write_text(f"ci_low, ci_high: {ci_text(spec)}.\n\n" + markdown_table(header, rows))
 
     result: dict = {"study": spec.study, "storage": spec.storage, "direction": spec.direction,
                     "metric": spec.metric, "aggregate": spec.aggregate, "seeds": spec.seeds,
