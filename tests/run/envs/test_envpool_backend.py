@@ -370,7 +370,7 @@ def test_lockstep_envpool_members_match_each_member_alone(env_id, num_envs):
 
 
 @needs_envpool
-def test_a_population_trains_on_envpool(tmp_path):
+def test_a_population_trains_on_envpool(tmp_path, monkeypatch):
     """Two members through the population path, then a resume from the first checkpoint: it
     warns (one line) that EnvPool's envs restart re-seeded."""
     from ppo_research.run.loop.train import MemberJob, train_from_config, train_members
@@ -390,13 +390,8 @@ def test_a_population_trains_on_envpool(tmp_path):
     first = sorted((tmp_path / "m0" / "checkpoints").glob("*.pt"))[0]
     assert checkpoint.latest(tmp_path / "m0") != first
     lines = []
-    from ppo_research.run.loop import train as train_module
-    original = train_module.write_line
-    train_module.write_line = lambda text, stream=None: lines.append(text)
-    try:
-        train_from_config(jobs[0].cfg, tmp_path / "m0", jobs[0].choices, resume_from=first)
-    finally:
-        train_module.write_line = original
+    monkeypatch.setattr("ppo_research.run.loop.train.write_line", lambda text, stream=None: lines.append(text))
+    train_from_config(jobs[0].cfg, tmp_path / "m0", jobs[0].choices, resume_from=first)
     warning = [line for line in lines if line.startswith("warning: the envs")]
     assert len(warning) == 1 and "(envpool)" in warning[0] and "re-seeded" in warning[0], lines
 
