@@ -124,7 +124,11 @@ def read_description(path: Union[str, Path]) -> tuple[dict, dict[str, str], list
 
 
 def read_metrics(path: Union[str, Path]) -> list[dict]:
-    return [json.loads(line) for line in (Path(path) / METRICS_FILE).read_text().splitlines() if line.strip()]
+    """The rows of a run's metrics.jsonl. A last line without its newline is a row being written
+    (a running run) or cut off (a killed one): it is not read."""
+    text = (Path(path) / METRICS_FILE).read_text()
+    lines = text.split("\n")[:-1]  # each complete row ends with a newline; what follows the last is not whole
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def read_summary(path: Union[str, Path]) -> Optional[dict]:

@@ -200,6 +200,16 @@ def test_run_json_describes_a_run_before_hydra_files(tmp_path):
     assert read.values("loss") == LOSSES["klpen"] and read.summary["eval_return"] == 1.0
 
 
+def test_a_row_being_written_is_not_read(tmp_path):
+    """A running run's metrics.jsonl may end in a row half written (or a killed run's in a row cut
+    off): the complete rows are read, the partial one is not."""
+    run = make_run(tmp_path / "run", summary=None)
+    whole = read_run(run).metrics
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 4, "global_st')
+    assert read_run(run).metrics == whole and len(whole) == 3
+
+
 def test_the_results_layer_reads_the_file_the_trainer_writes():
     from ppo_research.run.rundir import files
 
