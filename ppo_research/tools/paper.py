@@ -483,17 +483,36 @@ def downsample(rows: list, at_most: int = COMPACT_ROWS) -> list:
     return [rows[i] for i in keep]
 
 
+#: the metrics.jsonl fields a compact copy keeps by default: what the table's curves and a reader
+#: of the protocol need (the table itself reads summary.json, copied whole)
+COMPACT_FIELDS = ("iteration", "global_step", "time_s", "episode_return", "eval_return")
+#: significant digits of a compact copy's metrics values (summary.json is copied as it is)
+COMPACT_DIGITS = 6
+
+
+def compact_row(line: str, fields: Optional[Sequence[str]], digits: int = COMPACT_DIGITS) -> str:
+    """One metrics.jsonl row cut to ``fields``, its floats to ``digits`` significant digits;
+    ``fields=None``: the row as it is."""
+    if fields is None:
+        return line
+    row = json.loads(line)
+    kept = {k: v for k, v in row.items() if k in fields}
+    return json.dumps({k: float(f"{v:.{digits}g}") if isinstance(v, float) and math.isfinite(v) else v
+                       for k, v in kept.items()})
+
+
 def _inside(path: Path, other: Path) -> bool:
     path, other = Path(os.path.realpath(path)), Path(os.path.realpath(other))
     return path == other or other in path.parents
 
 
-def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS) -> list[Path]:
+def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS,
+            fields: Optional[Sequence[str]] = COMPACT_FIELDS) -> list[Path]:
     """A copy of the finished runs under ``sweep`` small enough to commit: per run, at the same
     relative path under ``out``, its ``overrides.yaml`` (the Hydra overrides that launched it),
     ``summary.json``, ``run.json`` (its resolved config, group choices and overrides; made from
     ``.hydra/`` for a run without one) and ``metrics.jsonl`` cut to at most ``at_most`` rows
-    (``downsample``). ``paper table`` and the report read the copy as they read the sweep; the
+    (``downsample``) of ``fields``, rounded (``compact_row``; None: the rows as they are). ``paper table`` and the report read the copy as they read the sweep; the
     table is the same, the curves have fewer points. Unfinished runs are left out with a note.
     Returns the run directories written."""
     sweep, out = Path(sweep), Path(out)
@@ -528,7 +547,7 @@ def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS) -> list[Path]:
         write_output(target / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
         write_output(target / RUN_FILE, described)  # run.json and summary.json as they are
         write_output(target / SUMMARY_FILE, summary)
-        write_output(target / METRICS_FILE, "".join(line + "\n" for line in downsample(metrics, at_most)))
+        write_output(target / METRICS_FILE, "".join(compact_row(line, fields) + "\n" for line in downsample(metrics, at_most)))
         copies.append(target)
     return copies
 
@@ -561,6 +580,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     c.add_argument("--rows", type=int, default=COMPACT_ROWS,
                    help="at most this many metrics.jsonl rows per run, the first and the last kept (default: "
                         "%(default)s)")
+    c.add_argument("--fields", default=",".join(COMPACT_FIELDS),
+                   help="comma-separated metrics.jsonl fields to keep (each float to 6 significant digits), or "
+                        "'all': the rows as they are (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -584,7 +606,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "compact":
             if args.rows < 2:
                 raise PaperError("--rows must be at least 2 (the first and the last row)")
-            copies = compact(Path(args.sweep), Path(args.out), args.rows)
+            fields = None if args.fields == "all" else [f for f in args.fields.split(",") if f]
+            if fields is not None and not {"iteration", "global_step"} <= set(fields):
+                raise PaperError(f"--fields {args.fields}: must keep iteration and global_step (or say 'all')")
+            copies = compact(Path(args.sweep), Path(args.out), args.rows, fields)
             print(f"{len(copies)} runs -> {args.out}")
         else:
             if args.bootstrap < 1:

@@ -331,10 +331,22 @@ def test_a_compact_copy_rebuilds_the_same_table(tmp_path, capsys):
             (job / ".hydra" / "overrides.yaml").read_text())
         for name in ("run.json", "summary.json"):
             assert (kept / name).read_bytes() == (job / name).read_bytes()
+        full = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        short = [json.loads(line) for line in (kept / "metrics.jsonl").read_text().splitlines()]
+        assert len(full) == 10 and len(short) == 4
+        by_iteration = {row["iteration"]: row for row in full}
+        assert [row["iteration"] for row in short] == [1, 4, 7, 10]  # evenly spaced, first and last kept
+        for row in short:  # the default fields, to 6 significant digits
+            original = by_iteration[row["iteration"]]
+            assert set(row) == set(paper.COMPACT_FIELDS) & set(original)
+            assert row == pytest.approx({k: original[k] for k in row}, rel=5e-6)
+    res = run_cli(["compact", str(sweep), str(tmp_path / "whole"), "--rows", "4", "--fields", "all"], cwd=tmp_path,
+                  module="ppo_research.paper")
+    assert res.returncode == 0, res.stderr
+    for job in jobs:  # --fields all: the rows as they are
         full = (job / "metrics.jsonl").read_text().splitlines()
-        short = (kept / "metrics.jsonl").read_text().splitlines()
-        assert len(full) == 10 and len(short) == 4 and (short[0], short[-1]) == (full[0], full[-1])
-        assert set(short) <= set(full)
+        whole = (tmp_path / "whole" / job.name / "metrics.jsonl").read_text().splitlines()
+        assert len(whole) == 4 and all(json.loads(a) == json.loads(b) for a, b in zip(whole, full[::3]))
 
     baselines = tmp_path / "random.json"
     baselines.write_text(json.dumps({"random": {"CartPole-v1": 22.0}}))
@@ -358,7 +370,9 @@ def test_a_compact_copy_rebuilds_the_same_table(tmp_path, capsys):
                           ([str(tmp_path / "nowhere"), str(tmp_path / "c")], "error: no such directory"),
                           ([str(baselines.parent / "from_sweep"), str(tmp_path / "c")], "error: no runs under"),
                           ([str(sweep), str(baselines)], f"error: cannot write compact copy {baselines}"),
-                          ([str(sweep), str(tmp_path / "c"), "--rows", "1"], "error: --rows must be at least 2")):
+                          ([str(sweep), str(tmp_path / "c"), "--rows", "1"], "error: --rows must be at least 2"),
+                          ([str(sweep), str(tmp_path / "c"), "--fields", "episode_return"],
+                           "error: --fields episode_return: must keep iteration and global_step")):
         status = paper.main(["compact", *args])
         lines = capsys.readouterr().err.strip().splitlines()
         assert status == 2 and len(lines) == 1 and lines[0].startswith(message), lines
