@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 2, 3, 4
+EXIT_BUG, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 1, 2, 3, 4  # 1: a bug (a traceback is logged)
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:

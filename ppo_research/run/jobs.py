@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import (
     EXIT_BAD_INPUT,
+    EXIT_BUG,
     EXIT_DIVERGED,
     EXIT_IO,
     CheckpointError,
@@ -45,9 +46,6 @@ from .rundir import checkpoint, owner
 from .rundir.resume import continue_in_place, resume_config
 from .signals import preemption
 from .signals.stops import TrainingInterrupted
-
-EXIT_BUG = 1
-
 
 #: OSError numbers that mean "the disk or the directory", not a bug.
 IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from ..errors import (
     EXIT_BAD_INPUT,
+    EXIT_BUG,
     EXIT_DIVERGED,
     EXIT_IO,
     CheckpointError,
@@ -42,8 +43,6 @@ from ..run.loop.build import check
 from ..run.loop.train import RUN_OWN_KEYS, MemberJob, check_members, train_members
 from ..run.rundir.files import RUN_FILE
 from .cli_common import OneLineParser, OutputError, check_output_dir, error_line
-
-EXIT_BUG = 1
 
 
 class RerunError(Exception):
