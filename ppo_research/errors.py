@@ -10,9 +10,14 @@ Each error's ``str()`` is a single line: the command line prints it after ``erro
 """
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 EXIT_BUG, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 1, 2, 3, 4  # 1: a bug (a traceback is logged)
+
+#: OSError numbers that mean "the disk or the directory", not a bug.
+IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
+             errno.EISDIR, errno.ENAMETOOLONG}
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
@@ -53,3 +58,14 @@ class NonFiniteError(FloatingPointError):
 
     def at_iteration(self, iteration: int) -> "NonFiniteError":
         return NonFiniteError(self.what, self.where, iteration)
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status a run that failed with ``err`` ends with (the table above)."""
+    if isinstance(err, NonFiniteError):
+        return EXIT_DIVERGED
+    if isinstance(err, (ConfigError, RunDirError, CheckpointError)):
+        return EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT  # a failed checkpoint write
+    if isinstance(err, OSError) and err.errno in IO_ERRNOS:
+        return EXIT_IO
+    return EXIT_BUG

@@ -23,14 +23,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import EXIT_BAD_INPUT, ConfigError, RunDirError
+from ..errors import EXIT_BAD_INPUT, IO_ERRNOS, ConfigError, RunDirError
 from . import jobs
 from .config.compose import CONF_DIR, check_group_choices
 from .config.errors import check_arguments, hydra_error_line
 from .console import fail, write_line
 from .jobs import (
     EXIT_BUG,
-    IO_ERRNOS,
     Invocation,
     RunFailed,
     bug_line,

@@ -31,12 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
-    EXIT_DIVERGED,
     EXIT_IO,
     CheckpointError,
     ConfigError,
     NonFiniteError,
     RunDirError,
+    exit_status,
     first_line,
 )
 from .config.compose import choices_of
@@ -46,11 +46,6 @@ from .rundir import checkpoint, owner
 from .rundir.resume import continue_in_place, resume_config
 from .signals import preemption
 from .signals.stops import TrainingInterrupted
-
-#: OSError numbers that mean "the disk or the directory", not a bug.
-IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
-             errno.EISDIR, errno.ENAMETOOLONG}
-
 
 LOG_FILE = "app.log"  # Hydra's job log (created only when something is logged) and the bug log
 
@@ -247,7 +242,7 @@ def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
     try:
         raise err
     except (ConfigError, CheckpointError, RunDirError) as err:
-        status = EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT  # a failed checkpoint write
+        status = exit_status(err)  # EXIT_IO for a failed checkpoint write
         if status == EXIT_BAD_INPUT:
             remove_if_unused(run_dir)
         return fail_job(f"error: {err}", status)
@@ -255,7 +250,7 @@ def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
         last = checkpoint.latest(run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
         return fail_job(f"error: training diverged: {err}; nothing of that iteration was saved, {kept}",
-                         EXIT_DIVERGED)
+                         exit_status(err))
     except KeyboardInterrupt as err:
 
         if not isinstance(err, TrainingInterrupted):
@@ -266,7 +261,7 @@ def job_failure(err: BaseException, run_dir: Path) -> RunFailed:
                 raise fail_job(f"error: {not_requeued}", 128 + err.signum) from None
         raise
     except OSError as err:
-        if err.errno in IO_ERRNOS:
+        if exit_status(err) == EXIT_IO:
             last = checkpoint.latest(run_dir)
             kept = f"the last checkpoint is {last}" if last else "no checkpoint had been written"
             where = err.filename or f"while writing in {run_dir}"

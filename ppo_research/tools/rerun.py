@@ -27,17 +27,7 @@ from typing import Callable, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from ..errors import (
-    EXIT_BAD_INPUT,
-    EXIT_BUG,
-    EXIT_DIVERGED,
-    EXIT_IO,
-    CheckpointError,
-    ConfigError,
-    NonFiniteError,
-    RunDirError,
-    first_line,
-)
+from ..errors import EXIT_BAD_INPUT, ConfigError, NonFiniteError, exit_status, first_line
 from ..run.console import write_line
 from ..run.loop.build import check
 from ..run.loop.train import RUN_OWN_KEYS, MemberJob, check_members, train_members
@@ -153,14 +143,6 @@ def check_jobs(jobs: Sequence[MemberJob], run_dir: Path) -> None:
         raise RerunError(f"{path}: its population record's members cannot train together ({first_line(err)})") from None
 
 
-def failure_status(err: BaseException) -> int:
-    if isinstance(err, NonFiniteError):
-        return EXIT_DIVERGED
-    if isinstance(err, (ConfigError, RunDirError, CheckpointError)):
-        return EXIT_IO if isinstance(err.__cause__, OSError) else EXIT_BAD_INPUT
-    return EXIT_IO if isinstance(err, OSError) else EXIT_BUG
-
-
 def report(jobs: Sequence[MemberJob], results: Sequence) -> int:
     """One line per member that did not finish (a finished one has printed its ``done:`` line);
     the exit status is the first failure's."""
@@ -171,7 +153,7 @@ def report(jobs: Sequence[MemberJob], results: Sequence) -> int:
         elif isinstance(result, BaseException):
             what = "training diverged: " if isinstance(result, NonFiniteError) else ""
             write_line(f"error: {job.run_dir}: {what}{first_line(result)}")
-            status = status or failure_status(result)
+            status = status or exit_status(result)
     return status
 
 

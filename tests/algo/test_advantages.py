@@ -32,45 +32,50 @@ def next_step_batch(rng: np.random.Generator, T: int = 40, N: int = 5, p_end: fl
                 episode_end=episode_end, valid=valid)
 
 
-def gae_reference(b, gamma, lam):
-    """A_t = sum_k (gamma lam)^k delta_{t+k}, summed forward until the episode or rollout ends."""
+def at_valid_steps(b, advantage) -> np.ndarray:
+    """``advantage(t, n)`` at every valid step of the batch ``b``, 0 elsewhere."""
     T, N = b["rewards"].shape
     out = np.zeros((T, N))
     for n in range(N):
         for t in range(T):
-            if not b["valid"][t, n]:
-                continue
-            total, k = 0.0, 0
-            while t + k < T:
-                s = t + k
-                bootstrap = 0.0 if b["terminated"][s, n] else b["next_values"][s, n]
-                delta = b["rewards"][s, n] + gamma * bootstrap - b["values"][s, n]
-                total += (gamma * lam) ** k * delta
-                if b["episode_end"][s, n]:
-                    break
-                k += 1
-            out[t, n] = total
+            if b["valid"][t, n]:
+                out[t, n] = advantage(t, n)
     return out
+
+
+def gae_reference(b, gamma, lam):
+    """A_t = sum_k (gamma lam)^k delta_{t+k}, summed forward until the episode or rollout ends."""
+
+    def advantage(t, n):
+        total, k = 0.0, 0
+        while t + k < len(b["rewards"]):
+            s = t + k
+            bootstrap = 0.0 if b["terminated"][s, n] else b["next_values"][s, n]
+            delta = b["rewards"][s, n] + gamma * bootstrap - b["values"][s, n]
+            total += (gamma * lam) ** k * delta
+            if b["episode_end"][s, n]:
+                break
+            k += 1
+        return total
+
+    return at_valid_steps(b, advantage)
 
 
 def nstep_reference(b, gamma, n_steps):
     """sum_{k<m} gamma^k r_{t+k} + gamma^m * bootstrap - V(s_t), m cut at episode/rollout end."""
-    T, N = b["rewards"].shape
-    out = np.zeros((T, N))
-    for n in range(N):
-        for t in range(T):
-            if not b["valid"][t, n]:
-                continue
-            total = 0.0
-            for k in range(n_steps):
-                s = t + k
-                total += gamma**k * b["rewards"][s, n]
-                if b["episode_end"][s, n] or k == n_steps - 1 or s == T - 1:
-                    bootstrap = 0.0 if b["terminated"][s, n] else b["next_values"][s, n]
-                    total += gamma ** (k + 1) * bootstrap
-                    break
-            out[t, n] = total - b["values"][t, n]
-    return out
+
+    def advantage(t, n):
+        total = 0.0
+        for k in range(n_steps):
+            s = t + k
+            total += gamma**k * b["rewards"][s, n]
+            if b["episode_end"][s, n] or k == n_steps - 1 or s == len(b["rewards"]) - 1:
+                bootstrap = 0.0 if b["terminated"][s, n] else b["next_values"][s, n]
+                total += gamma ** (k + 1) * bootstrap
+                break
+        return total - b["values"][t, n]
+
+    return at_valid_steps(b, advantage)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
+from helpers import slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -26,57 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 RUN = ["env=cartpole", "total_timesteps=2048", "algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=32",
        "algo.num_epochs=2", "eval.episodes=1", "progress=false", "logger=none"]
 GRID = {("clip", "0"), ("clip", "1"), ("klpen", "0"), ("klpen", "1")}
-
-
-def _cmd(*args: str, timeout: float = 20) -> Optional[str]:
-    try:
-        res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout if res.returncode == 0 else None
-
-
-def _default_partition() -> tuple[Optional[str], str]:
-    """(partition, "") when the default partition has a node that can run jobs, else (None, why)."""
-    if not shutil.which("sinfo"):
-        return None, "no SLURM here (sinfo not found); start one with: sudo scripts/slurm_one_node.sh start"
-    out = _cmd("sinfo", "-h", "-o", "%P %t")
-    if out is None:
-        return None, "sinfo gets no answer from slurmctld; start it with: sudo scripts/slurm_one_node.sh start"
-    rows = [line.split() for line in out.splitlines() if line.strip()]
-    default = [(name[:-1], state) for name, state in rows if name.endswith("*")]
-    if not default:
-        return None, "SLURM has no default partition"
-    for name, state in default:  # one row per node state; "*" after a state: the node does not respond
-        if not state.endswith("*") and state.rstrip("~#$@") in ("idle", "mix", "alloc", "comp"):
-            return name, ""
-    return None, f"the default partition {default[0][0]} has no responding node " \
-                 f"(states: {', '.join(s for _, s in default)})"
-
-
-def _require_or_skip(reason: str) -> None:
-    if os.environ.get("PPO_RESEARCH_REQUIRE_CLUSTER"):
-        pytest.fail(f"SLURM required here: {reason}")
-    pytest.skip(reason)
-
-
-def _config_value(key: str) -> Optional[str]:
-    out = _cmd("scontrol", "show", "config") or ""
-    match = re.search(rf"^{key}\s*=\s*(\S*)", out, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def _fields(line: str) -> dict[str, str]:
-    """``Key=value Key=value`` (scontrol -o, jobcomp/filetxt lines) as a dict."""
-    return dict(item.split("=", 1) for item in line.split() if "=" in item)
-
-
-@pytest.fixture(scope="module")
-def partition() -> str:
-    name, why = _default_partition()
-    if name is None:
-        _require_or_skip(why)
-    return name
 
 
 def test_multirun_grid_runs_as_slurm_jobs(partition, tmp_path):
@@ -119,8 +67,8 @@ def test_multirun_grid_runs_as_slurm_jobs(partition, tmp_path):
     # 300 s by default). The launcher returns as soon as every job has written its result file,
     # which can be a moment before SLURM has seen the last job step end: wait for that.
     def array_records() -> dict[str, dict[str, str]]:
-        out = _cmd("scontrol", "-o", "show", "job", array_id) or ""
-        return {r["ArrayTaskId"]: r for r in map(_fields, out.splitlines()) if r.get("ArrayJobId") == array_id}
+        out = slurm.cmd("scontrol", "-o", "show", "job", array_id) or ""
+        return {r["ArrayTaskId"]: r for r in map(slurm.fields, out.splitlines()) if r.get("ArrayJobId") == array_id}
 
     deadline = time.monotonic() + 120
     while True:
@@ -137,9 +85,9 @@ def test_multirun_grid_runs_as_slurm_jobs(partition, tmp_path):
     # ... then the job-completion log (JobCompType=jobcomp/filetxt, as scripts/slurm_one_node.sh
     # configures it), which keeps one line per finished job for good. Without accounting storage
     # `sacct` has nothing to say, which is why submitit logs "Bypassing sacct error" warnings.
-    if _config_value("JobCompType") == "jobcomp/filetxt":
-        lines = Path(_config_value("JobCompLoc")).read_text().splitlines()
-        finished = {r["ArrayTaskId"]: r for r in map(_fields, lines) if r.get("ArrayJobId") == array_id}
+    if slurm.config_value("JobCompType") == "jobcomp/filetxt":
+        lines = Path(slurm.config_value("JobCompLoc")).read_text().splitlines()
+        finished = {r["ArrayTaskId"]: r for r in map(slurm.fields, lines) if r.get("ArrayJobId") == array_id}
         assert sorted(finished) == ["0", "1", "2", "3"]
         for task, record in finished.items():
             assert record["JobId"] == records[task]["JobId"]

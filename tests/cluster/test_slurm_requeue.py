@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from helpers import REPO, read_metrics, read_summary, run_cli, without_timing
+from helpers import REPO, read_metrics, read_summary, run_cli, slurm, without_timing
 from helpers.wandb_files import wandb_records
 
 # CartPole, 2 envs x 64 steps, a checkpoint after every iteration: 96 iterations of ~60 ms, so a
@@ -35,60 +34,6 @@ RUN = ["env=cartpole", "seed=3", f"total_timesteps={ITERATIONS * 128}", "algo.nu
        "logger=wandb"]
 LEAD_S = 60  # hydra.launcher.signal_delay_s: what the job's sbatch script must ask SLURM for
 JOB_STATES_RUNNING = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD")
-
-
-# -- the cluster (same checks as tests/cluster/test_slurm.py; test files do not import each other) ----
-
-def _cmd(*args: str, timeout: float = 20) -> Optional[str]:
-    try:
-        res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout if res.returncode == 0 else None
-
-
-def _default_partition() -> tuple[Optional[str], str]:
-    """(partition, "") when the default partition has a node that can run jobs, else (None, why)."""
-    if not shutil.which("sinfo"):
-        return None, "no SLURM here (sinfo not found); start one with: sudo scripts/slurm_one_node.sh start"
-    out = _cmd("sinfo", "-h", "-o", "%P %t")
-    if out is None:
-        return None, "sinfo gets no answer from slurmctld; start it with: sudo scripts/slurm_one_node.sh start"
-    rows = [line.split() for line in out.splitlines() if line.strip()]
-    default = [(name[:-1], state) for name, state in rows if name.endswith("*")]
-    if not default:
-        return None, "SLURM has no default partition"
-    for name, state in default:
-        if not state.endswith("*") and state.rstrip("~#$@") in ("idle", "mix", "alloc", "comp"):
-            return name, ""
-    return None, f"the default partition {default[0][0]} has no responding node " \
-                 f"(states: {', '.join(s for _, s in default)})"
-
-
-def _fields(line: str) -> dict[str, str]:
-    """``Key=value Key=value`` (scontrol -o, jobcomp/filetxt lines) as a dict."""
-    return dict(item.split("=", 1) for item in line.split() if "=" in item)
-
-
-def _config_value(key: str) -> Optional[str]:
-    out = _cmd("scontrol", "show", "config") or ""
-    match = re.search(rf"^{key}\s*=\s*(\S*)", out, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def _job_record(job: str) -> dict[str, str]:
-    out = _cmd("scontrol", "-o", "show", "job", job) or ""
-    return _fields(out.splitlines()[0]) if out.strip() else {}
-
-
-@pytest.fixture(scope="module")
-def partition() -> str:
-    name, why = _default_partition()
-    if name is None:
-        if os.environ.get("PPO_RESEARCH_REQUIRE_CLUSTER"):
-            pytest.fail(f"SLURM required here: {why}")
-        pytest.skip(why)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +83,7 @@ def _multirun(args: list[str], cwd: Path, env: dict):
             proc.wait()
             folder = cwd / "multirun" / ".submitit"
             for job in (p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)):
-                _cmd("scancel", job)
+                slurm.cmd("scancel", job)
 
 
 def _job_id(sweep_dir: Path, proc: subprocess.Popen, stderr: Path) -> Optional[str]:
@@ -169,7 +114,7 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
         # SLURM holds a requeued job for about 2 minutes (Reason=BeginTime) before it may start
         # again; make it eligible now, as an operator could.
         record = _wait(lambda: (lambda r: r if r.get("Restarts") == "1" and r.get("JobState") == "PENDING" else None)(
-            _job_record(job)), 120, "the job to be requeued (PENDING, Restarts=1)", poll=0.2)
+            slurm.job_record(job)), 120, "the job to be requeued (PENDING, Restarts=1)", poll=0.2)
         if record.get("Reason") == "BeginTime":
             # Not within the second of the requeue: slurmd revoked the first attempt's credential
             # at a one-second resolution, and refuses a relaunch whose credential is from that same
@@ -184,11 +129,11 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
 
 def _check_slurm_record(job: str) -> None:
     """SLURM's own record: one restart, then COMPLETED with exit code 0."""
-    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(_job_record(job)),
+    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(slurm.job_record(job)),
                    60, "SLURM to record the job's end")
     assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), record
-    if _config_value("JobCompType") == "jobcomp/filetxt":
-        lines = [_fields(line) for line in Path(_config_value("JobCompLoc")).read_text().splitlines()]
+    if slurm.config_value("JobCompType") == "jobcomp/filetxt":
+        lines = [slurm.fields(line) for line in Path(slurm.config_value("JobCompLoc")).read_text().splitlines()]
         if "_" in job:
             array, task = job.split("_")
             attempts = [r for r in lines if r.get("ArrayJobId") == array and r.get("ArrayTaskId") == task]
@@ -311,7 +256,7 @@ def test_requeue_limit_stops_with_a_checkpoint(partition, tmp_path):
     assert Path(match.group(2)).is_file()
     assert [r["iteration"] for r in read_metrics(run_dir)] == list(range(1, stopped + 1))
     assert not (run_dir / ".requeue.json").exists()
-    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(_job_record(job)),
+    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(slurm.job_record(job)),
                    60, "SLURM to record the job's end")
     assert (record["JobState"], record["Restarts"]) == ("COMPLETED", "0"), record
 
