@@ -358,9 +358,12 @@ class PopulationLauncher(Launcher):
                        f"continue the multirun with: {self._continuation()}")
             write_line(message)
             # killed by a signal (the OOM killer's SIGKILL): 128 + N, as a killed run or sweep worker
-            status = 128 - proc.returncode if proc.returncode < 0 else EXIT_BUG
-            outcome = {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, status))
-                                   for job in population.jobs}}
+            outcome = all_failed(population, message, 128 - proc.returncode if proc.returncode < 0 else EXIT_BUG)
+        self._report(population, outcome, returns, interrupts)
+
+    def _report(self, population: Population, outcome: dict, returns: dict[int, JobReturn],
+                interrupts: list[dict]) -> None:
+        """Take in what a population's process reported: each job's JobReturn, or its stop."""
         if outcome.get("interrupted"):
             interrupts.append(outcome["interrupted"])
         for job in population.jobs:
@@ -386,6 +389,12 @@ class PopulationLauncher(Launcher):
             getattr(self.hydra_context.callbacks, name)(config=config, **kwargs)
         finally:
             hydra_config.cfg = saved
+
+
+def all_failed(population: Population, message: str, status: int) -> dict:
+    """The outcome of a population whose process or job ended without reporting: every job failed."""
+    return {"returns": {job.idx: job_return(job.config, JobStatus.FAILED, RunFailed(message, status))
+                        for job in population.jobs}}
 
 
 def _worker_env() -> dict[str, str]:

@@ -144,7 +144,9 @@ def train_population(jobs: list[tuple[int, DictConfig]], resume: bool = False) -
                 returns[idx] = finish_member(configs[idx], result, member.run_dir)
     except KeyboardInterrupt as err:
         if isinstance(err, TrainingInterrupted):
-            interrupted = {"signum": err.signum, "iteration": err.iteration, "checkpoint": str(err.checkpoint)}
+            interrupted = {"signum": err.signum, "iteration": err.iteration, "checkpoint": str(err.checkpoint),
+                           "ended": {idx: _picklable(finish_member(configs[idx], err.ended[k], member.run_dir))
+                                     for k, (idx, member) in enumerate(members.items()) if k in err.ended}}
         else:
             interrupted = {"signum": None}
         for member in members.values():  # a member that had not started leaves nothing behind

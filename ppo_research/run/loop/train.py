@@ -228,6 +228,7 @@ def _train(jobs: Sequence[MemberJob], members: list, results: list) -> None:
                 print_end_line(m.run_dir, outcomes[k], m.logger)  # each run's one-line end report
     except TrainingInterrupted as err:
         exit_code = 128 + err.signum
+        err.ended = {i: m.ended for m, i in zip(trainer.members, indices) if m.ended is not None}  # stay ended on resume
         raise
     finally:
         trainer.close()

@@ -113,22 +113,37 @@ def after_stop(err) -> Optional[str]:
                   f"resume={run_dir})")
             raise SystemExit(128 + err.signum)
         return None
-    marker = run_dir / MARKER
-    try:
-        marker.write_text(json.dumps({"job_id": job, "iteration": err.iteration, "checkpoint": str(err.checkpoint),
-                                      "signal": warning.name}) + "\n", encoding="utf-8")
-    except OSError:
-        pass  # SLURM's restart count still identifies the requeued job
     write_line(f"{warning.name}: time limit or preemption ahead; requeueing job {job} through submitit (the requeued "
           f"job resumes {run_dir} from {Path(err.checkpoint).name})")
+    why = requeue(warning, {run_dir: {"iteration": err.iteration, "checkpoint": str(err.checkpoint)}})
+    return (f"{warning.name}: job {job} not requeued ({why}); the run stopped after iteration {err.iteration} "
+            f"with checkpoint {err.checkpoint}; continue it with: python -m ppo_research resume={run_dir}")
+
+
+def requeue(warning: JobWarning, markers: dict[Path, dict]) -> str:
+    """Write each run directory's marker (``markers``: its content besides the job and signal),
+    then requeue the job through submitit's handler, which exits the process. Returns why the job
+    was not requeued (``max_num_timeout`` used up, ``scontrol`` failed); the markers are removed
+    again then."""
+    mark({run_dir: {**content, "signal": warning.name} for run_dir, content in markers.items()})
     try:
         warning.handler(warning.signum, None)  # submitit: dump the call again, requeue, sys.exit
         why = "submitit did not requeue it"
     except Exception as failure:  # noqa: BLE001 - submitit's UncompletedJobError, a failing scontrol
         why = first_line(failure)
-    marker.unlink(missing_ok=True)
-    return (f"{warning.name}: job {job} not requeued ({why}); the run stopped after iteration {err.iteration} "
-            f"with checkpoint {err.checkpoint}; continue it with: python -m ppo_research resume={run_dir}")
+    for run_dir in markers:
+        (run_dir / MARKER).unlink(missing_ok=True)
+    return why
+
+
+def mark(markers: dict[Path, dict]) -> None:
+    """Write each run directory's marker: this job's id and ``markers[run_dir]``."""
+    job = job_id()
+    for run_dir, content in markers.items():
+        try:
+            (run_dir / MARKER).write_text(json.dumps({"job_id": job, **content}) + "\n", encoding="utf-8")
+        except OSError:
+            pass  # SLURM's restart count still identifies the requeued job
 
 
 def requeued_job(run_dir: Path) -> Optional[str]:

@@ -50,6 +50,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, iteration: int, checkpoint: Path):
         self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
         self.continue_with: Optional[str] = None  # the command that continues it, if not resume=<run dir>
+        self.ended: dict = {}  # a population's members that ended before the stop (job index -> why)
         super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {iteration}; "
                          f"checkpoint {checkpoint}")
 
