@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import (
     REPO,
     TINY,
@@ -31,18 +30,11 @@ from helpers import (
     run_cli_writes,
     without_timing,
 )
+from helpers.populations import assert_complete, job_dirs, overrides_of
 from helpers.wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
 LAUNCHED = re.compile(r"population (\d+): process (\d+) trains job\(s\) ([\d, ]+)")
-
-
-def job_dirs(sweep: Path) -> list[Path]:
-    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-
-
-def overrides_of(job: Path) -> dict[str, str]:
-    return dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
 
 
 def trained_by(job: Path) -> int:
@@ -53,22 +45,6 @@ def trained_by(job: Path) -> int:
 def launched(output: str) -> dict[int, tuple[int, list[int]]]:
     """population number -> (pid, job numbers), from the launcher's log."""
     return {int(m[1]): (int(m[2]), [int(j) for j in m[3].split(",")]) for m in LAUNCHED.finditer(output)}
-
-
-def assert_complete(job: Path, steps: int = 256) -> None:
-    """A finished run directory, as a basic-launcher job leaves it."""
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-        assert (job / ".hydra" / name).is_file(), job
-    rows = read_metrics(job)
-    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1)) and rows[-1]["global_step"] == steps
-    summary = read_summary(job)
-    assert summary["global_step"] == steps and summary["eval_return"] is not None
-    assert list((job / "checkpoints").glob("ckpt_*.pt"))
-    described = json.loads((job / "run.json").read_text())
-    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-    assert described["config"]["seed"] == config["seed"] and described["config"]["loss"] == config["loss"]
-    hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    assert hydra["job"]["num"] == int(job.name) and Path(hydra["runtime"]["output_dir"]) == job.resolve()
 
 
 def test_a_seed_by_epsilon_grid_trains_as_one_population_with_its_own_wandb_runs_and_reports(tmp_path):

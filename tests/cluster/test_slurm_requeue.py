@@ -11,13 +11,10 @@ at the end need no cluster.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +30,6 @@ RUN = ["env=cartpole", "seed=3", f"total_timesteps={ITERATIONS * 128}", "algo.nu
        "algo.minibatch_size=32", "algo.num_epochs=2", "eval.episodes=1", "progress=false", "checkpoint.every=1",
        "logger=wandb"]
 LEAD_S = 60  # hydra.launcher.signal_delay_s: what the job's sbatch script must ask SLURM for
-JOB_STATES_RUNNING = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD")
 
 
 @pytest.fixture(scope="module")
@@ -46,44 +42,6 @@ def reference(partition, tmp_path_factory) -> tuple[list[dict], dict]:
     rows = read_metrics(cwd / "run")
     assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
     return rows, read_summary(cwd / "run")
-
-
-def _wait(condition, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(poll)
-
-
-def _rows(path: Path) -> int:
-    try:
-        return sum(1 for line in path.read_text().splitlines() if line.endswith("}"))
-    except OSError:
-        return 0
-
-
-@contextlib.contextmanager
-def _multirun(args: list[str], cwd: Path, env: dict):
-    """``python -m ppo_research <args>`` in the background (output to files: the launcher logs
-    while it waits); if it still runs on the way out (a failed test), it is killed and its SLURM
-    jobs are cancelled."""
-    stderr = cwd / "multirun.err"
-    with open(cwd / "multirun.out", "w") as out, open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "ppo_research", *args], cwd=cwd, env=env, stdout=out,
-                                stderr=err, text=True)
-    try:
-        yield proc, stderr
-    finally:
-        if proc.poll() is None:  # the test failed while the multirun was waiting for its job
-            proc.kill()
-            proc.wait()
-            folder = cwd / "multirun" / ".submitit"
-            for job in (p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)):
-                slurm.cmd("scancel", job)
 
 
 def _job_id(sweep_dir: Path, proc: subprocess.Popen, stderr: Path) -> Optional[str]:
@@ -106,21 +64,12 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
             f"hydra.launcher.signal_delay_s={LEAD_S}"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    with _multirun(args, tmp_path, env) as (proc, stderr):
-        job = _wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
+    with slurm.background_multirun(args, tmp_path, env, sweep_dir) as (proc, stderr):
+        job = slurm.wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
         run_dir = sweep_dir / "0"
-        _wait(lambda: _rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
+        slurm.wait(lambda: slurm.written_rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
         interrupt(job)
-        # SLURM holds a requeued job for about 2 minutes (Reason=BeginTime) before it may start
-        # again; make it eligible now, as an operator could.
-        record = _wait(lambda: (lambda r: r if r.get("Restarts") == "1" and r.get("JobState") == "PENDING" else None)(
-            slurm.job_record(job)), 120, "the job to be requeued (PENDING, Restarts=1)", poll=0.2)
-        if record.get("Reason") == "BeginTime":
-            # Not within the second of the requeue: slurmd revoked the first attempt's credential
-            # at a one-second resolution, and refuses a relaunch whose credential is from that same
-            # second ("Job credential revoked": the job then fails instead of restarting).
-            time.sleep(2.0)
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=20)
+        slurm.start_requeued_now(job)
         proc.wait(timeout=300)
     assert proc.returncode == 0, stderr.read_text()[-3000:]
     log = (sweep_dir / ".submitit" / job / f"{job}_0_log.err").read_text()
@@ -129,16 +78,10 @@ def _requeued_multirun(partition: str, tmp_path: Path, interrupt) -> tuple[Path,
 
 def _check_slurm_record(job: str) -> None:
     """SLURM's own record: one restart, then COMPLETED with exit code 0."""
-    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(slurm.job_record(job)),
-                   60, "SLURM to record the job's end")
+    record = slurm.final_record(job)
     assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), record
-    if slurm.config_value("JobCompType") == "jobcomp/filetxt":
-        lines = [slurm.fields(line) for line in Path(slurm.config_value("JobCompLoc")).read_text().splitlines()]
-        if "_" in job:
-            array, task = job.split("_")
-            attempts = [r for r in lines if r.get("ArrayJobId") == array and r.get("ArrayTaskId") == task]
-        else:
-            attempts = [r for r in lines if r.get("JobId") == job]
+    attempts = slurm.jobcomp_attempts(job)
+    if attempts is not None:
         # jobcomp/filetxt writes one line per attempt: the requeued one with the state it went
         # back to (PENDING), then the final one.
         assert [r["JobState"] for r in attempts] == ["PENDING", "COMPLETED"], attempts
@@ -238,10 +181,10 @@ def test_requeue_limit_stops_with_a_checkpoint(partition, tmp_path):
             f"hydra.launcher.partition={partition}", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
             "hydra.launcher.max_num_timeout=0"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with _multirun(args, tmp_path, env) as (proc, stderr):
-        job = _wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
+    with slurm.background_multirun(args, tmp_path, env, sweep_dir) as (proc, stderr):
+        job = slurm.wait(lambda: _job_id(sweep_dir, proc, stderr), 120, "the job's submitit folder")
         run_dir = sweep_dir / "0"
-        _wait(lambda: _rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
+        slurm.wait(lambda: slurm.written_rows(run_dir / "metrics.jsonl") >= 3, 180, "3 metrics rows from the job", poll=0.05)
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=20)
         proc.wait(timeout=300)
     assert proc.returncode == 128 + 12, stderr.read_text()[-3000:]
@@ -256,8 +199,7 @@ def test_requeue_limit_stops_with_a_checkpoint(partition, tmp_path):
     assert Path(match.group(2)).is_file()
     assert [r["iteration"] for r in read_metrics(run_dir)] == list(range(1, stopped + 1))
     assert not (run_dir / ".requeue.json").exists()
-    record = _wait(lambda: (lambda r: r if r.get("JobState") not in JOB_STATES_RUNNING else None)(slurm.job_record(job)),
-                   60, "SLURM to record the job's end")
+    record = slurm.final_record(job)
     assert (record["JobState"], record["Restarts"]) == ("COMPLETED", "0"), record
 
 
