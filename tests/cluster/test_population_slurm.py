@@ -41,11 +41,11 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-def _local(args: list[str], cwd: Path) -> Path:
-    """The same multirun through hydra/launcher=population here; its sweep directory."""
+def _local(args: list[str], cwd: Path, status: int = 0) -> Path:
+    """The same multirun through hydra/launcher=population here (ending with ``status``); its sweep directory."""
     sweep = cwd / "local"
     res = run_cli(["-m", *args, "hydra/launcher=population", f"hydra.sweep.dir={sweep}"], cwd=cwd)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == status, res.stderr[-3000:]
     return sweep
 
 
@@ -213,3 +213,41 @@ def test_requeue_limit_ends_each_member_in_one_line_with_its_checkpoint(partitio
     assert 3 <= iteration < ITERATIONS
     record = slurm.final_record(job)
     assert (record["JobState"], record["Restarts"]) == ("COMPLETED", "0"), record
+
+
+def test_a_member_that_diverged_stays_ended_after_the_requeue(partition, tmp_path):
+    """Two of four members diverge (a learning rate of 1e20) before the warning: the requeued job
+    resumes the other two, does not train the diverged ones again, and reports them as diverged.
+    The two that go on train in a stack of two from then on, not four: their rows up to the
+    requeue are the uninterrupted population's, the later ones may differ by round-off."""
+    grid = [*[a for a in POPULATION if not a.startswith("loss.epsilon=")], "algo.learning_rate=2.5e-4,1e20"]
+    reference = _local(grid, tmp_path, status=3)
+    sweep = tmp_path / "multirun"
+    args = ["-m", *grid, "hydra/launcher=population_slurm", f"hydra.sweep.dir={sweep}",
+            f"hydra.launcher.partition={partition}", *JOB_OPTIONS]
+    with slurm.background_multirun(args, tmp_path, _env(tmp_path), sweep) as (proc, stderr):
+        (job,) = slurm.wait(lambda: _submitted(sweep, proc, stderr), 120, "the population's job")
+        slurm.wait(lambda: slurm.written_rows(sweep / "0" / "metrics.jsonl") >= 3, 180, "3 metrics rows", poll=0.05)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=20)
+        slurm.start_requeued_now(job)
+        proc.wait(timeout=600)
+    log = (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()
+    diverged = [d for d in job_dirs(sweep) if float(overrides_of(d)["algo.learning_rate"]) > 1]
+    going_on = [d for d in job_dirs(sweep) if d not in diverged]
+    assert len(diverged) == len(going_on) == 2
+    assert proc.returncode == 3, stderr.read_text()[-3000:]  # the first failed job's status: diverged
+    match = re.search(r"the requeued job resumes population 0: 2 member\(s\) from iteration (\d+)", log)
+    assert match, log[-3000:]
+    resumed = int(match.group(1))
+    # the launcher says each diverged member's end once, as the requeued job reported it
+    assert len(re.findall(r"^error: training diverged: ", stderr.read_text(), re.MULTILINE)) == 2, stderr.read_text()
+    for run_dir in diverged:
+        assert f"resuming {run_dir}" not in log and not (run_dir / ".requeue.json").exists()
+        assert read_metrics(run_dir) == read_metrics(reference / run_dir.name)  # not a row more
+    for run_dir in going_on:
+        assert f"job {job} was requeued after SIGUSR2: resuming {run_dir} in place" in log
+        rows, reference_rows = without_timing(read_metrics(run_dir)), without_timing(read_metrics(reference / run_dir.name))
+        assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
+        assert rows[:resumed] == reference_rows[:resumed]
+        assert read_summary(run_dir)["global_step"] == ITERATIONS * 128
+    _requeued_once(job)
