@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -188,9 +189,11 @@ def test_scontrol_requeue_resumes_every_member(partition, reference, tmp_path):
     _requeued_once(job)
 
 
-def test_requeue_limit_ends_each_member_in_one_line_with_its_checkpoint(partition, tmp_path):
+def test_requeue_limit_ends_each_member_in_one_line_with_its_checkpoint(partition, reference, tmp_path):
     """max_num_timeout=0: a warning at the time limit (submitit counts it so at once, for 10
-    minutes) stops every member with a checkpoint, and the job is not requeued."""
+    minutes) stops every member with a checkpoint, and the job is not requeued. The command the
+    lines print resubmits the population, which resumes every member together and ends as the
+    uninterrupted population."""
     sweep, job, log, status, stderr = _interrupted(
         partition, tmp_path, lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=20),
         "hydra.launcher.max_num_timeout=0")
@@ -213,6 +216,12 @@ def test_requeue_limit_ends_each_member_in_one_line_with_its_checkpoint(partitio
     assert 3 <= iteration < ITERATIONS
     record = slurm.final_record(job)
     assert (record["JobState"], record["Restarts"]) == ("COMPLETED", "0"), record
+
+    command = shlex.split(lines[0].split("continue the multirun with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "ppo_research"]
+    res = run_cli(command[3:], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _same_as(sweep, reference)
 
 
 def test_a_member_that_diverged_stays_ended_after_the_requeue(partition, tmp_path):

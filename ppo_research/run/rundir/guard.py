@@ -75,7 +75,8 @@ def existing_dirs(argv: list[str]) -> set:
     return existed
 
 
-POPULATION_LAUNCHER = "hydra_plugins.ppo_research_population.launcher.PopulationLauncher"
+POPULATION_LAUNCHERS = ("hydra_plugins.ppo_research_population.launcher.PopulationLauncher",
+                        "hydra_plugins.ppo_research_population.slurm.PopulationSlurmLauncher")  # (both take resume)
 
 
 def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]]:
@@ -93,7 +94,7 @@ def multirun_job_dirs(argv: list[str]) -> Optional[tuple[list[Path], bool, Path]
         launcher = OmegaConf.to_container(hydra_node.launcher, resolve=True)
     except Exception:  # noqa: BLE001 - Hydra says what is wrong, in its own line, when it runs
         return None
-    resuming = launcher.get("_target_") == POPULATION_LAUNCHER and launcher.get("resume") is True
+    resuming = launcher.get("_target_") in POPULATION_LAUNCHERS and launcher.get("resume") is True
     if subdir == "${hydra.job.num}":  # the default: no job needs composing
         return [sweep_dir / str(idx) for idx in range(len(jobs))], resuming, sweep_dir
     dirs = []  # another subdir: each job's, composed as the launcher will (two jobs may share one)
