@@ -483,6 +483,15 @@ def downsample(rows: list, at_most: int = COMPACT_ROWS) -> list:
     return [rows[i] for i in keep]
 
 
+def compact_rows(lines: list[str], at_most: int = COMPACT_ROWS) -> list[str]:
+    """``downsample``'s evenly spaced rows of a metrics.jsonl, and every row with an evaluation
+    besides, in order: the copy's mean of evaluations (the report's ``--final eval_mean``) is the
+    run's."""
+    evaluated = {i for i, line in enumerate(lines) if json.loads(line).get("eval_return") is not None}
+    keep = sorted(set(downsample(list(range(len(lines))), at_most)) | evaluated)
+    return [lines[i] for i in keep]
+
+
 #: the metrics.jsonl fields a compact copy keeps by default: what the table's curves and a reader
 #: of the protocol need (the table itself reads summary.json, copied whole)
 COMPACT_FIELDS = ("iteration", "global_step", "time_s", "episode_return", "eval_return")
@@ -511,8 +520,8 @@ def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS,
     """A copy of the finished runs under ``sweep`` small enough to commit: per run, at the same
     relative path under ``out``, its ``overrides.yaml`` (the Hydra overrides that launched it),
     ``summary.json``, ``run.json`` (its resolved config, group choices and overrides; made from
-    ``.hydra/`` for a run without one) and ``metrics.jsonl`` cut to at most ``at_most`` rows
-    (``downsample``) of ``fields``, rounded (``compact_row``; None: the rows as they are). ``paper table`` and the report read the copy as they read the sweep; the
+    ``.hydra/`` for a run without one) and ``metrics.jsonl`` cut to at most ``at_most`` rows and
+    every evaluation's row (``compact_rows``) of ``fields``, rounded (``compact_row``; None: the rows as they are). ``paper table`` and the report read the copy as they read the sweep; the
     table is the same, the curves have fewer points. Unfinished runs are left out with a note.
     Returns the run directories written."""
     sweep, out = Path(sweep), Path(out)
@@ -547,7 +556,7 @@ def compact(sweep: Path, out: Path, at_most: int = COMPACT_ROWS,
         write_output(target / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
         write_output(target / RUN_FILE, described)  # run.json and summary.json as they are
         write_output(target / SUMMARY_FILE, summary)
-        write_output(target / METRICS_FILE, "".join(compact_row(line, fields) + "\n" for line in downsample(metrics, at_most)))
+        write_output(target / METRICS_FILE, "".join(compact_row(line, fields) + "\n" for line in compact_rows(metrics, at_most)))
         copies.append(target)
     return copies
 
@@ -578,8 +587,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     c.add_argument("sweep", help="the multirun (or run) directory")
     c.add_argument("out", help="where the copy goes (outside the sweep), e.g. benchmarks/table1")
     c.add_argument("--rows", type=int, default=COMPACT_ROWS,
-                   help="at most this many metrics.jsonl rows per run, the first and the last kept (default: "
-                        "%(default)s)")
+                   help="at most this many metrics.jsonl rows per run, the first and the last kept, and every row "
+                        "with an evaluation besides (default: %(default)s)")
     c.add_argument("--fields", default=",".join(COMPACT_FIELDS),
                    help="comma-separated metrics.jsonl fields to keep (each float to 6 significant digits), or "
                         "'all': the rows as they are (default: %(default)s)")

@@ -9,7 +9,9 @@ values that vary between them (seed is the replicate axis; tracking-only setting
 variant), and summarised over distinct seeds with nominal 95% intervals from 3 seeds on
 (``tools.stats.confidence_interval``: the t-interval for the mean, the percentile bootstrap for
 the IQM, each with its measured coverage at few seeds; 2 seeds show their min–max, 1 seed no
-interval). ``--smooth N`` smooths the curves (trailing mean over N iterations); ``--split
+interval). ``--final`` picks a run's score: a summary.json key, or ``eval_mean``, the mean of
+the run's evaluations in metrics.jsonl (What Matters' score; every run of an env must have
+evaluated at the same steps). ``--smooth N`` smooths the curves (trailing mean over N iterations); ``--split
 loss`` (a group, a key such as ``loss.epsilon``, or ``variant``) draws small multiples.
 Writes ``curves.png``, ``summary.md``/``summary.csv``, the aggregate statistics of Agarwal et al.
 2021 (``aggregate.md``, ``profiles.png``: IQM, performance profiles, probability of improvement)
@@ -200,6 +202,54 @@ def group_runs(runs: list[Run]) -> list[Variant]:
 
 # -- scores --------------------------------------------------------------------------------------
 
+#: ``--final`` score read from metrics.jsonl instead of summary.json: the mean of a run's
+#: evaluations, What Matters' score (Andrychowicz et al. 2021 evaluate every 100k steps and score a
+#: run by the mean of those evaluations, the area under its learning curve)
+EVAL_MEAN = "eval_mean"
+
+
+def evaluations(run: Run) -> list[tuple[int, float]]:
+    """(global_step, eval_return) of every evaluation in the run's metrics.jsonl, the one at the
+    end included."""
+    return [(row["global_step"], float(row["eval_return"])) for row in run.metrics
+            if row.get("eval_return") is not None]
+
+
+def no_evaluations(run: Run) -> ResultsError:
+    return ResultsError(f"--final {EVAL_MEAN}: {run.path} has no eval_return in its metrics.jsonl (runs scored by "
+                        "their evaluations must evaluate during training: eval.every > 0)")
+
+
+def check_evaluation_steps(runs: list[Run]) -> None:
+    """Means of evaluations compare only when they are taken at the same steps: within an env,
+    every run must have evaluated at the same global steps (ResultsError naming two that did not)."""
+    first: dict[str, tuple[Run, list[int]]] = {}
+    for run in runs:
+        steps = [step for step, _ in evaluations(run)]
+        if not steps:
+            raise no_evaluations(run)
+        other, other_steps = first.setdefault(run.env, (run, steps))
+        if steps != other_steps:
+            raise ResultsError(f"--final {EVAL_MEAN}: {run.env} runs evaluated at different steps ({run.path}: "
+                               f"{len(steps)} evaluations, {_steps_text(steps)}; {other.path}: {len(other_steps)}, "
+                               f"{_steps_text(other_steps)}): their means do not compare")
+
+
+def _steps_text(steps: list[int]) -> str:
+    return ", ".join(map(str, steps)) if len(steps) <= 4 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
+
+
+def run_score(run: Run, key: str = "auto") -> tuple[float, str]:
+    """The score of one run and where it came from: ``EVAL_MEAN`` (the mean of its evaluations in
+    metrics.jsonl) or a summary.json key (``final_return``)."""
+    if key == EVAL_MEAN:
+        returns = [value for _, value in evaluations(run)]
+        if not returns:
+            raise no_evaluations(run)
+        return float(np.mean(returns)), EVAL_MEAN
+    return final_return(run.summary, key)
+
+
 def final_return(summary: dict, key: str = "auto") -> tuple[float, str]:
     """The score of one run and where it came from. ``auto``: eval_return (deterministic policy)
     if the run evaluated, else train_return (last 20 training episodes)."""
@@ -272,7 +322,7 @@ def summarize(variants: list[Variant], final: str = "auto", normalization: Optio
     for v in variants:
         finals, keys = [], set()
         for runs in v.by_seed().values():
-            scores = [final_return(r.summary, final) for r in runs]
+            scores = [run_score(r, final) for r in runs]
             finals.append(float(np.mean([f for f, _ in scores])))
             keys |= {k for _, k in scores}
         x = np.array(finals)
@@ -864,6 +914,9 @@ def final_description(final: str) -> str:
     if final == "auto":
         return ("eval_return (deterministic policy, summary.json), or train_return (mean of the last 20 training "
                 "episodes) for runs that did not evaluate")
+    if final == EVAL_MEAN:
+        return ("eval_mean: the mean of each run's evaluations in metrics.jsonl (every evaluation during training and "
+                "the one at the end, the same steps for every run of an env), What Matters' score")
     return f"summary.json {final}"
 
 
@@ -961,6 +1014,8 @@ def write_report(paths: Sequence[Union[str, Path]], out: Optional[Union[str, Pat
     runs = finished(find_runs(paths), paths)
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     check_output_dir(out, "report")
+    if final == EVAL_MEAN:
+        check_evaluation_steps(runs)
     variants = group_runs(runs)
     _layout(variants, split)  # a bad --split fails here, before the output directory is made
     duplicates = duplicate_seeds(variants)
@@ -1001,8 +1056,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("dirs", nargs="+", help="run, multirun or Optuna study directories")
     parser.add_argument("--out", help="output directory (default: <first dir>/report)")
     parser.add_argument("--final", default="auto",
-                        help="summary.json key scored as the final return: auto (eval_return, else train_return), "
-                             "eval_return, train_return, train_return_last100, ... (default: auto)")
+                        help="a run's score: a summary.json key, auto (eval_return, else train_return), "
+                             "eval_return, train_return, train_return_last100, ..., or eval_mean (the mean of the "
+                             "run's evaluations in metrics.jsonl, What Matters' score) (default: auto)")
     parser.add_argument("--curve", default="episode_return",
                         help="metrics.jsonl key plotted against global_step (default: episode_return)")
     parser.add_argument("--smooth", type=int, default=1,

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from helpers import REPO, TINY, compose_config, read_metrics, run_cli
 from helpers.wandb_files import wandb_records
+from omegaconf import OmegaConf
 
 from ppo_research.run.config.schema import validate
 
@@ -27,6 +28,20 @@ def job_overrides(job: Path) -> dict[str, str]:
 def test_experiment_files_compose_and_validate(path):
     assert path.read_text().startswith("# @package _global_\n")
     validate(compose_config([f"experiment={path.stem}"]))
+
+
+def test_the_1m_benchmark_jobs_are_the_presets_with_cleanrls_v4_ids():
+    """experiment=mujoco_1m sweeps env.id over the halfcheetah preset: each job must be its own
+    task's preset with the v4 id, which holds while the MuJoCo presets differ only in env.id."""
+    v4 = {"halfcheetah": "HalfCheetah-v4", "walker2d": "Walker2d-v4", "hopper": "Hopper-v4",
+          "inverted_pendulum": "InvertedPendulum-v4"}
+    params = yaml.safe_load((REPO / "conf" / "experiment" / "mujoco_1m.yaml").read_text())["hydra"]["sweeper"]["params"]
+    assert params["env.id"].split(",") == list(v4.values()) and params["seed"] == "0,1,2,3,4"
+    for preset, env_id in v4.items():
+        job = compose_config(["experiment=mujoco_1m", f"env.id={env_id}"])
+        own = compose_config(["experiment=mujoco_1m", f"env={preset}", f"env.id={env_id}"])
+        assert OmegaConf.to_container(job, resolve=True) == OmegaConf.to_container(own, resolve=True), preset
+    assert job.total_timesteps == 1_000_000 and job.eval.every == 0
 
 
 def test_loss_ablation_grid_runs_with_joblib(tmp_path):

@@ -312,6 +312,30 @@ def test_downsample_keeps_the_first_and_last_rows():
     assert paper.downsample(rows[:7], 2) == [0, 6]
 
 
+def test_a_compact_copy_keeps_every_evaluation_row(tmp_path):
+    """A run evaluated every 49 of 490 iterations (wm_*_1m): its copy keeps the 200 evenly spaced rows
+    and the 10 evaluation rows, so the report's mean of evaluations is the same from the copy."""
+    from ppo_research.tools.report import EVAL_MEAN, find_runs, run_score
+
+    lines = [json.dumps({"iteration": i, "global_step": 2048 * i, "episode_return": float(i),
+                         **({"eval_return": 10.0 * i} if i % 49 == 0 else {})}) for i in range(1, 491)]
+    kept = [json.loads(line) for line in paper.compact_rows(lines, 200)]
+    evaluated = [row["iteration"] for row in kept if "eval_return" in row]
+    assert evaluated == list(range(49, 491, 49)) and kept[0]["iteration"] == 1 and kept[-1]["iteration"] == 490
+    assert [row["iteration"] for row in kept] == sorted({row["iteration"] for row in kept})
+    assert set(paper.downsample(lines, 200)) <= set(paper.compact_rows(lines, 200)) and len(kept) <= 200 + 10
+
+    run = tmp_path / "sweep" / "0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"config": {"seed": 0, "env": {"id": "HalfCheetah-v5"}}, "choices": {},
+                                              "overrides": ["seed=0"]}))
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    (run / "summary.json").write_text(json.dumps({"global_step": 2048 * 490, "eval_return": 4900.0}))
+    paper.compact(tmp_path / "sweep", tmp_path / "copy")
+    [original], [copy] = find_runs([tmp_path / "sweep"]), find_runs([tmp_path / "copy"])
+    assert run_score(copy, EVAL_MEAN) == run_score(original, EVAL_MEAN) == (2695.0, EVAL_MEAN)
+
+
 def test_a_compact_copy_rebuilds_the_same_table(tmp_path, capsys):
     """A real multirun (2 settings x 3 seeds on CartPole, 10 iterations each), cut to 4 metrics
     rows per run: the table from the copy is the table from the sweep, byte for byte."""

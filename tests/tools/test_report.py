@@ -216,7 +216,8 @@ def test_the_results_layer_reads_the_file_the_trainer_writes():
     assert RUN_FILE == files.RUN_FILE
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unfinished", "bad final key"])
+@pytest.mark.parametrize("case", ["missing", "empty", "unfinished", "bad final key", "no evaluations",
+                                  "evaluated at other steps"])
 def test_bad_input_is_a_one_line_error(tmp_path, case):
     target = tmp_path / "runs"
     args = [str(target)]
@@ -227,13 +228,20 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
     if case == "bad final key":
         make_run(target / "0")
         args += ["--final", "no_such_key"]
+    if case in ("no evaluations", "evaluated at other steps"):
+        make_run(target / "0", evals={1: 5.0, 3: 7.0})
+        make_run(target / "1", seed=1, evals=None if case == "no evaluations" else {2: 5.0, 3: 7.0})
+        args += ["--final", "eval_mean"]
     proc = run_cli(args, cwd=tmp_path, timeout=60, module="ppo_research.report")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     assert {"missing": "no such directory", "empty": "no runs under", "unfinished": "no finished runs",
-            "bad final key": "no 'no_such_key'"}[case] in errors[0]
+            "bad final key": "no 'no_such_key'",
+            "no evaluations": f"--final eval_mean: {target / '1'} has no eval_return in its metrics.jsonl",
+            "evaluated at other steps": "--final eval_mean: CartPole-v1 runs evaluated at different steps"}[case] \
+        in errors[0]
 
 
 # -- on hand-made runs ----------------------------------------------------------------------------
@@ -246,9 +254,9 @@ ENVS = {"cartpole": ("CartPole-v1", 0.98), "pendulum": ("Pendulum-v1", 0.99)}
 
 def make_run(path: Path, loss: str = "clip", env: str = "cartpole", seed: int = 0, epsilon: float | None = None,
              final: float = 1.0, summary: dict | None | bool = True, total: int = 300, extra: dict | None = None,
-             logger: str = "none") -> Path:
+             logger: str = "none", evals: dict[int, float] | None = None) -> Path:
     """A run directory as the trainer and Hydra leave it, with known numbers (``extra``: more
-    top-level config sections or values)."""
+    top-level config sections or values; ``evals``: iteration -> the eval_return of its row)."""
     env_id, gamma = ENVS[env]
     loss_node = dict(LOSSES[loss], **({"epsilon": epsilon} if epsilon is not None else {}))
     config = {"seed": seed, "total_timesteps": total, "progress": False, "env": {"id": env_id},
@@ -262,6 +270,9 @@ def make_run(path: Path, loss: str = "clip", env: str = "cartpole", seed: int = 
         "loss": loss, "env": env, "advantage": "gae", "logger": logger, "hydra/launcher": "basic"}}}}),
         path / ".hydra" / "hydra.yaml")
     rows = [{"iteration": i, "global_step": 100 * i, "episode_return": final * i / 3} for i in (1, 2, 3)]
+    for row in rows:
+        if row["iteration"] in (evals or {}):
+            row["eval_return"] = evals[row["iteration"]]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if summary is not None:
         data = {"global_step": 300, "wall_time_s": 2.0 + seed, "sps": 150.0 - seed, "train_return": final - 1,
@@ -496,6 +507,32 @@ def test_aggregate_statistics_on_normalised_runs(tmp_path):
     text = files["aggregate_md"].read_text()
     assert "## CartPole-v1" in text and "## Pendulum-v1" in text and "final return [eval_return]" in text
     assert f"| V1 | loss=clip | {np.mean([100.0, 120.0, 140.0]):.4g} |" in text
+
+
+def test_eval_mean_scores_a_run_by_the_mean_of_its_evaluations(tmp_path):
+    """What Matters' score (--final eval_mean: the mean of a run's evaluations during training and at
+    the end) beside the final evaluation: here the two order the settings oppositely."""
+    for seed in (0, 1, 2):
+        make_run(tmp_path / "runs" / f"clip{seed}", "clip", seed=seed, final=50.0 + seed,
+                 evals={1: 10.0 + seed, 2: 20.0 + seed, 3: 50.0 + seed})  # learns early: mean 26.67 + seed
+        make_run(tmp_path / "runs" / f"klpen{seed}", "klpen", seed=seed, final=100.0 + seed,
+                 evals={1: 0.0 + seed, 2: 5.0 + seed, 3: 100.0 + seed})  # learns late: mean 35 + seed
+    variants = group_runs(find_runs([tmp_path / "runs"]))
+    by_mean = {r["variant"]: r for r in summarize(variants, final="eval_mean", n_boot=300)}
+    assert by_mean["loss=clip"]["final_key"] == "eval_mean"
+    assert by_mean["loss=clip"]["final_mean"] == pytest.approx(80 / 3 + 1)
+    assert by_mean["loss=klpen"]["final_mean"] == pytest.approx(35 + 1)
+    by_final = {r["variant"]: r for r in summarize(variants, final="eval_return", n_boot=300)}
+    assert (by_final["loss=clip"]["final_mean"], by_final["loss=klpen"]["final_mean"]) == (51.0, 101.0)
+
+    # P(X > Y) and its interval, per env, on either score
+    rows = summarize(variants, final="eval_mean", n_boot=300)
+    result = aggregate_stats(aggregate_groups(rows, None)[0], n_boot=300)
+    assert result.improvement[("loss=klpen", "loss=clip")] == 1.0  # every klpen mean (35-37) above every clip one
+    assert ("loss=klpen", "loss=clip") in result.improvement_ci
+    files = write_report([tmp_path / "runs"], tmp_path / "out", final="eval_mean", n_boot=300)
+    assert "eval_mean: the mean of each run's evaluations in metrics.jsonl" in files["summary_md"].read_text()
+    assert "final return [eval_mean]" in files["aggregate_md"].read_text()
 
 
 # -- bad output paths, curves that end early (issue 29) -------------------------------------------
