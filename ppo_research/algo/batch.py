@@ -30,9 +30,10 @@ class Rollout:
 
     @classmethod
     def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple, action_shape: tuple,
-                 dist_params: int) -> "Rollout":
+                 dist_params: int, obs_dtype=np.float32) -> "Rollout":
+        """Zeroed storage; observations in ``obs_dtype`` (uint8 for images: a quarter of float32's memory)."""
         f32 = lambda *shape: np.zeros((num_steps, num_envs, *shape), np.float32)  # noqa: E731
-        return cls(obs=f32(*obs_shape), actions=f32(*action_shape), log_probs=f32(), dist_params=f32(dist_params),
+        return cls(obs=np.zeros((num_steps, num_envs, *obs_shape), obs_dtype), actions=f32(*action_shape), log_probs=f32(), dist_params=f32(dist_params),
                    values=f32(), rewards=f32(), terminated=f32(), episode_end=f32(),
                    valid=np.zeros((num_steps, num_envs), bool), last_value=np.zeros(num_envs, np.float32))
 

@@ -79,6 +79,11 @@ class PolicyLoss:
         """Called with the mean divergence from pi_old after every iteration, and also after
         every epoch or minibatch when ``adapt_every`` asks for it."""
 
+    def schedule(self, alpha: float) -> None:
+        """Called before every iteration with alpha, the fraction of the run still to go (1 at the
+        start, linearly down to 1/iterations): a loss whose settings anneal with it (the PPO
+        paper's Atari clip 0.1 x alpha) sets them here."""
+
     def log_values(self) -> dict[str, float]:
         """The loss's state for the metrics row of the iteration that just ended. Called once per
         iteration, after its ADAPT step; statistics over the iteration restart from here."""
@@ -97,11 +102,20 @@ def _check_epsilon(epsilon, key="loss.epsilon"):
 
 
 class ClipLoss(PolicyLoss):
-    """L^CLIP = E[min(r A, clip(r, 1-eps, 1+eps) A)]."""
+    """L^CLIP = E[min(r A, clip(r, 1-eps, 1+eps) A)]; with ``anneal_epsilon`` eps = epsilon x alpha,
+    alpha falling linearly from 1 over the run (the PPO paper's Atari setting, Table 5)."""
 
-    def __init__(self, epsilon: float = 0.2):
+    def __init__(self, epsilon: float = 0.2, anneal_epsilon: bool = False):
         _check_epsilon(epsilon)
-        self.epsilon = epsilon
+        self.epsilon = self.initial_epsilon = epsilon
+        self.anneal_epsilon = anneal_epsilon
+
+    def schedule(self, alpha: float) -> None:
+        if self.anneal_epsilon:
+            self.epsilon = self.initial_epsilon * alpha
+
+    def log_values(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon} if self.anneal_epsilon else {}
 
     def surrogate(self, batch: PolicyBatch) -> torch.Tensor:
         return clipped_surrogate(batch.ratio, batch.advantages, self.epsilon)

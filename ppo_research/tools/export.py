@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
+from ..run.envs.atari import is_image
 from .cli_common import OneLineParser, OutputError, check_output_file, error_line, write_output
 from .play import LoadedRun, PlayError, episode_seed, load_run
 
@@ -71,6 +72,7 @@ class StandalonePolicy(nn.Module):
 
         env = loaded.env_config
         self.network = copy.deepcopy(loaded.network).eval().requires_grad_(False)
+        self.obs_shape = tuple(loaded.obs_space.shape)
         self.normalize = bool(env.normalize_obs)
         self.clip_obs = None if env.clip_obs is None else float(env.clip_obs)
         stats = loaded.obs_norm.stats
@@ -104,8 +106,10 @@ def describe(loaded: LoadedRun, action_space, fmt: str) -> dict:
     space = ({"type": "Box", "shape": list(action_space.shape), "low": action_space.low.tolist(),
               "high": action_space.high.tolist()} if isinstance(action_space, gym.spaces.Box)
              else {"type": "Discrete", "n": int(action_space.n)})
-    return {"format": fmt, "env_id": loaded.env_config.id, "obs_dim": int(loaded.network.obs_dim),
-            "input": {"name": "obs", "dtype": "float32", "shape": ["batch", int(loaded.network.obs_dim)]},
+    shape = [int(n) for n in loaded.obs_space.shape]
+    flat = {"obs_dim": shape[0]} if len(shape) == 1 else {}
+    return {"format": fmt, "env_id": loaded.env_config.id, **flat, "obs_shape": shape,
+            "input": {"name": "obs", "dtype": "float32", "shape": ["batch", *shape]},
             "output": {"name": "action", "dtype": "float32" if space["type"] == "Box" else "int64"},
             "action_space": space, "action_mode": loaded.env_config.action_mode,
             "normalize_obs": bool(loaded.env_config.normalize_obs), "clip_obs": loaded.env_config.clip_obs,
@@ -117,7 +121,7 @@ def describe(loaded: LoadedRun, action_space, fmt: str) -> dict:
 def export_program(module: StandalonePolicy) -> "torch.export.ExportedProgram":
     from torch.export import Dim, export
 
-    example = torch.zeros(2, module.network.obs_dim, dtype=torch.float32)
+    example = torch.zeros(2, *module.obs_shape, dtype=torch.float32)
     return export(module, (example,), dynamic_shapes={"obs": {0: Dim("batch", min=1)}}, strict=False)
 
 
@@ -176,7 +180,7 @@ def serialize(loaded: LoadedRun, fmt: str) -> tuple[bytes, dict]:
     name_batch_axis(model)
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     model.doc_string = (f"ppo_research deterministic policy for {meta['env_id']} from {meta['checkpoint']}: "
-                        "obs float32 [batch, obs_dim] -> action in the env's units")
+                        f"obs float32 [batch, {', '.join(map(str, meta['obs_shape']))}] -> action in the env's units")
     onnx.checker.check_model(model)
     return model.SerializeToString(), meta
 
@@ -221,7 +225,7 @@ def _require(*modules: str) -> None:
 # -- loading an exported file back (the way a user without ppo_research would) ------------------
 
 def load_exported(path: Path, fmt: str):
-    """A callable float32 [batch, obs_dim] -> numpy actions, from the file alone."""
+    """A callable float32 [batch, *obs_shape] -> numpy actions, from the file alone."""
     if fmt == "torch":
         module = torch.export.load(str(path)).module()
         return lambda obs: module(torch.as_tensor(obs, dtype=torch.float32)).numpy()
@@ -255,6 +259,8 @@ def sample_observations(loaded: LoadedRun, count: int, seed: Optional[int] = Non
     obs = np.stack(observed).astype(np.float32)
     scale = obs.std(0) + 1e-3
     obs[1::2] += (rng.standard_normal(obs[1::2].shape) * 3 * scale).astype(np.float32)
+    if is_image(loaded.obs_space):  # perturbed frames are still frames: whole values in 0..255
+        obs = np.clip(np.rint(obs), 0, 255).astype(np.float32)
     return obs
 
 
@@ -312,7 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_desc = f"float32 [batch, {space['shape'][0]}]" if space["type"] == "Box" else f"int64 [batch] in 0..{space['n'] - 1}"
     size = f", {path.stat().st_size / 1024:.1f} KB" if path.is_file() else ""
     print(f"wrote {path} ({args.format}{size}): {meta['env_id']} policy from "
-          f"{meta['checkpoint']} (global step {meta['global_step']}); obs float32 [batch, {meta['obs_dim']}] -> "
+          f"{meta['checkpoint']} (global step {meta['global_step']}); obs float32 "
+          f"[batch, {', '.join(map(str, meta['obs_shape']))}] -> "
           f"action {out_desc}")
     if args.verify:
         if not checked:

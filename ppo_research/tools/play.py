@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from ..algo.inference import rollout_policy
 from ..errors import EXIT_BAD_INPUT, CheckpointError, ConfigError
 from ..run.console import write_line
+from ..run.envs.atari import is_image
 from ..run.envs.training import ActionAdapter, ObsNormalizer, make_env
 from ..run.envs.video import RenderError, check_writer, prepare_rendering, render_frame, write_video
 from ..run.loop.build import build
@@ -76,6 +77,10 @@ class LoadedRun:
     def network(self):
         return self.parts.network
 
+    @property
+    def obs_space(self):
+        return self.parts.obs_space
+
     def make_env(self, render: bool = False):
 
         return make_env(self.env_config, render_mode="rgb_array" if render else None)
@@ -96,7 +101,7 @@ class LoadedRun:
         return self.obs_norm(np.asarray(obs), update=False)
 
     def policy_actions(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """The policy's outputs for raw observations [batch, obs_dim], before the action adapter:
+        """The policy's outputs for raw observations [batch, *obs_shape], before the action adapter:
         the evaluation's mean action (Gaussian mean, most likely discrete action) or a sample."""
         normalized = self.normalize(obs)
         return self.actor.mode(normalized) if deterministic else self.actor.act(normalized)[0]
@@ -183,8 +188,7 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
         raise PlayError(f"checkpoint {path} does not fit the network of {source}: {first}") from None
     parts.network.eval()
     env = parts.config.env
-    obs_dim = int(parts.network.obs_dim)
-    obs_norm = ObsNormalizer((obs_dim,), env.normalize_obs, env.clip_obs)
+    obs_norm = ObsNormalizer(parts.obs_space.shape, env.normalize_obs, env.clip_obs, is_image(parts.obs_space))
     if env.normalize_obs:
         try:
             obs_norm.stats.load_state_dict(state["envs"]["obs_norm"])

@@ -326,3 +326,24 @@ def test_a_population_mixes_only_the_surrogate_family():
     unpenalised = member_view([CPILoss(), ClipLoss(0.2)])  # no member has a penalty: beta 0 for both
     assert unpenalised.beta.view(-1).tolist() == [0.0, 0.0] and unpenalised.adapt_every is None
     assert unpenalised.epsilon.view(-1).tolist() == [float("inf"), pytest.approx(0.2)]
+
+
+def test_an_annealed_clip_range_falls_with_alpha_and_is_logged():
+    """The PPO paper's Atari setting (Table 5): epsilon = 0.1 x alpha, alpha from 1 down linearly."""
+    loss = ClipLoss(0.1, anneal_epsilon=True)
+    assert loss.epsilon == 0.1 and loss.log_values() == {"epsilon": 0.1}
+    loss.schedule(0.25)
+    assert loss.epsilon == pytest.approx(0.025) and loss.log_values() == {"epsilon": pytest.approx(0.025)}
+    fixed = ClipLoss(0.2)
+    fixed.schedule(0.25)
+    assert fixed.epsilon == 0.2 and fixed.log_values() == {}
+
+
+def test_the_annealed_clip_range_in_a_run(tmp_path):
+    res = run_cli(["env=cartpole", "loss.epsilon=0.2", "loss.anneal_epsilon=true", "total_timesteps=512",
+                   "algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64", "algo.num_epochs=1",
+                   "eval.episodes=1", "progress=false", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = read_metrics(tmp_path / "run")
+    assert [r["epsilon"] for r in rows] == pytest.approx([0.2 * (1 - i / 4) for i in range(4)])

@@ -105,8 +105,9 @@ CASES = [
     ("resume_with_multirun", ["-m", "resume={foreign}"], "not combined with --multirun"),
     # issue 16: each of these ended in a traceback (status 1) before
     ("tuple_observation_space", ["env.id=Blackjack-v1"],
-     "env.id='Blackjack-v1' is invalid: expected an env with a flat Box observation space (shape (n,)) and a Box or "
-     "Discrete action space; Blackjack-v1 has observation space Tuple(Discrete(32), Discrete(11), Discrete(2))"),
+     "env.id='Blackjack-v1' is invalid: expected an env with a flat Box observation space (shape (n,)) or uint8 "
+     "images ([C, H, W], env.preprocess=atari), and a Box or Discrete action space; Blackjack-v1 has observation "
+     "space Tuple(Discrete(32), Discrete(11), Discrete(2))"),
     ("seed_negative", ["seed=-1"], "seed=-1 is invalid: expected a value in [0, inf)"),
     ("env_needs_a_missing_module", ["env.id=tabular/Blackjack-v0"], "env.id='tabular/Blackjack-v0' is invalid: "
                                                                     "expected an env"),
@@ -141,7 +142,7 @@ CASES = [
     ("log_std_bounds_inverted", ["network.log_std_min=5", "network.log_std_max=-5"],
      "network.log_std_min=5.0 is invalid: expected at most network.log_std_max=-5.0"),
     # issue 14: a typo in a group's key names the valid keys, as a typo in algo.* does
-    ("typo_in_group_key", ["loss.epsilonn=0.3"], "loss.epsilonn='0.3' is invalid: expected a key of loss: epsilon"),
+    ("typo_in_group_key", ["loss.epsilonn=0.3"], "loss.epsilonn='0.3' is invalid: expected a key of loss: anneal_epsilon, epsilon"),
     ("typo_in_klpen_key", ["loss=klpen", "loss.bta=3"], "loss.bta='3' is invalid: expected a key of loss: "
                                                         "adapt_every, adaptive, beta,"),
     ("unknown_top_level_key", ["+foo=1"], "foo=1 is invalid: expected a key of the top level: advantage, algo,"),

@@ -65,12 +65,16 @@ class EnvConfig:
     action_mode: str = field(default="clip", metadata={"choices": ("clip", "rescale", "none")})  # Box actions: clip to bounds, map [-1,1] to bounds, or pass through
     max_episode_steps: Optional[int] = field(default=None, metadata=_in(1))  # override the env's time limit
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
+    preprocess: str = field(default="none", metadata={"choices": ("none", "atari")})  # atari: the standard Atari preprocessing, uint8 [4, 84, 84] frame stacks (run/envs/atari.py, the atari extra)
+    episodic_life: bool = False  # a lost life is terminal for learning (no bootstrap past it); episodes stay whole games (env.preprocess=atari)
+    sign_reward: bool = False  # learn from sign(reward) (Atari's reward clipping); logged episode returns stay raw
 
 
 @dataclass
 class EvalConfig:
     every: int = field(default=10, metadata=_in(0))  # evaluate every N iterations (0 = only at the end)
-    episodes: int = field(default=10, metadata=_in(1, 100_000))  # deterministic episodes per evaluation (at most 100,000)
+    episodes: int = field(default=10, metadata=_in(1, 100_000))  # episodes per evaluation (at most 100,000)
+    deterministic: bool = True  # act with the policy's mode; false: sample (Discrete actions), e.g. Atari, where an argmax policy can stall a game
 
 
 @dataclass
@@ -261,7 +265,7 @@ def check_action_space_settings(config: Config, network: dict, action_space) -> 
     Continuous-only (Box): a state-dependent Gaussian std, a tanh-squashed policy, and
     ``env.action_mode=rescale`` (maps [-1, 1] onto the Box bounds). A tanh-squashed policy acts in
     (-1, 1), so on a Box whose bounds are not [-1, 1] it needs ``env.action_mode=rescale``.
-    Discrete-only: none exist yet; add them here.
+    Discrete-only: sampled evaluation (``eval.deterministic=false``).
     """
 
     kind = type(action_space).__name__
@@ -271,6 +275,9 @@ def check_action_space_settings(config: Config, network: dict, action_space) -> 
         raise ConfigError("env.action_mode", config.env.action_mode,
                           f"rescale with network.squash=tanh on {config.env.id}, whose action bounds are not "
                           "[-1, 1] (tanh actions lie in (-1, 1))")
+    if not config.eval.deterministic and not isinstance(action_space, spaces.Discrete):
+        raise ConfigError("eval.deterministic", False, f"true for {config.env.id}, whose action space is {kind} "
+                                                       "(sampled evaluation is for Discrete actions)")
     if isinstance(action_space, spaces.Discrete):
         if squash != "none":
             raise ConfigError("network.squash", squash,

@@ -44,6 +44,7 @@ from gymnasium.vector.utils import batch_space
 
 from ...errors import ConfigError, first_line
 from ..config.schema import EnvConfig
+from . import atari
 
 #: The install that adds EnvPool (an optional extra of the package).
 EXTRA = 'pip install -c constraints.txt -e ".[envpool]"'
@@ -77,17 +78,19 @@ def make_pool(cfg: EnvConfig, seeds: Sequence[int]):
     """An EnvPool pool of ``len(seeds)`` envs of ``cfg.id``, env i seeded ``envpool_seed(seeds[i])``;
     a one-line ConfigError for an id EnvPool does not have or a keyword it does not take."""
     envpool = import_envpool()
-    if cfg.id not in envpool.list_all_envs():
+    pool_id, kwargs = cfg.id, dict(cfg.kwargs)
+    if cfg.preprocess == "atari":  # EnvPool's own preprocessing, set as the gymnasium stack's (run/envs/atari.py)
+        pool_id, kwargs = atari.envpool_id(cfg.id), {**atari.ENVPOOL_SETTINGS, **kwargs}
+    if pool_id not in envpool.list_all_envs():
         raise ConfigError("env.id", cfg.id, f"an env EnvPool {envpool_version()} has (one of "
                                             f"envpool.list_all_envs()), or env.backend=gymnasium")
-    kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     key, value = ("env.kwargs", dict(cfg.kwargs)) if cfg.kwargs else ("env.id", cfg.id)
     try:
         with warnings.catch_warnings():  # EnvPool's float64 bounds cast to its float32 Boxes: gymnasium warns
             warnings.filterwarnings("ignore", message=".*precision lowered by casting", category=UserWarning)
-            pool = envpool.make_gymnasium(cfg.id, num_envs=len(seeds), batch_size=len(seeds),
+            pool = envpool.make_gymnasium(pool_id, num_envs=len(seeds), batch_size=len(seeds),
                                           num_threads=min(cfg.envpool_threads, len(seeds)),
                                           seed=[envpool_seed(s) for s in seeds], **kwargs)
             pool.single_observation_space, pool.single_action_space  # built (and warned about) here
@@ -162,6 +165,7 @@ class EnvPoolVectorEnv:
         check_spaces_match(self.cfg, self.pool, self.single_observation_space, self.single_action_space)
         self._action_dtype = self.pool.single_action_space.dtype
         raw, info = self.pool.reset()
+        self.last_info = info
         obs = np.empty((self.num_envs, *self.single_observation_space.shape), self.single_observation_space.dtype)
         obs[self._order(info)] = raw
         return obs, info
@@ -183,6 +187,12 @@ class EnvPoolVectorEnv:
         self.last_info = info
         at = self._order(info)
         obs[at], rewards[at], terminated[at], truncated[at] = raw, reward, term, trunc
+
+    def lives(self) -> np.ndarray:
+        """Each env's lives left after the last step (an Atari game's; EnvPool's info)."""
+        out = np.empty(self.num_envs, np.int64)
+        out[self._order(self.last_info)] = self.last_info["lives"]
+        return out
 
     def _order(self, info: dict):
         """Where each returned row goes: EnvPool says which env it is (in order when synchronous)."""

@@ -31,6 +31,10 @@ class LockstepEnvs:
             obs_stats=[[getattr(s, a) for s in obs_stats] for a in ("mean", "var", "count")],
             obs_clip=first.obs_norm.clip, obs_enabled=first.obs_norm.enabled)
 
+        self.image = first.image  # uint8 frames: stored as they come, outside the bookkeeping
+        self.sign_reward = first.cfg.sign_reward
+        self.last_lives = np.stack([m.last_lives for m in members]) if first.cfg.episodic_life else None
+
         self._into = None  # (raw obs, rewards, terminated, truncated) [S, N, ...], if every member's envs step_into
         if all(hasattr(m.envs, "step_into") for m in members):
             S, N, space = len(members), first.num_envs, first.single_observation_space
@@ -39,20 +43,38 @@ class LockstepEnvs:
 
     def step(self, actions: np.ndarray):
         """``actions`` [S, N, ...]; returns TrainingEnvs.step's tuple with a leading member axis
-        (finished episodes: one list per member)."""
+        (finished episodes: one list per member). ``terminated`` is what learning takes as
+        terminal: with episodic life also the step that lost a life (the game goes on)."""
         valid = ~self.next_is_reset
         env_actions = self.members[0].actions(actions)  # the members share the env, so its bounds
         raw_obs, rewards, terminated, truncated = self._step_envs(env_actions)
         episode_end = terminated | truncated
         S, N = episode_end.shape
-        if raw_obs.dtype.kind != "f":  # e.g. a Discrete observation's integers
-            raw_obs = raw_obs.astype(np.float64)
-        obs, scaled = np.empty((S, N, *raw_obs.shape[2:]), np.float32), np.empty((S, N), np.float32)
-        step_bookkeeping(raw_obs.reshape(S, N, -1), np.asarray(rewards, np.float64), episode_end, valid, self.stats,
-                         obs.reshape(S, N, -1), scaled, compiled=self.members[0].compiled)
+        scaled = np.empty((S, N), np.float32)
+        if self.image:  # frames go to the rollout as uint8; the bookkeeping sees no observation
+            obs = raw_obs.copy()
+            raw_obs, flat_obs = np.empty((S, N, 0)), np.empty((S, N, 0), np.float32)
+        else:
+            if raw_obs.dtype.kind != "f":  # e.g. a Discrete observation's integers
+                raw_obs = raw_obs.astype(np.float64)
+            obs = np.empty((S, N, *raw_obs.shape[2:]), np.float32)
+            raw_obs, flat_obs = raw_obs.reshape(S, N, -1), obs.reshape(S, N, -1)
+        step_bookkeeping(raw_obs, np.asarray(rewards, np.float64), episode_end, valid, self.stats, flat_obs, scaled,
+                         compiled=self.members[0].compiled)
+        if self.sign_reward:  # learn from the reward's sign; the episode returns above stay raw
+            np.sign(rewards, out=scaled, casting="unsafe")
+        if self.last_lives is not None:
+            terminated = terminated | self._lost_a_life(valid, episode_end)
         finished = self._finish(episode_end) if episode_end.any() else [[] for _ in self.members]
         self.obs, self.next_is_reset = obs, episode_end
         return obs, scaled, terminated, truncated, valid, finished
+
+    def _lost_a_life(self, valid: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+        """[S, N]: the steps on which a game went on with fewer lives."""
+        lives = np.stack([m.lives() for m in self.members])
+        lost = (lives < self.last_lives) & valid & ~episode_end
+        self.last_lives = lives
+        return lost
 
     def _step_envs(self, env_actions: np.ndarray):
         """Each member's envs step: (raw obs, rewards, terminated, truncated), each [S, N, ...]. Our
@@ -81,6 +103,8 @@ class LockstepEnvs:
         for k, m in enumerate(self.members):
             m.obs = self.obs[k].copy()
             m.next_is_reset = self.next_is_reset[k].copy()
+            if self.last_lives is not None:
+                m.last_lives = self.last_lives[k].copy()
             m.episodes.returns, m.episodes.lengths = st.returns[k].copy(), st.lengths[k].copy()
             stats = m.obs_norm.stats
             shape = stats.mean.shape

@@ -14,19 +14,23 @@ import numpy as np
 from ...errors import ConfigError
 from ..config.schema import EnvConfig
 from . import bookkeeping
+from .atari import is_image, lives, make_atari_env
 from .env_state import load_sub_env_state, restorable, set_spaces_rng, spaces_rng, sub_env_state
 from .moments import RunningMeanStd, clip
 from .vector import SerialVectorEnv
 
 
 class ObsNormalizer:
-    """(obs - mean) / std, clipped; statistics updated only while training."""
+    """(obs - mean) / std, clipped; statistics updated only while training. Images (uint8) pass
+    as they are: the network scales them."""
 
-    def __init__(self, shape, enabled: bool, clip: float | None):
-        self.enabled, self.clip = enabled, clip
+    def __init__(self, shape, enabled: bool, clip: float | None, image: bool = False):
+        self.enabled, self.clip, self.image = enabled, clip, image
         self.stats = RunningMeanStd(shape)
 
     def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        if self.image:
+            return np.array(obs, np.uint8)
         if not self.enabled:
             return obs.astype(np.float32)
         if update:
@@ -55,6 +59,8 @@ class RewardScaler:
 
 
 def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
+    if cfg.preprocess == "atari":
+        return make_atari_env(cfg.id, dict(cfg.kwargs), cfg.max_episode_steps, render_mode)
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
@@ -128,7 +134,8 @@ class TrainingEnvs:
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
-        self.obs_norm = ObsNormalizer(self.single_observation_space.shape, cfg.normalize_obs, cfg.clip_obs)
+        self.image = is_image(self.single_observation_space)  # stored as uint8, never normalised
+        self.obs_norm = ObsNormalizer(self.single_observation_space.shape, cfg.normalize_obs, cfg.clip_obs, self.image)
         self.reward_scaler = RewardScaler(num_envs, gamma, cfg.normalize_reward, cfg.clip_reward)
         self.actions = ActionAdapter(self.single_action_space, cfg.action_mode)
         self.episodes = EpisodeTracker(num_envs)
@@ -136,6 +143,15 @@ class TrainingEnvs:
         self.raw_obs_dtype = raw.dtype  # what the compiled bookkeeping is prepared for (bookkeeping.prepare)
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(num_envs, bool)
+        self.last_lives = self.lives()  # episodic life: a step that lowers these loses a life
+
+    def lives(self) -> np.ndarray | None:
+        """Each env's lives left (Atari games, with ``env.episodic_life``), else None."""
+        if not self.cfg.episodic_life:
+            return None
+        if isinstance(self.envs, SerialVectorEnv):
+            return np.array([lives(env) for env in self.envs.envs], np.int64)
+        return self.envs.lives()  # EnvPool's (async vectorisation is refused with episodic life)
 
     # -- checkpoint state ----------------------------------------------------------------------
     # Checkpoints are taken between iterations. The envs' future is then fixed by each sub-env's
@@ -173,7 +189,8 @@ class TrainingEnvs:
             for env, sub in zip(self.envs.envs, state["sub_envs"]):
                 load_sub_env_state(env, sub)
             self.envs._autoreset_envs = np.asarray(state["autoreset"], bool).copy()
-            self.obs = np.asarray(state["obs"], np.float32).copy()
+            self.obs = np.asarray(state["obs"], self.obs.dtype).copy()
+            self.last_lives = self.lives()
             self.next_is_reset = np.asarray(state["next_is_reset"], bool).copy()
             self.episodes.returns = np.asarray(state["episodes"]["returns"], np.float64).copy()
             self.episodes.lengths = np.asarray(state["episodes"]["lengths"], np.int64).copy()
@@ -182,6 +199,7 @@ class TrainingEnvs:
         raw, _ = self.envs.reset(seed=list(reseed))
         self.obs = self.obs_norm(raw, update=True)
         self.next_is_reset = np.zeros(self.num_envs, bool)
+        self.last_lives = self.lives()
         self.episodes = EpisodeTracker(self.num_envs)
         self.reward_scaler.discounted = np.zeros(self.num_envs)
         return False

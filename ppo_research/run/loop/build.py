@@ -33,6 +33,7 @@ from ...algo.networks import ActorCritic
 from ...errors import ConfigError, first_line
 from ..config.compose import CONF_DIR, group_options
 from ..config.schema import Config, check_action_space_settings, construct, validate
+from ..envs.atari import is_image
 from ..envs.training import make_env
 from ..loggers.base import RunLogger
 from .seeds import seed_globals
@@ -59,6 +60,8 @@ class RunParts:
     estimator: AdvantageEstimator
     network: ActorCritic
     logger: RunLogger
+    obs_space: spaces.Space  # the env's (probed once)
+    action_space: spaces.Space
     run_id: str = field(default_factory=new_run_id)  # a resume sets the resumed run's
 
 
@@ -75,12 +78,13 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     logger = _construct("logger", config.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     obs_space, action_space = probe_env(config.env)
+    check_observations(config, _import(config.network["_target_"]), obs_space)
     check_action_space_settings(config, resolved["network"], action_space)
     check_memory(config, resolved["network"], obs_space, action_space)
     check_float32("network", config.network)
     check_float32("algo", vars(config.algo))  # e.g. clip_value_loss=1e308 overflowed inside torch
     network = _construct("network", config.network, obs_space=obs_space, action_space=action_space)
-    return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger)
+    return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger, obs_space, action_space)
 
 
 def check(cfg: DictConfig) -> Config:
@@ -233,14 +237,16 @@ def _steps(env_cfg) -> str:
         "an env that resets and steps"
 
 
-SUPPORTED_SPACES = ("a flat Box observation space (shape (n,)) and a Box or Discrete action space")
+SUPPORTED_SPACES = ("a flat Box observation space (shape (n,)) or uint8 images ([C, H, W], env.preprocess=atari), "
+                    "and a Box or Discrete action space")
 
 
 def check_spaces(env_id: str, obs_space, action_space) -> None:
     """Refuse, before training, every space the networks and the rollout cannot handle."""
 
     problems = []
-    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1 or obs_space.shape[0] < 1:
+    flat = isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1 and obs_space.shape[0] >= 1
+    if not flat and not is_image(obs_space):
         problems.append(f"observation space {obs_space}")
     if isinstance(action_space, spaces.Box):
         if len(action_space.shape) < 1 or math.prod(action_space.shape) < 1:
@@ -250,6 +256,27 @@ def check_spaces(env_id: str, obs_space, action_space) -> None:
     if problems:
         raise ConfigError("env.id", env_id, f"an env with {SUPPORTED_SPACES}; {env_id} has "
                                             f"{' and '.join(problems)}")
+
+
+def check_observations(config: Config, network_cls, obs_space) -> None:
+    """Image observations need a network that takes images (``image_observations``), flat ones
+    one that does not; images are never normalised as floats and episodic life needs lives."""
+    image, takes_images = is_image(obs_space), bool(getattr(network_cls, "image_observations", False))
+    name = network_cls.__name__
+    if image and not takes_images:
+        raise ConfigError("network", name, f"a network for images (network=nature_cnn): {config.env.id} has image "
+                                           f"observations {obs_space.shape}")
+    if takes_images and not image:
+        raise ConfigError("network", name, f"a network for flat observations (network=mlp): {config.env.id} has "
+                                           f"{obs_space}")
+    if image and config.env.normalize_obs:
+        raise ConfigError("env.normalize_obs", True, f"false for {config.env.id}: its image observations are "
+                                                     "scaled by the network")
+    if config.env.episodic_life and config.env.preprocess != "atari":
+        raise ConfigError("env.episodic_life", True, "false unless env.preprocess=atari (lives are an Atari game's)")
+    if config.env.episodic_life and config.env.backend == "gymnasium" and config.env.vectorization == "async":
+        raise ConfigError("env.vectorization", "async", "sync with env.episodic_life=true (the lives are read from "
+                                                        "the envs in this process)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +315,8 @@ def check_memory(config: Config, network: dict, obs_space, action_space) -> None
     steps = algo.num_envs * algo.num_steps
     # float32 storage per step (obs, action, dist params, 6 scalars), the flattened batch copy of
     # it, and the advantages/returns in float64
-    per_step = 4 * (obs_dim + act_dim + head + 6) * 2 + 8 * 4
+    obs_bytes = obs_dim * (1 if is_image(obs_space) else 4)  # images are stored as uint8
+    per_step = (obs_bytes + 4 * (act_dim + head + 6)) * 2 + 8 * 4
     need = steps * per_step
     if need > free:
         key = "algo.num_steps" if algo.num_steps >= algo.num_envs else "algo.num_envs"

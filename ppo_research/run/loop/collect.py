@@ -20,10 +20,10 @@ from ..envs.training import TrainingEnvs
 
 def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) -> Rollout:
     """Storage sized for ``envs`` and ``policy`` (its distribution's parameter count is probed)."""
-    obs_shape = envs.single_observation_space.shape
+    obs_shape, obs_dtype = envs.single_observation_space.shape, envs.obs.dtype  # float32, or uint8 images
     with torch.inference_mode():
-        params = policy.distribution(torch.zeros(1, *obs_shape)).params().shape[-1]
-    return Rollout.allocate(num_steps, envs.num_envs, obs_shape, envs.single_action_space.shape, params)
+        params = policy.distribution(torch.from_numpy(np.zeros((1, *obs_shape), obs_dtype))).params().shape[-1]
+    return Rollout.allocate(num_steps, envs.num_envs, obs_shape, envs.single_action_space.shape, params, obs_dtype)
 
 
 Collected = tuple[Rollout, list[tuple[float, int]]]  # the rollout, (return, length) of finished episodes

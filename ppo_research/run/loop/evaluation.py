@@ -1,9 +1,11 @@
-"""Deterministic evaluation on a separate env, with the training normalisation frozen."""
+"""Evaluation on a separate env, with the training normalisation frozen: the policy's mode, or
+(``eval.deterministic=false``, Discrete actions) actions sampled from the evaluation's own stream."""
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+import torch
 
 from ...algo.inference import rollout_policy
 from ...algo.networks import ActorCritic
@@ -13,7 +15,8 @@ from .seeds import eval_episode_seed
 
 
 class Evaluator:
-    def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False, fast: bool = True):
+    def __init__(self, cfg: EnvConfig, episodes: int, seed: int, record: bool = False, fast: bool = True,
+                 deterministic: bool = True):
         self.env = make_env(cfg, render_mode="rgb_array" if record else None)
         self.actions = ActionAdapter(self.env.action_space, cfg.action_mode)
         self.episodes = episodes
@@ -23,14 +26,16 @@ class Evaluator:
         self.fps = int(self.env.metadata.get("render_fps") or 30)
         self._actor = None
         self.fast = fast  # the numpy mirror of the policy where it has one (algo.fast_paths)
+        self.deterministic = deterministic  # false: Discrete actions only (run/config/schema.py checks)
 
     def episode_seed(self, episode: int) -> int:
         """The seed episode ``episode`` of every evaluation starts from (run/loop/seeds.py)."""
         return eval_episode_seed(self.seed, episode)
 
     def __call__(self, policy: ActorCritic, obs_norm: ObsNormalizer) -> np.ndarray:
-        """Returns of ``episodes`` episodes with the mean action. Episode j always starts from
-        the run's evaluation stream j (run/loop/seeds.py), so evaluations differ only through the policy."""
+        """Returns of ``episodes`` episodes with the mode (or sampled) action. Episode j always starts
+        from the run's evaluation stream j (run/loop/seeds.py), so evaluations differ only through
+        the policy; sampled actions draw from a generator of that stream too, never the training's."""
         if self._actor is None or self._actor.policy is not policy:
             self._actor = rollout_policy(policy, fast=self.fast)  # the rollout's inference path
         actor = self._actor
@@ -39,10 +44,12 @@ class Evaluator:
         self.frames = []
         for j in range(self.episodes):
             obs, _ = self.env.reset(seed=self.episode_seed(j))
+            draws = np.random.default_rng(self.episode_seed(j))
             self._render(j)
             done = False
             while not done:
-                action = actor.mode(obs_norm(obs[None], update=False))[0]
+                x = obs_norm(obs[None], update=False)
+                action = actor.mode(x)[0] if self.deterministic else sample(policy, x, draws)
                 obs, reward, terminated, truncated, _ = self.env.step(self.actions(action))
                 self._render(j)
                 returns[j] += float(reward)
@@ -60,3 +67,10 @@ class Evaluator:
 
     def close(self) -> None:
         self.env.close()
+
+
+@torch.inference_mode()
+def sample(policy: ActorCritic, obs: np.ndarray, draws: np.random.Generator) -> int:
+    """One action drawn from the policy's categorical distribution at ``obs`` (a batch of one)."""
+    probs = policy.distribution(torch.from_numpy(obs)).params()[0].exp().double().numpy()
+    return int(draws.choice(len(probs), p=probs / probs.sum()))

@@ -86,7 +86,8 @@ def _as_surrogate(loss: dict) -> dict:
     if loss.get("_target_") not in {f"{kind.__module__}.{kind.__name__}" for kind in SURROGATES}:
         return loss
     defaults = {name: p.default for name, p in inspect.signature(KLPenaltyLoss).parameters.items()}
-    own = {key: value for key, value in loss.items() if key != "_target_"}
+    own = {key: value for key, value in loss.items()
+           if key != "_target_" and not (key == "anneal_epsilon" and value is False)}  # False: the clip as it was
     return {**defaults, **own, "_target_": "a CPI, clipped or KL-penalty surrogate"}
 
 

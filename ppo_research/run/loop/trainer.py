@@ -71,7 +71,7 @@ class Member:
         self.actor = rollout_policy(self.policy, fast=algo.fast_paths)  # pi_old: the rollout's inference path
         self.collector = RolloutCollector(self.envs, self.policy, algo.num_steps)
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed, record=self.logger.wants_video,
-                                   fast=algo.fast_paths)
+                                   fast=algo.fast_paths, deterministic=cfg.eval.deterministic)
         self.record = RunRecord(self.run_dir, self.logger, num_iterations, progress)
         self.last_checkpoint: Optional[Path] = None
         self.ended: Optional[BaseException] = None  # why it stopped before the end (divergence, pruning)
@@ -260,9 +260,14 @@ class Trainer:
         return collected
 
     def schedule_learning_rate(self) -> list[float]:
+        """The iteration's learning rates (x alpha with ``algo.anneal_lr``); a loss that anneals
+        its settings with alpha (``PolicyLoss.schedule``) is told alpha here too."""
+        alpha = 1.0 - self.iteration / self.num_iterations  # the fraction of the run still to go
+        for m in self.members:
+            m.loss.schedule(alpha)
         lrs = [m.cfg.algo.learning_rate for m in self.members]
         if self.members[0].cfg.algo.anneal_lr:
-            lrs = [lr * (1.0 - self.iteration / self.num_iterations) for lr in lrs]
+            lrs = [lr * alpha for lr in lrs]
         self.optimizer.set_lr(lrs)
         return lrs
 

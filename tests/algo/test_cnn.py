@@ -1,0 +1,64 @@
+"""The convolutional actor-critic (``network=nature_cnn``): Mnih et al. 2015's layer sizes, its
+initialisation, uint8 frames scaled inside, and the spaces it refuses in one line."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from helpers import one_torch_thread
+
+from ppo_research.algo.cnn import NatureCNN
+from ppo_research.algo.distributions import Categorical
+from ppo_research.errors import ConfigError
+
+FRAMES = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+ACTIONS = gym.spaces.Discrete(6)
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)  # helpers
+
+
+def test_layers_are_the_nature_networks():
+    net = NatureCNN(FRAMES, ACTIONS)
+    convs = [m for m in net.trunk if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 32, (8, 8), (4, 4)), (32, 64, (4, 4), (2, 2)), (64, 64, (3, 3), (1, 1))]
+    dense = [m for m in net.trunk if isinstance(m, torch.nn.Linear)]
+    assert [(d.in_features, d.out_features) for d in dense] == [(64 * 7 * 7, 512)]  # 84 -> 20 -> 9 -> 7
+    assert (net.policy_head.in_features, net.policy_head.out_features) == (512, 6)
+    assert (net.value_head.in_features, net.value_head.out_features) == (512, 1)
+    # 8,224 + 32,832 + 36,928 + 1,606,144 + 3,078 + 513
+    assert sum(p.numel() for p in net.parameters()) == 1_687_719
+
+
+@pytest.mark.parametrize("layer, gain", [("conv", 2 ** 0.5), ("policy", 0.01), ("value", 1.0)])
+def test_orthogonal_initialisation_with_the_usual_gains(layer, gain):
+    torch.manual_seed(0)
+    net = NatureCNN(FRAMES, ACTIONS)
+    weight = {"conv": net.trunk[0].weight, "policy": net.policy_head.weight, "value": net.value_head.weight}[layer]
+    w = weight.detach().reshape(weight.shape[0], -1).double()
+    rows = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w  # W W^T = g^2 I on the short side
+    torch.testing.assert_close(rows, gain ** 2 * torch.eye(rows.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+    assert all((m.bias == 0).all() for m in (net.trunk[0], net.policy_head, net.value_head))
+
+
+def test_uint8_frames_are_scaled_to_unit_range_inside():
+    net = NatureCNN(FRAMES, ACTIONS)
+    frames = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    dist, value = net(frames)
+    assert isinstance(dist, Categorical) and dist.logits.shape == (3, 6) and value.shape == (3,)
+    dist_f, value_f = net(frames.float())  # the exported policy takes floats 0..255: the same numbers
+    torch.testing.assert_close(dist_f.logits, dist.logits)
+    torch.testing.assert_close(value_f, value)
+    torch.testing.assert_close(net.value(frames), value)
+
+
+@pytest.mark.parametrize("obs, actions, says", [
+    (gym.spaces.Box(-1, 1, (8,), np.float32), ACTIONS, "image observations"),
+    (FRAMES, gym.spaces.Box(-1, 1, (2,), np.float32), "Discrete action space"),
+    (gym.spaces.Box(0, 255, (4, 30, 30), np.uint8), ACTIONS, "at least 36x36"),
+])
+def test_spaces_it_cannot_take_are_one_line(obs, actions, says):
+    with pytest.raises(ConfigError, match=says) as err:
+        NatureCNN(obs, actions)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,86 @@
+"""Atari from the command line, as docs/atari.md shows it: a game trains on both backends (the
+paper's Atari experiment with its annealed clip range), play and ONNX export work on the run
+(the exported CNN policy checked with onnxruntime), and what cannot work is one line.
+
+Needs the atari extra (ale-py, opencv); the EnvPool run needs the envpool extra. Both are in
+``dev``, so CI runs every case."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import read_metrics, read_summary, run_cli
+
+HAVE_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("cv2") is not None
+HAVE_ENVPOOL = importlib.util.find_spec("envpool") is not None
+pytestmark = pytest.mark.skipif(not HAVE_ALE, reason='the atari extra is not installed (pip install -e ".[atari]")')
+
+# Breakout at the paper's settings, cut to 2 iterations of 2 envs x 128 steps
+SMALL = ["experiment=ppo_paper_atari", "env=breakout", "total_timesteps=512", "algo.num_envs=2",
+         "eval.every=0", "eval.episodes=1", "progress=false", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def breakout(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("atari")
+    res = run_cli([*SMALL, f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root / "run"
+
+
+def test_a_game_trains_at_the_papers_settings(breakout):
+    rows = read_metrics(breakout)
+    assert [r["global_step"] for r in rows] == [256, 512]
+    assert [r["epsilon"] for r in rows] == pytest.approx([0.1, 0.05])  # clip 0.1 x alpha
+    assert [r["learning_rate"] for r in rows] == pytest.approx([2.5e-4, 1.25e-4])
+    assert rows[-1]["epochs"] == 3
+    summary = read_summary(breakout)
+    assert "eval_return" in summary
+    config = json.loads((breakout / "run.json").read_text())["config"]
+    assert config["network"]["_target_"] == "ppo_research.algo.cnn.NatureCNN"
+
+
+@pytest.mark.skipif(not HAVE_ENVPOOL, reason="EnvPool is not installed")
+def test_a_game_trains_on_envpool(tmp_path):
+    res = run_cli([*SMALL, "env.backend=envpool", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["global_step"] for r in read_metrics(tmp_path / "run")] == [256, 512]
+
+
+def test_play_and_the_exported_cnn_policy(breakout, tmp_path):
+    played = run_cli([str(breakout), "--episodes", "1"], cwd=tmp_path, module="ppo_research.play")
+    assert played.returncode == 0, played.stderr[-2000:]
+    assert re.search(r"return -?[\d.]+ ± [\d.]+", played.stdout)
+    out = tmp_path / "breakout.onnx"
+    exported = run_cli([str(breakout), "--format", "onnx", "--out", str(out), "--verify", "200"], cwd=tmp_path,
+                       module="ppo_research.export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "obs float32 [batch, 4, 84, 84] -> action int64 [batch] in 0..3" in exported.stdout
+    assert "on 200 observations: max |diff| = 0" in exported.stdout  # onnxruntime vs play's policy
+
+
+@pytest.mark.parametrize("args, says", [
+    (["env=breakout", "network=mlp"], "network='MLPActorCritic' is invalid: expected a network for images"),
+    (["env=pendulum", "network=nature_cnn"], "network='NatureCNN' is invalid: expected a network for flat"),
+    (["env=breakout", "env.normalize_obs=true"], "env.normalize_obs=True is invalid"),
+    (["env=cartpole", "env.episodic_life=true"], "env.episodic_life=True is invalid"),
+    (["env=pendulum", "eval.deterministic=false"], "eval.deterministic=False is invalid"),
+    (["env=breakout", "env.id=ALE/NoSuchGame-v5"], "env.id='ALE/NoSuchGame-v5' is invalid"),
+])
+def test_what_cannot_work_is_one_line(tmp_path, args, says):
+    res = run_cli([*args, "total_timesteps=256", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], res.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_population_of_cnns_is_refused_in_one_line_per_member(tmp_path):
+    res = run_cli(["-m", *SMALL, "seed=0,1", "hydra/launcher=population", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("stackable" in line for line in errors), res.stderr[-2000:]
