@@ -2,7 +2,8 @@
 population, and train each population in a fresh process, ``processes`` of them at a time.
 
 - Grouping: jobs whose configs are equal outside ``MEMBER_KEYS`` (``population.group_key``) and
-  whose ``hydra.job.env_set`` agree form a group, in the order of their first job; a group larger
+  whose ``hydra.job.env_set`` agree form a group (a job whose network is not ``stackable``, such
+  as network=nature_cnn, forms its own), in the order of their first job; a group larger
   than ``population_size`` is cut into the fewest near-equal populations that fit (24 jobs, size
   16: 12 + 12), and further while there are fewer populations than ``processes`` (10 jobs, 2
   processes: 5 + 5). A job whose config does not resolve is a population of its own (it fails
@@ -47,6 +48,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import ppo_research
+from ppo_research.algo.stacking import stackable
 from ppo_research.run import jobs
 from ppo_research.run.config.schema import validate
 from ppo_research.run.console import fail, write_line
@@ -90,10 +92,13 @@ class Population:
 # grouping
 
 def population_key(config: DictConfig) -> str:
-    """Equal keys: the jobs may be members of one population (``HydraConfig`` must be this job's)."""
+    """Equal keys: the jobs may be members of one population (``HydraConfig`` must be this job's).
+    A job whose network has no stacked form (e.g. network=nature_cnn) is a population of one."""
 
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
-    return json.dumps([group_key(task_config(config)), env], sort_keys=True, default=str)
+    task = task_config(config)
+    alone = [] if stackable(OmegaConf.select(task, "network._target_", default="")) else [config.hydra.job.num]
+    return json.dumps([group_key(task), env, *alone], sort_keys=True, default=str)
 
 
 def make_populations(jobs: Sequence[Job], keys: Sequence[str], population_size: int,

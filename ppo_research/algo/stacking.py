@@ -14,6 +14,7 @@ is the stacked module, so a solo run's maths is the plain network's.
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 from typing import Sequence
 
@@ -25,6 +26,16 @@ from ..errors import ConfigError
 # The stacked views of one member-major buffer are strided (row stride P); autograd accumulates
 # into them in place all the same, but warns that their layout is not the one it would choose.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def stackable(network_target: str) -> bool:
+    """Whether the network class at import path ``network_target`` declares ``stackable = True``
+    (False for a path that does not import: such a job is best left to fail alone)."""
+    module, _, name = str(network_target).rpartition(".")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module), name), "stackable", False))
+    except Exception:  # ImportError, AttributeError, ValueError (empty module name), the module failing
+        return False
 
 
 def stack_members(nets: Sequence[nn.Module]) -> tuple[nn.Module, nn.Parameter]:
