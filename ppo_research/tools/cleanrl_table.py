@@ -96,10 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         text = markdown(rows(group_runs(finished(find_runs(args.dirs), args.dirs))))
         if args.out:
             write_output(Path(args.out), text, "table")
-    except ResultsError as err:
-        error_line(str(err))
-        return 2
-    except OutputError as err:
+    except (ResultsError, OutputError) as err:
         error_line(str(err))
         return err.status
     print(text, end="")

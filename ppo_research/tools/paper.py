@@ -627,10 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(text)
             for path in files.values():
                 print(path)
-    except ResultsError as err:
-        error_line(str(err))
-        return 2
-    except OutputError as err:  # the report's output directory (write_report)
+    except (ResultsError, OutputError) as err:  # bad input, or the report's output directory (write_report)
         error_line(str(err))
         return err.status
     except Exception as err:  # Hydra / config errors about the overrides: one line

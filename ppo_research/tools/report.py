@@ -1080,10 +1080,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         normalization = Normalization.from_file(args.normalize) if args.normalize else None
         files = write_report(args.dirs, args.out, args.final, args.curve, args.smooth, normalization, args.bootstrap,
                              args.split)
-    except ResultsError as err:
-        error_line(str(err))
-        return 2
-    except OutputError as err:
+    except (ResultsError, OutputError) as err:
         error_line(str(err))
         return err.status
     for path in files.values():

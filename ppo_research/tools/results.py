@@ -33,7 +33,10 @@ FACET = "env.id"  # what a run is "on": tools never average across it
 
 
 class ResultsError(Exception):
-    """A problem with the input of a results tool; ``str()`` is the one line the CLI prints."""
+    """A problem with the input of a results tool; ``str()`` is the one line the CLI prints,
+    ``status`` its exit status (bad input, as an OutputError refused before anything ran)."""
+
+    status = 2
 
 
 @dataclass
