@@ -16,6 +16,13 @@ PyTorch PPO - at the preset's sizes (envs, horizon, epochs, minibatch, learning 
 lambda), right after the framework's run: ``x ref`` is the median of the per-repeat ratios,
 the figure to quote, since absolute SPS depends on the machine (``--no-reference`` skips it).
 
+Atari cases (presets with ``env.preprocess=atari``: ``--case breakout``, ``pong``, ``beamrider``)
+run at the paper's Table 5 settings (the preset plus ``experiment=ppo_paper_atari``, unless the
+overrides name an experiment) and are timed against ``tools/reference_ppo_cnn.py``, the same kind
+of single-file PPO with the Nature CNN, always on gymnasium + ale-py with gymnasium's standard
+wrappers: with ``-- env.backend=envpool`` the ratio is EnvPool's framework run over the gymnasium
+reference. The raw env SPS steps the backend the run used.
+
 ``--population S ...`` also times, in the same repeat, a population of S members of each case
 (run/loop/train.py: S runs of the preset, seeds seed..seed+S-1, one process, one stacked
 update), each member training --steps steps: its aggregate SPS (all members' steps over the
@@ -24,6 +31,9 @@ population of 1 when it is measured, else the case's own run), and the process's
 total and per member. Beside them, the floor of a member's step (tools/floor.py: its env step
 plus the update's matmul FLOPs at this core's peak, measured in the same process) and the gain
 over the solo run no population can exceed (``x solo at most``: the solo step over the floor).
+A network with no stacked form (``network=nature_cnn``, the Atari presets') trains populations of
+one per process only (docs/atari.md), so ``--population`` above 1 on such a case is refused in one
+line rather than timed as something it is not.
 
 The ``--json`` path is checked before anything is measured (a directory, a parent that is a
 file, a read-only or pseudo file system: one ``error:`` line, exit status 2). If writing it still
@@ -49,6 +59,7 @@ import gymnasium as gym
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from ..algo.stacking import stackable
 from ..errors import EXIT_BAD_INPUT, ConfigError
 from ..run.config.compose import check_group_choices, compose
 from ..run.config.schema import validate
@@ -57,12 +68,13 @@ from ..run.envs.training import make_env, probe_spaces
 from ..run.loop.build import build
 from ..run.loop.train import MemberJob, train_members
 from ..run.loop.trainer import Trainer
-from . import reference_ppo
+from . import reference_ppo, reference_ppo_cnn
 from .cli_common import OneLineParser, OutputError, check_output_file, error_line, make_output_dir, write_output
 from .floor import member_step_floor
 
 STANDARD_CASES = ("halfcheetah", "pendulum", "cartpole")
 PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_envs
+ATARI_EXPERIMENT = "experiment=ppo_paper_atari"  # Table 5 in full: the presets' settings plus the clip 0.1 x alpha
 
 
 def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
@@ -90,22 +102,32 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
     update_time = sum(r["time_update_s"] for r in rows)
 
     n = config.algo.num_envs
-    raw = gym.vector.SyncVectorEnv([lambda: make_env(config.env) for _ in range(n)])
-    raw.reset(seed=0)
+    return {"env": env, "env_id": config.env.id, "backend": config.env.backend, "num_envs": n, "num_steps": config.algo.num_steps,
+            "minibatch_size": config.algo.minibatch_size, "num_epochs": config.algo.num_epochs,
+            "global_step": global_step, "train_sps": global_step / train_time,
+            "rollout_us_per_step": 1e6 * rollout_time / global_step,
+            "update_us_per_step": 1e6 * update_time / global_step, "raw_env_sps": raw_env_sps(config.env, n),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def raw_env_sps(env_cfg, n: int) -> float:
+    """Steps per second of ``n`` envs of the run's backend stepped with random actions."""
+    if env_cfg.backend == "envpool":
+        from ..run.envs.envpool_backend import EnvPoolVectorEnv
+        raw = EnvPoolVectorEnv(env_cfg, n, probe_spaces(env_cfg))
+        raw.reset(seed=list(range(n)))
+    else:
+        raw = gym.vector.SyncVectorEnv([lambda: make_env(env_cfg) for _ in range(n)])
+        raw.reset(seed=0)
     raw.action_space.seed(0)
     actions = [raw.action_space.sample() for _ in range(256)]
     raw_steps = max(2000 // n, 200)
     start = time.perf_counter()
     for i in range(raw_steps):
         raw.step(actions[i % 256])
-    raw_sps = raw_steps * n / (time.perf_counter() - start)
+    sps = raw_steps * n / (time.perf_counter() - start)
     raw.close()
-    return {"env": env, "env_id": config.env.id, "num_envs": n, "num_steps": config.algo.num_steps,
-            "minibatch_size": config.algo.minibatch_size, "num_epochs": config.algo.num_epochs,
-            "global_step": global_step, "train_sps": global_step / train_time,
-            "rollout_us_per_step": 1e6 * rollout_time / global_step,
-            "update_us_per_step": 1e6 * update_time / global_step, "raw_env_sps": raw_sps,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return sps
 
 
 def measure_reference(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
@@ -115,12 +137,24 @@ def measure_reference(env: str, num_envs: int | None, steps: int, overrides: lis
     if num_envs is not None:
         extra += [f"algo.num_envs={num_envs}", f"algo.num_steps={PAPER_BATCH // num_envs}"]
     cfg = compose(extra + overrides).cfg
-    algo = validate(cfg).algo
+    config = validate(cfg)
+    algo = config.algo
+    if config.env.preprocess == "atari":  # the CNN reference, on gymnasium + ale-py whatever the run's backend
+        result = reference_ppo_cnn.train(
+            config.env.id, steps, num_envs=algo.num_envs, num_steps=algo.num_steps, num_epochs=algo.num_epochs,
+            minibatch_size=algo.minibatch_size, learning_rate=algo.learning_rate, anneal_lr=algo.anneal_lr,
+            gamma=cfg.advantage.gamma, gae_lambda=cfg.advantage.get("lam", 0.95),
+            clip_coef=cfg.loss.get("epsilon", 0.2), anneal_clip=bool(cfg.loss.get("anneal_epsilon", False)),
+            vf_coef=algo.vf_coef, ent_coef=algo.ent_coef,
+            max_grad_norm=float("inf") if algo.max_grad_norm is None else algo.max_grad_norm,
+            torch_threads=config.torch_threads)
+        return {"reference": "reference_ppo_cnn", "reference_sps": result["sps"], "reference_peak_rss_mb":
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     result = reference_ppo.train(cfg.env.id, steps, num_envs=algo.num_envs, num_steps=algo.num_steps,
                                  num_epochs=algo.num_epochs, minibatch_size=algo.minibatch_size,
                                  learning_rate=algo.learning_rate, gamma=cfg.advantage.gamma,
                                  gae_lambda=cfg.advantage.get("lam", 0.95))
-    return {"reference_sps": result["sps"], "reference_peak_rss_mb":
+    return {"reference": "reference_ppo", "reference_sps": result["sps"], "reference_peak_rss_mb":
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -196,6 +230,28 @@ def check_cases(cases: list[str], overrides: list[str]) -> None:
             _fail(f"--case {env} with overrides {' '.join(overrides) or '(none)'}: {str(err).splitlines()[0]}")
 
 
+def case_overrides(env: str, overrides: list[str]) -> list[str]:
+    """An Atari case runs at Table 5 in full (``experiment=ppo_paper_atari``) unless an experiment is named."""
+    if any(o.lstrip("+~").startswith("experiment=") for o in overrides):
+        return overrides
+    if compose([f"env={env}", "logger=none", *overrides]).cfg.env.preprocess != "atari":
+        return overrides
+    return [ATARI_EXPERIMENT, *overrides]
+
+
+def check_populations(cases: list[str], sizes: list[int], overrides: dict[str, list[str]]) -> None:
+    """A population of more than one of a network with no stacked form is refused here, in one line."""
+    size = max(sizes, default=1)
+    if size < 2:
+        return
+    for env in cases:
+        target = str(compose([f"env={env}", "logger=none", *overrides[env]]).cfg.network._target_)
+        if not stackable(target):
+            _fail(f"--population {size}: the {env} case's network ({target.rpartition('.')[2]}) has no stacked "
+                  f"form, so its populations train as populations of one, one process each (docs/atari.md): "
+                  f"a population of {size} cannot be timed as one; use --population 1 or leave --population out")
+
+
 def _fail(message: str, status: int = EXIT_BAD_INPUT):
     """One ``error:`` line on stderr and the exit status (2: bad input)."""
     error_line(message)
@@ -210,6 +266,7 @@ def median_row(samples: list[dict]) -> dict:
     row["ratio"] = row["train_sps"] / row["raw_env_sps"]
     row["repeats"] = len(samples)
     if all("reference_sps" in s for s in samples):
+        row["reference"] = samples[0].get("reference", "reference_ppo")
         row["reference_sps"] = statistics.median(s["reference_sps"] for s in samples)
         row["reference_sps_all"] = [round(s["reference_sps"], 1) for s in samples]
         ratios = [s["train_sps"] / s["reference_sps"] for s in samples]
@@ -222,11 +279,20 @@ def table(rows: list[dict]) -> str:
     head = ("| case | num_envs | train SPS | reference SPS | x ref | rollout us/step | update us/step | raw env SPS "
             "| train/raw | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ref = lambda r, key, fmt: format(r[key], fmt) if key in r else "-"  # noqa: E731
-    lines = [f"| {r['env']} | {r['num_envs']} | {r['train_sps']:,.0f} | {ref(r, 'reference_sps', ',.0f')} | "
+    lines = [f"| {_case(r)} | {r['num_envs']} | {r['train_sps']:,.0f} | {ref(r, 'reference_sps', ',.0f')} | "
              f"{ref(r, 'vs_reference', '.2f')} | {r['rollout_us_per_step']:.0f} | "
              f"{r['update_us_per_step']:.0f} | {r['raw_env_sps']:,.0f} | {r['ratio']:.2f} | {r['peak_rss_mb']:.0f} |"
              for r in rows]
-    return "\n".join([head, *lines])
+    notes = sorted({f"{r['env']}: the reference is tools/{r['reference']}.py"
+                    + (" on gymnasium + ale-py" if r["reference"] == "reference_ppo_cnn" else "")
+                    for r in rows if r.get("reference", "reference_ppo") != "reference_ppo"})
+    return "\n".join([head, *lines, *([""] + notes if notes else [])])
+
+
+def _case(row: dict) -> str:
+    """The case's name, with its env backend when it is not gymnasium."""
+    backend = row.get("backend", "gymnasium")
+    return row["env"] if backend == "gymnasium" else f"{row['env']} ({backend})"
 
 
 def population_row(samples: list[dict], solo: list[float], reference: list[float] | None, solo_from: str) -> dict:
@@ -306,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             _fail(f"{flag} {bad[0]} is invalid: expected a positive integer")
     sizes = list(dict.fromkeys(args.population))  # each size once, in the order given
-    check_cases(list(dict.fromkeys(args.case + (["halfcheetah"] if args.scaling else []))), overrides)
+    cases = list(dict.fromkeys(args.case + (["halfcheetah"] if args.scaling else [])))
+    check_cases(cases, overrides)
+    per_case = {env: case_overrides(env, overrides) for env in cases}
+    check_populations(list(dict.fromkeys(args.case)), sizes, per_case)
     out = args.json or Path("outputs") / "bench" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
     try:  # before anything is measured: a result that cannot be saved is refused now, not after the runs
         check_output_file(out, make_parents=True)
@@ -320,14 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         samples = []
         pop_samples = {size: [] for size in sizes} if num_envs is None else {}  # not for scaling entries
         for rep in range(args.repeats):
-            samples.append(run_worker(env, num_envs, args.steps, overrides))
+            samples.append(run_worker(env, num_envs, args.steps, per_case[env]))
             line = f"{env} num_envs={samples[-1]['num_envs']} run {rep + 1}/{args.repeats}: {samples[-1]['train_sps']:,.0f} SPS"
             if not args.no_reference:  # timed right after, so both see the same machine
-                samples[-1].update(run_worker(env, num_envs, args.steps, overrides, reference=True))
+                samples[-1].update(run_worker(env, num_envs, args.steps, per_case[env], reference=True))
                 line += (f"; reference {samples[-1]['reference_sps']:,.0f} SPS "
                          f"(x{samples[-1]['train_sps'] / samples[-1]['reference_sps']:.2f})")
             for size in pop_samples:  # the same repeat, so every ratio is side by side
-                pop_samples[size].append(run_worker(env, None, args.steps, overrides, population=size))
+                pop_samples[size].append(run_worker(env, None, args.steps, per_case[env], population=size))
                 line += f"; population {size}: {pop_samples[size][-1]['aggregate_sps']:,.0f} SPS"
             write_line(line)
         rows.append(median_row(samples))
@@ -348,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(population_table(population_rows))
     result = {"machine": machine, "steps": args.steps, "overrides": overrides, "rows": rows}
+    if any(per_case[env] != overrides for env in args.case):
+        result["case_overrides"] = {env: per_case[env] for env in args.case}
     if population_rows:
         result["population_rows"] = population_rows
     text = json.dumps(result, indent=2)
