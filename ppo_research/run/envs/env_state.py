@@ -4,9 +4,13 @@ Checkpoints are taken between iterations. A sub-env's future is then fixed by it
 state and RNG, its wrappers' counters (TimeLimit's elapsed steps) and, for MuJoCo, every array
 of MjData (derived quantities and the solver's warm start included: positions alone would not
 reproduce the next step bit for bit). Classic control envs keep their whole state in plain
-attributes; other envs (Box2D, third-party) cannot be captured: they restart with fresh episodes.
+attributes; an Atari game's is its emulator's (ALE's state with its RNG) plus the frames its
+wrappers hold (the max-pooling buffer, the frame stack); other envs (Box2D, third-party) cannot
+be captured: they restart with fresh episodes.
 """
 from __future__ import annotations
+
+import collections
 
 import gymnasium as gym
 import numpy as np
@@ -19,8 +23,16 @@ PLAIN = (bool, int, float, np.ndarray, np.generic, type(None))
 
 
 def restorable(env: gym.Env) -> bool:
-    """Envs whose whole dynamics state is plain attributes (classic control) or MjData arrays."""
-    return type(env).__module__.startswith("gymnasium.envs.classic_control") or mj_data(env) is not None
+    """Envs whose whole dynamics state is plain attributes (classic control), MjData arrays or an
+    Atari emulator's state."""
+    return (type(env).__module__.startswith("gymnasium.envs.classic_control") or mj_data(env) is not None
+            or ale(env) is not None)
+
+
+def ale(env: gym.Env):
+    """The Atari emulator (ale-py's ALEInterface) of an ALE env, else None."""
+    emulator = getattr(env, "ale", None)
+    return emulator if type(emulator).__module__.startswith("ale_py") else None
 
 
 def mj_data(env: gym.Env):
@@ -29,7 +41,27 @@ def mj_data(env: gym.Env):
 
 
 def plain_attrs(obj) -> dict:
-    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(obj).items() if isinstance(v, PLAIN)}
+    """Plain attributes, and lists or deques of equal arrays (frame buffers) as ``frames(...)``."""
+    attrs = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(obj).items() if isinstance(v, PLAIN)}
+    attrs.update({k: frames(v) for k, v in vars(obj).items() if is_frames(v)})
+    return attrs
+
+
+def is_frames(value) -> bool:
+    """A list or deque of arrays of one shape and dtype (a wrapper's frame buffer or stack)."""
+    return (isinstance(value, (list, collections.deque)) and len(value) > 0
+            and all(isinstance(a, np.ndarray) and a.shape == value[0].shape and a.dtype == value[0].dtype
+                    for a in value))
+
+
+def frames(value) -> dict:
+    return {"frames": np.stack(value), "deque": isinstance(value, collections.deque),
+            "maxlen": getattr(value, "maxlen", None)}
+
+
+def unframes(state: dict):
+    items = [a.copy() for a in np.asarray(state["frames"])]
+    return collections.deque(items, maxlen=state["maxlen"]) if state["deque"] else items
 
 
 def wrapper_chain(env: gym.Env) -> list:
@@ -47,6 +79,9 @@ def sub_env_state(env: gym.Env) -> dict:
     chain = wrapper_chain(env)
     state = {"classes": [type(w).__name__ for w in chain], "attrs": [plain_attrs(w) for w in chain],
              "np_random": generator_state(env.unwrapped.np_random)}
+    emulator = ale(env.unwrapped)
+    if emulator is not None:  # the emulator with its RNG (sticky actions), as bytes
+        state["ale"] = np.frombuffer(emulator.cloneState(include_rng=True).serialize(), np.uint8).copy()
     data = mj_data(env.unwrapped)
     if data is not None:
         arrays = {}
@@ -69,7 +104,13 @@ def load_sub_env_state(env: gym.Env, state: dict) -> None:
         for key, value in attrs.items():
             if isinstance(current.get(key), PLAIN):  # never replace an object with plain data
                 setattr(wrapper, key, value.copy() if isinstance(value, np.ndarray) else value)
+            elif is_frames(current.get(key)) and isinstance(value, dict):
+                setattr(wrapper, key, unframes(value))
     env.unwrapped.np_random = make_generator(state["np_random"])
+    if "ale" in state:
+        import ale_py  # installed: the env is an ALE env
+
+        ale(env.unwrapped).restoreState(ale_py.ALEState(np.asarray(state["ale"], np.uint8).tobytes()))
     if "mujoco" in state:
         data = mj_data(env.unwrapped)
         data.time = state["mujoco"]["time"]

@@ -19,6 +19,7 @@ from ppo_research.run.config.schema import validate
 from ppo_research.run.envs import atari
 from ppo_research.run.envs.lockstep import step_alone
 from ppo_research.run.envs.training import TrainingEnvs
+from ppo_research.run.rundir import checkpoint
 
 HAVE_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("cv2") is not None
 HAVE_ENVPOOL = importlib.util.find_spec("envpool") is not None
@@ -116,3 +117,31 @@ def test_ids_and_errors():
     assert atari.game_name("PongNoFrameskip-v4") == "Pong"
     with pytest.raises(ConfigError, match="an Atari id"):
         atari.game_name("ALE/not an id")
+
+
+def test_a_checkpointed_game_continues_bit_for_bit():
+    """The emulator (with its RNG), the max-pooling buffer and the frame stack are in the
+    checkpoint: a game restored mid-way plays on exactly as the original (lives and episodic-life
+    terminations included), whatever the restored envs were seeded with."""
+    cfg = env_config()
+    original = TrainingEnvs(cfg, 2, 0.99, [1, 2])
+    rng = np.random.default_rng(5)
+    actions = [rng.integers(4, size=2) for _ in range(500)]
+    try:
+        for a in actions[:230]:  # some lives lost, games under way
+            step_alone(original, a)
+        state = checkpoint._from_storable(checkpoint._to_storable(original.state_dict()))  # as stored on disk
+        expected = [step_alone(original, a) for a in actions[230:]]
+    finally:
+        original.close()
+    restored = TrainingEnvs(cfg, 2, 0.99, [77, 78])
+    try:
+        assert restored.load_state_dict(state, reseed=[0, 1]) is True
+        got = [step_alone(restored, a) for a in actions[230:]]
+    finally:
+        restored.close()
+    assert sum(int(e[2].sum()) for e in expected) > 0  # lives were lost after the checkpoint
+    for e, g in zip(expected, got):
+        for x, y in zip(e[:5], g[:5]):
+            np.testing.assert_array_equal(x, y)
+        assert e[5] == g[5]
