@@ -12,7 +12,10 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import read_metrics, read_summary, run_cli
+from helpers import compose_config, read_metrics, read_summary, run_cli
+
+from ppo_research.errors import ConfigError
+from ppo_research.run.loop.build import check
 
 HAVE_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("cv2") is not None
 HAVE_ENVPOOL = importlib.util.find_spec("envpool") is not None
@@ -70,12 +73,20 @@ def test_play_and_the_exported_cnn_policy(breakout, tmp_path):
     (["env=pendulum", "eval.deterministic=false"], "eval.deterministic=False is invalid"),
     (["env=breakout", "env.id=ALE/NoSuchGame-v5"], "env.id='ALE/NoSuchGame-v5' is invalid"),
 ])
-def test_what_cannot_work_is_one_line(tmp_path, args, says):
-    res = run_cli([*args, "total_timesteps=256", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+def test_what_cannot_work_is_refused_before_training(args, says):
+    """The checks every run makes before an env starts (run/loop/build.py), in this process; the
+    command line turns each into one line and exit status 2 (the first case shows it)."""
+    with pytest.raises(ConfigError) as err:
+        check(compose_config(args))
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+
+
+def test_a_refusal_is_one_line_and_writes_nothing(tmp_path):
+    res = run_cli(["env=breakout", "network=mlp", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert res.returncode == 2
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and says in errors[0], res.stderr[-2000:]
-    assert not (tmp_path / "run").exists()  # nothing written
+    assert len(errors) == 1 and "expected a network for images" in errors[0], res.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_population_multirun_trains_each_cnn_as_a_population_of_one(tmp_path):
