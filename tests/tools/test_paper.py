@@ -315,7 +315,8 @@ def test_downsample_keeps_the_first_and_last_rows():
 def test_a_compact_copy_keeps_every_evaluation_row(tmp_path):
     """A run evaluated every 49 of 490 iterations (wm_*_1m): its copy keeps the 200 evenly spaced rows
     and the 10 evaluation rows, so the report's mean of evaluations is the same from the copy."""
-    from ppo_research.tools.report import EVAL_MEAN, find_runs, run_score
+    from ppo_research.tools.report import EVAL_MEAN, run_score
+    from ppo_research.tools.results import find_runs
 
     lines = [json.dumps({"iteration": i, "global_step": 2048 * i, "episode_return": float(i),
                          **({"eval_return": 10.0 * i} if i % 49 == 0 else {})}) for i in range(1, 491)]
