@@ -125,3 +125,37 @@ def test_bench_prints_its_results_when_the_json_cannot_be_written(tmp_path):
     (row,) = printed["rows"]
     assert row["env"] == "cartpole" and row["global_step"] >= 256 and row["train_sps"] > 0
     assert "| cartpole |" in result.stdout  # the table too
+
+
+# -- Atari: the CNN reference (issue 32, item 4) -----------------------------------------------------
+
+# breakout at a tiny size: 2 envs x 64 steps, one epoch of two minibatches; 256 steps are two iterations
+TINY_BREAKOUT = ["algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64", "algo.num_epochs=1"]
+
+
+def test_bench_times_breakout_against_the_cnn_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(["--case", "breakout", "--repeats", "1", "--steps", "256", "--json", str(out), "--",
+                      *TINY_BREAKOUT], cwd=REPO, module="ppo_research.bench", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["env"] == "breakout" and row["env_id"] == "ALE/Breakout-v5" and row["backend"] == "gymnasium"
+    assert row["num_envs"] == 2 and row["global_step"] >= 256
+    assert row["reference"] == "reference_ppo_cnn" and row["reference_sps"] > 0 and row["raw_env_sps"] > 0
+    assert row["vs_reference"] == row["train_sps"] / row["reference_sps"]
+    # the paper's Table 5 in full: the preset plus the experiment's annealed clip 0.1
+    assert data["case_overrides"] == {"breakout": ["experiment=ppo_paper_atari", *TINY_BREAKOUT]}
+    assert "| x ref |" in result.stdout and "| breakout | 2 |" in result.stdout
+    assert "breakout: the reference is tools/reference_ppo_cnn.py on gymnasium + ale-py" in result.stdout
+
+
+def test_bench_refuses_a_population_of_cnns_in_one_line(tmp_path):
+    """The CNN has no stacked form: a population of 4 would be four processes, not one population."""
+    result = run_cli(["--case", "breakout", "--population", "1", "4"], cwd=tmp_path, module="ppo_research.bench",
+                     timeout=120)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --population 4: the breakout case's network (NatureCNN) has no stacked form")
+    assert "docs/atari.md" in line and result.stdout == ""
+    assert not (tmp_path / "outputs").exists()
