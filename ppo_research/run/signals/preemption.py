@@ -20,7 +20,9 @@ How the pieces fit:
   to the same ``metrics.jsonl`` and continuing the same wandb run (its id is in the checkpoint).
 
 Nothing here acts outside a submitit job: a plain ``python -m ppo_research`` run never
-auto-resumes, and a fresh job in a new directory starts fresh.
+auto-resumes, and a fresh job in a new directory starts fresh. The one other user is a sweep
+worker that is a SLURM job (tools/sweep/slurm.py): it hands its own warning to the trainers
+(``set_worker_warning``), and requeues its job and resumes its trials itself.
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ class JobWarning:
 
     signum: int
     handler: Callable[[int, Any], None]
+    #: a warning that came while no trainer listened (a sweep worker's): the next trainer stops
+    #: after its first iteration
+    pending: Optional[Callable[[], bool]] = None
 
     @property
     def name(self) -> str:
@@ -53,11 +58,21 @@ class JobWarning:
 
 
 _armed: Optional[JobWarning] = None  # set while (and after) the trainer listens for the warning
+_worker_warning: Optional[JobWarning] = None  # a sweep worker's in a SLURM job (tools/sweep/slurm.py)
+
+
+def set_worker_warning(warning: Optional[JobWarning]) -> None:
+    """A sweep worker that requeues its SLURM job itself: its trainers stop at ``warning``."""
+    global _worker_warning
+    _worker_warning = warning
 
 
 def job_warning() -> Optional[JobWarning]:
     """In a submitit job whose runner handles the warning signal: that signal and submitit's
-    handler; otherwise None (a plain run, a test, an optuna worker)."""
+    handler; in a sweep worker in a SLURM job, its own (``set_worker_warning``); otherwise None
+    (a plain run, a test)."""
+    if _worker_warning is not None:
+        return _worker_warning
     if not os.environ.get("SUBMITIT_EXECUTOR"):
         return None
     env_module = sys.modules.get("submitit.core.job_environment")  # loaded by the job runner

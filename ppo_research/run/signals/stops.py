@@ -126,6 +126,8 @@ class StopRequests:
             signals = (*signals, FORWARDED)
             if _forwarded_before and self.signal is None:
                 self.signal, self.forwarded = signal.SIGTERM, True
+        if warning is not None and warning.pending is not None and warning.pending() and self.signal is None:
+            self.signal = warn  # the warning came before this trainer listened: stop after the first iteration
 
         def handler(signum, frame):
             name = signal.Signals(signum).name

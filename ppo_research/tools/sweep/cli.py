@@ -13,7 +13,8 @@ members are the trials' runs (run/loop/train.py); each trial is still reported a
 
 Trial budget: ``trials`` counts trials that ended because of the objective - complete, pruned or
 failed with an error. A trial whose process died (kill, Ctrl-C, lost machine) is marked FAIL with
-``interrupted`` and does not count, so a re-run fills its place.
+``interrupted`` and does not count, so a re-run fills its place. A worker that is a SLURM job
+(``--workers 1`` in an sbatch array) resumes its trials after a preemption instead (slurm.py).
 """
 from __future__ import annotations
 
@@ -98,6 +99,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_line(f"error: {err}")
         return err.status
     except KeyboardInterrupt as err:  # Ctrl-C, or a trial's clean stop (TrainingInterrupted: SIGINT or SIGTERM)
-        write_line("interrupted: re-run the same command to continue the study")
+        write_line(f"interrupted: {getattr(err, 'continue_with', None) or 're-run the same command to continue the study'}")
         return 128 + getattr(err, "signum", signal.SIGINT)
     return 0

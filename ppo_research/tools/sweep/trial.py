@@ -12,8 +12,10 @@ members are every (trial, seed) run on that env; each trial reports and is prune
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -25,6 +27,9 @@ from omegaconf import OmegaConf
 from ...errors import RunDirError
 from ...run.config.compose import Composed, compose
 from ...run.loop.train import MemberJob, train_from_config, train_members
+from ...run.rundir import checkpoint
+from ...run.rundir.resume import continue_in_place
+from ...run.signals.stops import TrainingInterrupted
 from ..stats import aggregate
 from .spec import TRIAL_DEFAULTS, Spec, param_overrides, run_name
 
@@ -54,6 +59,48 @@ def new_run_dir(spec: Spec, number: int, env: Optional[str], seed: int) -> Path:
         raise RunDirError(f"run directory {path} already holds files (of another study named {spec.study!r}?): "
                           f"a trial's run trains only into a new directory")
     return path
+
+
+@dataclass
+class Attempt:
+    """What an earlier attempt of a resumed trial (its SLURM job requeued: tools/sweep/slurm.py)
+    left in one run directory: the run finished (``summary``), or a checkpoint to continue from
+    (``resume_from``; None: the run starts over), and the eval returns of its rows kept."""
+
+    summary: Optional[dict] = None
+    resume_from: Optional[Path] = None
+    evals: list[float] = field(default_factory=list)
+
+
+def earlier_attempt(run_dir: Path, number: int) -> Attempt:
+    """The state of a resumed trial's run in ``run_dir``, said in a line when it resumes."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict):
+        return Attempt(summary, None, _evals(run_dir, None))
+    if not continue_in_place(run_dir, f"trial {number} resumed after its SLURM job's requeue", announce=False):
+        return Attempt()
+    path = checkpoint.latest(run_dir)
+    return Attempt(None, path, _evals(run_dir, checkpoint.iteration_of(path)))
+
+
+def _evals(run_dir: Path, up_to: Optional[int]) -> list[float]:
+    """The eval returns in ``run_dir``'s metrics.jsonl (rows up to iteration ``up_to``)."""
+    evals = []
+    try:
+        lines = (run_dir / checkpoint.METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return evals
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "eval_return" in row and (up_to is None or row.get("iteration", 0) <= up_to):
+            evals.append(row["eval_return"])
+    return evals
 
 
 def sample(spec: Spec, trial: optuna.Trial) -> dict:
@@ -103,13 +150,17 @@ def check_parent(parent_pid: Optional[int]) -> None:
         raise Interrupted("the sweep command is gone")
 
 
-def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> float:
+def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int], resume: bool = False) -> float:
     """Train every (seed, env) of the trial in turn and return the aggregated score.
 
     Intermediate values: each periodic evaluation reports its (normalised) eval return at
     step = environment steps the trial has used so far, summed over its earlier runs. Trials
     thus compare at equal cost and equal position in the seed/env order, and one pruning
     decision can stop the whole trial during its first seed.
+
+    ``resume``: the trial was trained before by this SLURM job's earlier attempt (the same
+    parameters: optuna gives a trial's suggested values back); its finished runs count as they
+    are and the others continue from their checkpoints (``earlier_attempt``).
     """
 
     params = sample(spec, trial)
@@ -117,7 +168,10 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
     for seed in spec.seeds:
         for env in spec.env_runs():
             composed, overrides = compose_run(spec, trial, params, env, seed)
-            evals: list[float] = []
+            run_dir = trial_dir(spec, trial.number) / run_name(env, seed) if resume else \
+                new_run_dir(spec, trial.number, env, seed)
+            attempt = earlier_attempt(run_dir, trial.number) if resume else Attempt()
+            evals: list[float] = list(attempt.evals)
 
             def on_evaluation(iteration: int, global_step: int, eval_return: float, env=env, offset=offset) -> None:
                 check_parent(parent_pid)
@@ -126,8 +180,9 @@ def run_trial(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> flo
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {offset + global_step}")
 
-            summary = train_from_config(composed.cfg, new_run_dir(spec, trial.number, env, seed),
-                                        composed.choices, on_evaluation=on_evaluation, overrides=overrides)
+            summary = attempt.summary or train_from_config(composed.cfg, run_dir, composed.choices,
+                                                           on_evaluation=on_evaluation, overrides=overrides,
+                                                           resume_from=attempt.resume_from)
             offset += summary["global_step"]
             scores.append(run_value(spec, trial, env, seed, summary, evals))
     return aggregate(scores, spec.aggregate)
@@ -161,8 +216,8 @@ class PopulationTrial:
     that ends early otherwise (divergence) stops them the same way, since the trial has failed.
     """
 
-    def __init__(self, spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]):
-        self.spec, self.trial, self.parent_pid = spec, trial, parent_pid
+    def __init__(self, spec: Spec, trial: optuna.Trial, parent_pid: Optional[int], resume: bool = False):
+        self.spec, self.trial, self.parent_pid, self.resume = spec, trial, parent_pid, resume
         self.params: dict = {}
         self.offset = 0  # environment steps of the trial's runs on earlier envs
         self.pruned: Optional[optuna.TrialPruned] = None
@@ -186,18 +241,25 @@ class PopulationTrial:
             return []
         jobs, pending = [], {}  # iteration -> the normalised eval returns of the runs that reported it
         self.evals[env] = []
+        finished = []  # a resumed trial's runs on env that its earlier attempt finished
         for seed in self.spec.seeds:
             try:
                 composed, overrides = compose_run(self.spec, self.trial, self.params, env, seed, population=True)
-                run_dir = new_run_dir(self.spec, self.trial.number, env, seed)
+                run_dir = trial_dir(self.spec, self.trial.number) / run_name(env, seed) if self.resume else \
+                    new_run_dir(self.spec, self.trial.number, env, seed)
+                attempt = earlier_attempt(run_dir, self.trial.number) if self.resume else Attempt()
             except Exception as err:  # noqa: BLE001
                 self.failure = err
                 return []
-            evals: list[float] = []
+            evals: list[float] = list(attempt.evals)
             self.evals[env].append(evals)
+            finished.append(attempt.summary)
             jobs.append(MemberJob(composed.cfg, run_dir,
                                   composed.choices, overrides, on_evaluation=self._hook(env, pending, evals),
-                                  hydra=run_context(self.spec, overrides)))
+                                  hydra=run_context(self.spec, overrides), resume_from=attempt.resume_from))
+        if all(summary is not None for summary in finished):  # (the members of one env finish together)
+            self.finish(env, finished)
+            return []
         return jobs
 
     def _hook(self, env: Optional[str], pending: dict, evals: list[float]) -> Callable[[int, int, float], None]:
@@ -222,14 +284,19 @@ class PopulationTrial:
 
         return on_evaluation
 
-    def finish(self, env: Optional[str], results: list) -> None:
-        """Take the results of the trial's runs on ``env`` (seed order): their scores, or what
-        ended the trial."""
+    def finish_ended(self, results: list) -> None:
+        """Take what ended some of the trial's runs: an interruption, or an error that fails the
+        trial (a pruning decision is already noted; RunStopped follows another run's end)."""
         for result in results:
             if isinstance(result, Interrupted):
                 self.interrupted = self.interrupted or result
             elif isinstance(result, BaseException) and not isinstance(result, (optuna.TrialPruned, RunStopped)):
                 self.failure = self.failure or result
+
+    def finish(self, env: Optional[str], results: list) -> None:
+        """Take the results of the trial's runs on ``env`` (seed order): their scores, or what
+        ended the trial."""
+        self.finish_ended(results)
         if not self.going:
             return
         ended = [r for r in results if isinstance(r, BaseException)]
@@ -257,22 +324,37 @@ class PopulationTrial:
         return aggregate(scores, self.spec.aggregate)
 
 
-def run_population(spec: Spec, trials: list[optuna.Trial], parent_pid: Optional[int]) -> list[Outcome]:
+def run_population(spec: Spec, trials: list[optuna.Trial], parent_pid: Optional[int],
+                   resume: bool = False) -> list[Outcome]:
     """Train ``trials`` together and return each one's outcome, in order.
 
     Every run of the trials on one env is a member of one population (``train_members``): the
     members differ only in the searched parameters and seed, which ``space.check_search_space``
     keeps to the member keys. Several envs are trained one population after the other, env by
     env; a trial pruned or failed on one env has no runs on the next.
+
+    ``resume``: the trials were trained before by this SLURM job's earlier attempt (``run_trial``).
+    A stop signal raises TrainingInterrupted with ``outcomes``: those of the trials that had
+    ended before it (pruned, diverged), by trial number.
     """
 
-    members = [PopulationTrial(spec, trial, parent_pid) for trial in trials]
+    members = [PopulationTrial(spec, trial, parent_pid, resume) for trial in trials]
     for env in spec.env_runs():
         jobs = [(m, m.jobs(env)) for m in members]
         flat = [job for _, js in jobs for job in js]
         if not flat:
+            if any(m.going and (m.resume and env in m.evals) for m in members):
+                continue  # (the resumed trials' runs on env were finished by the earlier attempt)
             break
-        results = train_members(flat)
+        try:
+            results = train_members(flat)
+        except TrainingInterrupted as err:
+            at = 0
+            for m, js in jobs:  # runs that ended before the stop: their trial's outcome
+                m.finish_ended([err.ended[i] for i in range(at, at + len(js)) if i in err.ended])
+                at += len(js)
+            err.outcomes = {m.trial.number: m.outcome() for m in members if not m.going}
+            raise
         at = 0
         for m, js in jobs:
             m.finish(env, results[at:at + len(js)])

@@ -7,6 +7,8 @@ on this machine the worker's process id tells, elsewhere a heartbeat (``alive_at
 trials are numbered before it, so the count is exact with any number of workers and machines.
 With ``--population N`` a worker claims up to N trials at once, each by that same rule, never
 more than the budget has left, and trains them together (``trial.run_population``).
+A worker that is a SLURM job parks its trials at a preemption and its restart resumes them
+(slurm.py); a parked trial is alive while SLURM says its job is queued or running.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from optuna.trial import TrialState
 
 from ...run.console import write_line
 from ...run.signals.stops import FORWARDED, forwarded_stop_pending, listen_for_forwarded_stops, starting_workers
+from . import slurm
 from .spec import HOST, Spec, make_pruner, make_sampler, param_overrides
 from .storage import load_study
 from .trial import Interrupted, Outcome, run_population, run_trial
@@ -48,6 +51,9 @@ def classify(t: optuna.trial.FrozenTrial, grace_s: float, now: float) -> str:
     if t.state != TrialState.RUNNING:
         return "other"
     attrs = t.user_attrs
+    parked = slurm.parked_alive(attrs)  # left by a SLURM job for its restart (tools/sweep/slurm.py)
+    if parked is not None:
+        return "alive" if parked else "dead"
     if attrs.get("host") == HOST and "pid" in attrs and not _pid_alive(attrs["pid"]):
         return "dead"  # same machine: the worker process is gone
     last = attrs.get("alive_at") or t.datetime_start.timestamp()
@@ -112,6 +118,7 @@ def claim(study: optuna.Study, spec: Spec, n: int, grace: float) -> list[optuna.
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("alive_at", time.time())
+        slurm.tag(trial)
         now = time.time()
         ahead = sum(classify(t, grace, now) in ("done", "alive")
                     for t in study.get_trials(deepcopy=False) if t.number < trial.number)
@@ -123,9 +130,9 @@ def claim(study: optuna.Study, spec: Spec, n: int, grace: float) -> list[optuna.
     return claimed
 
 
-def solo_outcome(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int]) -> Outcome:
+def solo_outcome(spec: Spec, trial: optuna.Trial, parent_pid: Optional[int], resume: bool = False) -> Outcome:
     try:
-        return run_trial(spec, trial, parent_pid)
+        return run_trial(spec, trial, parent_pid, resume)
     except Exception as err:  # noqa: BLE001 - pruned, interrupted, or failed: told by ``tell``
         return err
 
@@ -158,28 +165,50 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
     study.sampler = make_sampler(spec, worker, len(study.get_trials(deepcopy=False)))
     study.pruner = make_pruner(spec)
     grace = 3 * spec.heartbeat_s
+    warning = slurm.listen() if parent_pid is None else None  # a SLURM job's worker: preemption-safe
+    adopted = slurm.adopt(study) if warning is not None else []  # its trials, left by its earlier attempt
     while True:
         if parent_pid is not None and (os.getppid() != parent_pid or forwarded_stop_pending()):
             return  # the sweep command was killed or stopped: stop with it
-        done, alive = budget(study, grace)
-        if done >= spec.trials:
-            return
-        if done + alive >= spec.trials:  # the last trials run elsewhere; wait in case one dies
-            time.sleep(poll_s)
-            continue
-        trials = claim(study, spec, min(spec.population, spec.trials - done - alive), grace)
-        if not trials:
-            continue
+        if warning is not None and warning.pending:  # the job's end is near: claim nothing more
+            raise _requeued(slurm.requeue([]))
+        resume, trials = bool(adopted), adopted
+        if not adopted:
+            done, alive = budget(study, grace)
+            if done >= spec.trials:
+                return
+            if done + alive >= spec.trials:  # the last trials run elsewhere; wait in case one dies
+                if slurm.all_parked(study, alive):  # only their own SLURM job resumes them: leave them to it
+                    return
+                time.sleep(poll_s)
+                continue
+            trials = claim(study, spec, min(spec.population, spec.trials - done - alive), grace)
+            if not trials:
+                continue
+        adopted = []
         start = time.perf_counter()
         try:
             with Heartbeat(trials, spec.heartbeat_s):
-                if spec.population == 1:
-                    outcomes = [solo_outcome(spec, trials[0], parent_pid)]
+                if spec.population == 1 and len(trials) == 1:
+                    outcomes = [solo_outcome(spec, trials[0], parent_pid, resume)]
                 else:
                     for trial in trials:  # the trials trained together
                         trial.set_user_attr("population", [t.number for t in trials])
-                    outcomes = run_population(spec, trials, parent_pid)
+                    outcomes = run_population(spec, trials, parent_pid, resume)
         except KeyboardInterrupt as err:
+            if slurm.parks(err, warning):  # kept RUNNING for this job's restart, which resumes them
+                ended = getattr(err, "outcomes", {})  # trials of the population that had ended before
+                seconds = time.perf_counter() - start
+                for trial in trials:
+                    if trial.number in ended:
+                        tell(study, trial, ended[trial.number], worker, seconds)
+                parked = [t for t in trials if t.number not in ended]
+                slurm.park(parked)
+                if err.signum == slurm.WARNING:
+                    raise _requeued(slurm.requeue([t.number for t in parked])) from None
+                err.continue_with = (f"trial(s) {', '.join(str(t.number) for t in parked)} parked: if SLURM "
+                                     f"requeues job {slurm.job()}, it resumes them")
+                raise
             how = f"stopped by {signal.Signals(getattr(err, 'signum', signal.SIGINT)).name}"
             for trial in trials:
                 trial.set_user_attr("interrupted", how)
@@ -190,6 +219,13 @@ def work(spec: Spec, worker: int = 0, parent_pid: Optional[int] = None, poll_s: 
             tell(study, trial, outcome, worker, seconds)
         if any(isinstance(outcome, Interrupted) for outcome in outcomes):
             return
+
+
+def _requeued(line: str) -> KeyboardInterrupt:
+    """The worker's end after the warning: a stop by that signal that says how it goes on."""
+    stop = KeyboardInterrupt(line)
+    stop.signum, stop.continue_with = int(slurm.WARNING), line
+    return stop
 
 
 def _worker_main(spec: Spec, worker: int, parent_pid: int) -> None:
