@@ -107,34 +107,48 @@ class Agent(nn.Module):
 
 def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, num_steps: int = 2048,
           num_epochs: int = 10, minibatch_size: int = 64, **kw) -> dict:
-    unknown = set(kw) - set(DEFAULTS)
+    args = settings(DEFAULTS, kw)
+    seed_all(seed, 1)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, args["gamma"]) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # done step returns the reset obs
+    )
+    envs.action_space.seed(seed)
+    agent = Agent(int(np.prod(envs.single_observation_space.shape)), envs.single_action_space)
+    return run(envs, agent, args, seed, total_timesteps, num_steps, num_epochs, minibatch_size)
+
+
+def settings(defaults: dict, kw: dict) -> dict:
+    unknown = set(kw) - set(defaults)
     if unknown:
         raise TypeError(f"unknown arguments: {sorted(unknown)}")
-    args = {**DEFAULTS, **kw}
-    gamma, lam, clip_coef = args["gamma"], args["gae_lambda"], args["clip_coef"]
+    return {**defaults, **kw}
 
-    torch.set_num_threads(1)
+
+def seed_all(seed: int, threads: int) -> None:
+    torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(env_id, gamma) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # done step returns the reset obs
-    )
-    envs.action_space.seed(seed)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
 
-    agent = Agent(obs_dim, envs.single_action_space)
+def run(envs, agent, args: dict, seed: int, total_timesteps: int, num_steps: int, num_epochs: int,
+        minibatch_size: int, obs_dtype=torch.float32, lost_life=None) -> dict:
+    """PPO on ``envs`` with ``agent``: rollouts of ``num_steps``, GAE, then the update epochs.
+    ``lost_life(info, done)``, if given, marks the steps that are terminal for learning only (a
+    lost life in an Atari game that goes on); it first sees the reset's info, with ``done=None``."""
+    gamma, lam = args["gamma"], args["gae_lambda"]
     optimizer = torch.optim.Adam(agent.parameters(), lr=args["learning_rate"], eps=1e-5)
-
+    num_envs = envs.num_envs
     batch_size = num_envs * num_steps
     num_iterations = max(1, total_timesteps // batch_size)
+    obs_shape = envs.single_observation_space.shape
+    as_obs = lambda o: torch.as_tensor(o, dtype=obs_dtype).reshape(-1, *obs_shape)  # noqa: E731
+    discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
     action_shape = envs.single_action_space.shape
 
-    obs_buf = torch.zeros((num_steps, num_envs, obs_dim))
-    actions_buf = torch.zeros((num_steps, num_envs) + action_shape)
+    obs_buf = torch.zeros((num_steps, num_envs) + obs_shape, dtype=obs_dtype)
+    actions_buf = torch.zeros((num_steps, num_envs) + action_shape, dtype=torch.long if discrete else torch.float32)
     logprobs_buf = torch.zeros((num_steps, num_envs))
     rewards_buf = torch.zeros((num_steps, num_envs))
     dones_buf = torch.zeros((num_steps, num_envs))
@@ -142,14 +156,17 @@ def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, n
 
     recent_returns: deque[float] = deque(maxlen=20)
     global_step = 0
-    next_obs, _ = envs.reset(seed=seed)
-    next_obs = torch.as_tensor(next_obs, dtype=torch.float32).reshape(num_envs, obs_dim)
+    next_obs, info = envs.reset(seed=seed)
+    next_obs = as_obs(next_obs)
+    if lost_life is not None:
+        lost_life(info, None)
     start = time.perf_counter()
 
     for iteration in range(num_iterations):
+        alpha = 1.0 - iteration / num_iterations
         if args["anneal_lr"]:
-            frac = 1.0 - iteration / num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args["learning_rate"]
+            optimizer.param_groups[0]["lr"] = alpha * args["learning_rate"]
+        clip_coef = args["clip_coef"] * (alpha if args.get("anneal_clip") else 1.0)
 
         # Rollout.
         for step in range(num_steps):
@@ -162,64 +179,81 @@ def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, n
             values_buf[step] = value
 
             obs, reward, terminated, truncated, info = envs.step(action.numpy())
-            reward = torch.as_tensor(reward, dtype=torch.float32)
-            done = np.logical_or(terminated, truncated)
-            if done.any():
-                final = info["final_info"]
-                for i in np.flatnonzero(final.get("_episode", np.zeros(num_envs, bool))):
-                    recent_returns.append(float(final["episode"]["r"][i]))
-                # A time-limit truncation is not a real end: bootstrap from the final observation.
-                for i in np.flatnonzero(np.logical_and(truncated, ~terminated)):
-                    final_obs = torch.as_tensor(info["final_obs"][i], dtype=torch.float32).reshape(1, obs_dim)
-                    with torch.no_grad():
-                        reward[i] += gamma * agent.value(final_obs)[0]
+            reward, done = episode_ends(agent, reward, terminated, truncated, info, gamma, recent_returns, as_obs)
+            if lost_life is not None:
+                done = np.logical_or(done, lost_life(info, done))
             rewards_buf[step] = reward
             dones_buf[step] = torch.as_tensor(done, dtype=torch.float32)
-            next_obs = torch.as_tensor(obs, dtype=torch.float32).reshape(num_envs, obs_dim)
+            next_obs = as_obs(obs)
 
-        # GAE. dones_buf[t] says the episode ended at step t, so nothing flows back from t + 1.
         with torch.no_grad():
             next_value = agent.value(next_obs)
-        advantages = torch.zeros_like(rewards_buf)
-        last_gae = torch.zeros(num_envs)
-        for t in reversed(range(num_steps)):
-            next_v = next_value if t == num_steps - 1 else values_buf[t + 1]
-            not_done = 1.0 - dones_buf[t]
-            delta = rewards_buf[t] + gamma * next_v * not_done - values_buf[t]
-            last_gae = delta + gamma * lam * not_done * last_gae
-            advantages[t] = last_gae
-        returns = advantages + values_buf
+        advantages, returns = gae(rewards_buf, values_buf, dones_buf, next_value, gamma, lam)
+        batch = (obs_buf.reshape((batch_size,) + obs_shape), actions_buf.reshape((batch_size,) + action_shape),
+                 logprobs_buf.reshape(-1), advantages.reshape(-1), returns.reshape(-1))
+        update(agent, optimizer, batch, num_epochs, minibatch_size, clip_coef, args)
 
-        b_obs = obs_buf.reshape(batch_size, obs_dim)
-        b_actions = actions_buf.reshape((batch_size,) + action_shape)
-        if not continuous:
-            b_actions = b_actions.long()
-        b_logprobs = logprobs_buf.reshape(-1)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-
-        # K epochs of shuffled minibatches.
-        for _ in range(num_epochs):
-            perm = torch.randperm(batch_size)
-            for lo in range(0, batch_size, minibatch_size):
-                idx = perm[lo:lo + minibatch_size]
-                _, new_logprob, entropy, new_value = agent.evaluate(b_obs[idx], b_actions[idx])
-                ratio = (new_logprob - b_logprobs[idx]).exp()
-
-                adv = b_advantages[idx]
-                if args["norm_adv"] and len(idx) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv).mean()
-                v_loss = 0.5 * ((new_value - b_returns[idx]) ** 2).mean()
-                loss = pg_loss + args["vf_coef"] * v_loss - args["ent_coef"] * entropy.mean()
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args["max_grad_norm"])
-                optimizer.step()
-
-    wall_time = time.perf_counter() - start
     envs.close()
+    return result(global_step, start, recent_returns)
+
+
+def episode_ends(agent, reward, terminated, truncated, info, gamma: float, recent_returns: deque, as_obs):
+    """The step's rewards as a tensor, with a truncated episode bootstrapped from its final
+    observation (``as_obs`` makes it a batch of one), and whether each env's episode ended;
+    finished episodes' returns go to ``recent_returns``."""
+    reward = torch.as_tensor(reward, dtype=torch.float32)
+    done = np.logical_or(terminated, truncated)
+    if done.any():
+        final = info["final_info"]
+        for i in np.flatnonzero(final.get("_episode", np.zeros(len(done), bool))):
+            recent_returns.append(float(final["episode"]["r"][i]))
+        # A time-limit truncation is not a real end: bootstrap from the final observation.
+        for i in np.flatnonzero(np.logical_and(truncated, ~terminated)):
+            with torch.no_grad():
+                reward[i] += gamma * agent.value(as_obs(info["final_obs"][i]))[0]
+    return reward, done
+
+
+def gae(rewards, values, dones, next_value, gamma: float, lam: float):
+    """GAE advantages and returns; dones[t] says the episode ended at step t, so nothing flows
+    back from t + 1."""
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        next_v = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_v * not_done - values[t]
+        last_gae = delta + gamma * lam * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def update(agent, optimizer, batch: tuple, num_epochs: int, minibatch_size: int, clip_coef: float, args: dict) -> None:
+    """K epochs of shuffled minibatches of the clipped surrogate, the value loss and the entropy bonus."""
+    b_obs, b_actions, b_logprobs, b_advantages, b_returns = batch
+    batch_size = len(b_logprobs)
+    for _ in range(num_epochs):
+        perm = torch.randperm(batch_size)
+        for lo in range(0, batch_size, minibatch_size):
+            idx = perm[lo:lo + minibatch_size]
+            _, new_logprob, entropy, new_value = agent.evaluate(b_obs[idx], b_actions[idx])
+            ratio = (new_logprob - b_logprobs[idx]).exp()
+
+            adv = b_advantages[idx]
+            if args["norm_adv"] and len(idx) > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv).mean()
+            v_loss = 0.5 * ((new_value - b_returns[idx]) ** 2).mean()
+            loss = pg_loss + args["vf_coef"] * v_loss - args["ent_coef"] * entropy.mean()
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args["max_grad_norm"])
+            optimizer.step()
+
+
+def result(global_step: int, start: float, recent_returns: deque) -> dict:
+    wall_time = time.perf_counter() - start
     return {
         "global_step": global_step,
         "wall_time_s": wall_time,
@@ -228,23 +262,29 @@ def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, n
     }
 
 
+def add_ppo_arguments(parser: argparse.ArgumentParser, defaults: dict, env: str, steps: int, num_envs: int,
+                      num_steps: int, num_epochs: int, minibatch_size: int) -> None:
+    """The options both references share, with their defaults: the env, the sizes, PPO's coefficients."""
+    parser.add_argument("--env", default=env)
+    parser.add_argument("--steps", type=int, default=steps, help="total agent steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=num_envs)
+    parser.add_argument("--num-steps", type=int, default=num_steps, help="steps per env per rollout")
+    parser.add_argument("--num-epochs", type=int, default=num_epochs)
+    parser.add_argument("--minibatch-size", type=int, default=minibatch_size)
+    parser.add_argument("--lr", type=float, default=defaults["learning_rate"])
+    parser.add_argument("--gamma", type=float, default=defaults["gamma"])
+    parser.add_argument("--gae-lambda", type=float, default=defaults["gae_lambda"])
+    parser.add_argument("--clip-coef", type=float, default=defaults["clip_coef"])
+    parser.add_argument("--vf-coef", type=float, default=defaults["vf_coef"])
+    parser.add_argument("--ent-coef", type=float, default=defaults["ent_coef"])
+    parser.add_argument("--max-grad-norm", type=float, default=defaults["max_grad_norm"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="HalfCheetah-v5")
-    parser.add_argument("--steps", type=int, default=20480, help="total environment steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-envs", type=int, default=1)
-    parser.add_argument("--num-steps", type=int, default=2048, help="steps per env per rollout")
-    parser.add_argument("--num-epochs", type=int, default=10)
-    parser.add_argument("--minibatch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"])
+    add_ppo_arguments(parser, DEFAULTS, "HalfCheetah-v5", 20480, 1, 2048, 10, 64)
     parser.add_argument("--anneal-lr", action="store_true")
-    parser.add_argument("--gamma", type=float, default=DEFAULTS["gamma"])
-    parser.add_argument("--gae-lambda", type=float, default=DEFAULTS["gae_lambda"])
-    parser.add_argument("--clip-coef", type=float, default=DEFAULTS["clip_coef"])
-    parser.add_argument("--vf-coef", type=float, default=DEFAULTS["vf_coef"])
-    parser.add_argument("--ent-coef", type=float, default=DEFAULTS["ent_coef"])
-    parser.add_argument("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"])
     a = parser.parse_args(argv)
     result = train(a.env, a.steps, seed=a.seed, num_envs=a.num_envs, num_steps=a.num_steps,
                    num_epochs=a.num_epochs, minibatch_size=a.minibatch_size, learning_rate=a.lr,
