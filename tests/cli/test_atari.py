@@ -54,7 +54,7 @@ def test_a_game_trains_on_envpool(tmp_path):
 
 
 def test_play_and_the_exported_cnn_policy(breakout, tmp_path):
-    played = run_cli([str(breakout), "--episodes", "1"], cwd=tmp_path, module="ppo_research.play")
+    played = run_cli([str(breakout), "--episodes", "1", "--stochastic"], cwd=tmp_path, module="ppo_research.play")
     assert played.returncode == 0, played.stderr[-2000:]
     assert re.search(r"return -?[\d.]+ ± [\d.]+", played.stdout)
     out = tmp_path / "breakout.onnx"
