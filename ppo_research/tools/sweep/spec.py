@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 import socket
 import zlib
@@ -415,9 +416,10 @@ def _build(module, node: dict, what: str):
 def make_sampler(spec: Spec, worker: int, n_existing: int) -> optuna.samplers.BaseSampler:
     node = dict(spec.sampler)
     if node.get("seed") is not None:
-        # Distinct per worker, host and restart: equal seeds would make parallel workers (or a
-        # re-run) draw the same random start-up points.
-        node["seed"] = zlib.crc32(f"{node['seed']}/{HOST}/{worker}/{n_existing}".encode())
+        # Distinct per worker, host, SLURM job (the tasks of one array on one host are each worker 0)
+        # and restart: equal seeds would make parallel workers (or a re-run) draw the same points.
+        job = os.environ.get("SLURM_JOB_ID", "")
+        node["seed"] = zlib.crc32(f"{node['seed']}/{HOST}/{job}/{worker}/{n_existing}".encode())
     return _build(optuna.samplers, node, "sampler")
 
 
