@@ -17,7 +17,7 @@ from helpers.sweeps import BASE, load, run_sweep, study_dir, write_spec
 from optuna.trial import TrialState
 
 from ppo_research.tools.sweep.cli import main as sweep_main
-from ppo_research.tools.sweep.spec import SPEC_KEYS, SUMMARY_METRICS, SpecError, load_spec
+from ppo_research.tools.sweep.spec import SPEC_KEYS, SUMMARY_METRICS, SpecError, load_spec, make_sampler
 from ppo_research.tools.sweep.storage import make_storage
 
 HELP = "(see python -m ppo_research.sweep --help)"
@@ -258,3 +258,29 @@ def test_best_overrides_name_each_key_once_and_reproduce_the_best_trial(tmp_path
     # objective.metric is checked against these names: they are what a run writes
     assert sorted(summary) == sorted(SUMMARY_METRICS)
     assert all(isinstance(summary[k], (int, float)) and math.isfinite(summary[k]) for k in SUMMARY_METRICS)
+
+
+# -- the sampler's seed: workers that start together draw different points ----------------------
+
+def _first_draw(spec, job: str | None, monkeypatch, worker: int = 0, n_existing: int = 0) -> dict:
+    if job is None:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+    study = optuna.create_study(sampler=make_sampler(spec, worker, n_existing))
+    trial = study.ask()
+    return {p.key: p.suggest(trial) for p in spec.params}
+
+
+def test_two_tasks_of_one_slurm_array_started_together_draw_different_parameters(tmp_path, monkeypatch):
+    # CI11: the two tasks of an sbatch array ran on one host, each as worker 0, and started before
+    # either had asked a trial (0 existing): equal sampler seeds, so both drew the same epsilon
+    spec = load_spec(write_spec(tmp_path, params={"loss.epsilon": {"low": 0.1, "high": 0.3},
+                                                  "algo.gae_lambda": {"low": 0.8, "high": 1.0}}))
+    task_0, task_1 = (_first_draw(spec, job, monkeypatch) for job in ("4100", "4101"))  # one SLURM_JOB_ID each
+    assert task_0 != task_1 and all(task_0[k] != task_1[k] for k in task_0)
+    assert _first_draw(spec, "4100", monkeypatch) == task_0  # the seed stays reproducible per job
+    # outside SLURM: workers differ by number and by the trials that existed when they started
+    alone = _first_draw(spec, None, monkeypatch)
+    assert alone != _first_draw(spec, None, monkeypatch, worker=1)
+    assert alone != _first_draw(spec, None, monkeypatch, n_existing=4)
