@@ -238,10 +238,13 @@ def test_a_rollout_drawn_ahead_acts_as_one_drawn_step_by_step(space, kwargs, env
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_fast_paths_switch_every_fast_path_on_or_off(tmp_path, fast):
+def test_fast_paths_switch_every_fast_path_on_or_off(tmp_path, fast, monkeypatch):
     """algo.fast_paths: the numpy mirror in the rollout and evaluation, the compiled bookkeeping
     and the hand-written gradient, or the plain path (the torch network, numpy, autograd)."""
     from ppo_research.algo import update as update_module
+    from ppo_research.run.envs import bookkeeping
+
+    monkeypatch.setattr(bookkeeping, "COMPILE_FROM_STEPS", 0)  # this short run loads the kernel too
 
     trainer = build_trainer(["env=pendulum", f"algo.fast_paths={str(fast).lower()}", "total_timesteps=256",
                              "algo.num_steps=128", "algo.num_envs=2", "algo.minibatch_size=64", "algo.num_epochs=1",
@@ -260,6 +263,24 @@ def test_fast_paths_switch_every_fast_path_on_or_off(tmp_path, fast):
         trainer.close()
     assert (made != [] and made[0] is not None) if fast else made == []
     assert isinstance(member.evaluator._actor, NumpyPolicy if fast else TorchPolicy)
+
+
+def test_only_a_run_long_enough_to_pay_for_it_loads_the_compiled_bookkeeping(tmp_path):
+    """Loading the kernel costs ~0.5 s a process (bookkeeping.COMPILE_FROM_STEPS): a short run
+    takes the numpy step (the same numbers: tests/run/envs/test_bookkeeping.py), a long one the kernel."""
+    from ppo_research.run.envs.bookkeeping import COMPILE_FROM_STEPS
+
+    def compiled(total_timesteps: int) -> bool:
+        trainer = build_trainer(["env=cartpole", f"total_timesteps={total_timesteps}", "algo.num_envs=2",
+                                 "algo.num_steps=128", "progress=false"], tmp_path / str(total_timesteps))
+        try:
+            return trainer.member.envs.compiled
+        finally:
+            trainer.close()
+
+    vector_steps = 2 * 128 * (COMPILE_FROM_STEPS // 128)  # env steps of a run whose last iteration ends just under
+    assert not compiled(vector_steps)
+    assert compiled(vector_steps + 2 * 128)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ class AlgoConfig:
     normalize_advantage: str = field(default="minibatch", metadata={"choices": ("off", "batch", "minibatch")})  # where advantages are standardised
     recompute_advantages: bool = False  # re-estimate advantages and targets with the current V at the start of each epoch after the first
     target_kl: Optional[float] = field(default=None, metadata=_in(0, None, True))  # stop the epochs before any minibatch whose k3 estimate of KL(pi_old || pi), taken on that minibatch before its step, exceeds 1.5 x target_kl; null = off
-    fast_paths: bool = True  # where they apply: the hand-written gradient, the numpy rollout mirror, the compiled env bookkeeping; false = the plain path (autograd, the torch network, numpy bookkeeping)
+    fast_paths: bool = True  # where they apply: the hand-written gradient, the numpy rollout mirror, the compiled env bookkeeping (runs of 20,000+ steps per env); false = the plain path (autograd, the torch network, numpy bookkeeping)
 
 
 @dataclass

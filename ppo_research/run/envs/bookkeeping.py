@@ -9,8 +9,9 @@ Two implementations of one step, with the same numbers bit for bit (tests/run/en
   operation for operation and in numpy's order (pairwise summation along a contiguous row,
   sequential across rows, float32 observations summed in float32).
 
-The kernel is used when numba is installed (the ``fast`` extra, part of ``dev``) and
-``algo.fast_paths`` is true; otherwise the numpy step. Its first call compiles (a few seconds);
+The kernel is used when numba is installed (the ``fast`` extra, part of ``dev``),
+``algo.fast_paths`` is true and the run is long enough to pay for loading it
+(``worth_compiling``); otherwise the numpy step. Its first call compiles (a few seconds);
 the machine code is cached beside the kernel's file (or in numba's user cache when that is
 read-only), so later processes load it instead.
 """
@@ -23,6 +24,11 @@ import numpy as np
 
 from .moments import batch_moments, clip, merge_moments
 
+#: Loading the kernel costs ~0.5 s a process (numba's import and its cached machine code); it saves
+#: ~1 us a step without normalisation and ~23 us with it (measured per vector step, S=1, N=1-4).
+#: Below this many vector steps a run is over sooner in numpy, whatever its settings.
+COMPILE_FROM_STEPS = 20_000
+
 _kernel = None
 _prepared: set = set()  # observation dtypes the kernel has been compiled or loaded for
 
@@ -31,6 +37,12 @@ def compiled_available() -> bool:
     """Whether numba is installed (the compiled kernel can be used)."""
 
     return importlib.util.find_spec("numba") is not None
+
+
+def worth_compiling(vector_steps: int) -> bool:
+    """Whether a run of ``vector_steps`` env steps (per env) should load the kernel: the same
+    numbers either way, so this only decides which is sooner."""
+    return vector_steps >= COMPILE_FROM_STEPS
 
 
 def prepare(obs_dtype) -> None:

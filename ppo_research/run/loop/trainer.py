@@ -65,7 +65,7 @@ class Member:
         cfg, algo = self.cfg, self.cfg.algo
         self.loss, self.estimator, self.policy, self.logger = parts.loss, parts.estimator, parts.network, parts.logger
         self.envs = TrainingEnvs(cfg.env, algo.num_envs, self.estimator.gamma, env_seeds(cfg.seed, algo.num_envs),
-                                 compiled=algo.fast_paths)
+                                 compiled=algo.fast_paths and bookkeeping.worth_compiling(num_iterations * algo.num_steps))
         if self.envs.compiled:  # the compiled bookkeeping ready before the first rollout
             prepare_bookkeeping(self.envs.raw_obs_dtype)
         self.actor = rollout_policy(self.policy, fast=algo.fast_paths)  # pi_old: the rollout's inference path
@@ -186,7 +186,7 @@ class Trainer:
         with self.stops.listening(warning):
             while self.iteration < self.num_iterations and self.running:
                 start = time.perf_counter()
-                lrs = self.schedule_learning_rate()
+                lrs = self.schedule()                                                  # 0. ANNEAL (lr, loss)
                 taking_part = [m.ended is None for m in self.members]
                 collected = self.collect(taking_part)                                  # 1. COLLECT
                 estimated = self.estimate_advantages(collected)                        # 2. ADVANTAGES
@@ -259,7 +259,7 @@ class Trainer:
                 collected[k] = m.collector.collect(m.actor)
         return collected
 
-    def schedule_learning_rate(self) -> list[float]:
+    def schedule(self) -> list[float]:
         """The iteration's learning rates (x alpha with ``algo.anneal_lr``); a loss that anneals
         its settings with alpha (``PolicyLoss.schedule``) is told alpha here too."""
         alpha = 1.0 - self.iteration / self.num_iterations  # the fraction of the run still to go
