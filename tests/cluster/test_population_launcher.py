@@ -6,7 +6,6 @@ the job's own owner lock (run/rundir/owner.py: its first line is the pid of the 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from helpers import (
     run_cli_writes,
     without_timing,
 )
-from helpers.populations import assert_complete, job_dirs, overrides_of
+from helpers.populations import assert_complete, job_dirs, overrides_of, report_rows
 from helpers.wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
@@ -71,11 +70,7 @@ def test_a_seed_by_epsilon_grid_trains_as_one_population_with_its_own_wandb_runs
     assert names == {f"clip-gae-cartpole-epsilon{e}-s{s}" for s in "012" for e in ("0.1", "0.2")}
     assert groups == {f"{sweep.parent.name}_{sweep.name}"}
     # the report tables them: two variants of three seeds, from the runs' own summaries
-    proc = run_cli([str(sweep), "--out", str(tmp_path / "report")], cwd=tmp_path, timeout=120,
-                   module="ppo_research.report")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(tmp_path / "report" / "summary.csv", newline="") as f:
-        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    rows = report_rows(sweep, tmp_path / "report")
     assert set(rows) == {"loss.epsilon=0.1", "loss.epsilon=0.2"}
     for variant, row in rows.items():
         finals = [read_summary(j)["eval_return"] for j in jobs if f"loss.epsilon={overrides_of(j)['loss.epsilon']}" == variant]

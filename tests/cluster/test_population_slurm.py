@@ -10,7 +10,6 @@ cluster (the ``partition`` fixture: skipped without one, failed under PPO_RESEAR
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, TINY, read_metrics, read_summary, run_cli, slurm, without_timing
-from helpers.populations import assert_complete, job_dirs, overrides_of
+from helpers.populations import assert_complete, job_dirs, overrides_of, report_rows
 
 pytestmark = pytest.mark.slurm
 
@@ -104,11 +103,7 @@ def test_a_grid_runs_as_two_population_jobs_and_reports(partition, tmp_path):
 
     _same_as(sweep, _local([*grid, "logger=none"], tmp_path))
 
-    report = run_cli([str(sweep), "--out", str(tmp_path / "report")], cwd=tmp_path, timeout=120,
-                     module="ppo_research.report")
-    assert report.returncode == 0, report.stderr[-3000:]
-    with open(tmp_path / "report" / "summary.csv", newline="") as f:
-        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    rows = report_rows(sweep, tmp_path / "report")
     assert set(rows) == {"loss.epsilon=0.1", "loss.epsilon=0.2"}
     assert all(row["n_seeds"] == "4" for row in rows.values())
 

@@ -3,12 +3,13 @@ check that one is a finished run as a basic-launcher job leaves it (hydra/launch
 population_slurm alike)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import yaml
 
-from helpers import read_metrics, read_summary
+from helpers import read_metrics, read_summary, run_cli
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -33,3 +34,12 @@ def assert_complete(job: Path, steps: int = 256) -> None:
     assert described["config"]["seed"] == config["seed"] and described["config"]["loss"] == config["loss"]
     hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
     assert hydra["job"]["num"] == int(job.name) and Path(hydra["runtime"]["output_dir"]) == job.resolve()
+
+
+def report_rows(sweep: Path, out: Path) -> dict[str, dict]:
+    """``python -m ppo_research.report`` over a multirun's sweep directory (it must succeed): its
+    summary.csv rows by variant."""
+    proc = run_cli([str(sweep), "--out", str(out)], cwd=out.parent, timeout=120, module="ppo_research.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "summary.csv", newline="") as f:
+        return {row["variant"]: row for row in csv.DictReader(f)}

@@ -81,14 +81,22 @@ def _as_surrogate(loss: dict) -> dict:
     members differ only in epsilon and beta) as the KL penalty's, its unset settings at their
     defaults: so members of these kinds group together when their KL settings are the defaults or,
     among penalties, the same. Other losses stay as they are."""
-
-
-    if loss.get("_target_") not in {f"{kind.__module__}.{kind.__name__}" for kind in SURROGATES}:
+    kinds = {f"{kind.__module__}.{kind.__name__}": kind for kind in SURROGATES}
+    kind = kinds.get(loss.get("_target_"))
+    if kind is None:
         return loss
-    defaults = {name: p.default for name, p in inspect.signature(KLPenaltyLoss).parameters.items()}
-    own = {key: value for key, value in loss.items()
-           if key != "_target_" and not (key == "anneal_epsilon" and value is False)}  # False: the clip as it was
+    defaults = _defaults(KLPenaltyLoss)
+    # a setting the penalty lacks, at its own kind's default, is the family's plain form (e.g. the
+    # clip's anneal_epsilon=false): dropped, so it does not keep the kind apart
+    own_defaults = _defaults(kind)
+    own = {key: value for key, value in loss.items() if key != "_target_"
+           and not (key not in defaults and key in own_defaults and value == own_defaults[key])}
     return {**defaults, **own, "_target_": "a CPI, clipped or KL-penalty surrogate"}
+
+
+def _defaults(kind: type) -> dict:
+    return {name: p.default for name, p in inspect.signature(kind).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def group_key(cfg: DictConfig) -> str:

@@ -229,6 +229,9 @@ def test_loss_kinds_group_when_their_other_settings_agree():
     assert key("loss=klpen", "loss.estimator=k3") not in paper | {key("loss=pg")}
     assert key("loss=klpen", "loss.estimator=k3") == key("loss=klfixed", "loss.estimator=k3")
     assert key("loss=pg") not in paper
+    # a clip setting the penalty lacks groups only at its default (annealing changes the maths)
+    assert key("loss=clip", "loss.anneal_epsilon=false") in paper
+    assert key("loss=clip", "loss.anneal_epsilon=true") not in paper
 
 
 WORKER = textwrap.dedent("""
