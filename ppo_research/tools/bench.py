@@ -225,7 +225,6 @@ def run_worker(env: str, num_envs: int | None, steps: int, overrides: list[str],
 def check_cases(cases: list[str], overrides: list[str]) -> None:
     """Unknown presets and bad overrides fail here, in one line, before any worker starts."""
 
-
     check_group_choices([f"env={env}" for env in cases] + overrides)  # exits 2 naming the options
     for env in cases:
         try:

@@ -134,7 +134,6 @@ def plan(overrides: Sequence[str], compose: bool = True) -> list[Job]:
     (``run.compose.expand_multirun``), without launching anything. With ``compose``, every job's
     config is composed and validated, as the sweeper composes each before launch."""
 
-
     try:
         batch = composing.expand_multirun(overrides)
     except ValueError as err:  # another sweeper than the basic one

@@ -164,7 +164,6 @@ def _run_description(run_dir: Path, state: dict, checkpoint: Path) -> tuple[dict
 def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     """The run's network with the checkpoint's weights and normalisation statistics."""
 
-
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise PlayError(f"run directory {run_dir} does not exist")

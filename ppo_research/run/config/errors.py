@@ -79,7 +79,6 @@ def valid_keys(section: str, argv: list[str] = ()) -> list[str]:
     """The keys allowed under ``section`` ('' = top level, 'algo', 'loss', 'network', ...): the
     schema's for typed sections, the chosen group option's for groups."""
 
-
     root = section.split(".")[0]
     if root in GROUPS:
         return _group_keys(section, argv)

@@ -138,7 +138,6 @@ def train_members(jobs: Sequence[MemberJob]) -> list[Result]:
     member's checkpoint.
     """
 
-
     results: list[Optional[Result]] = [None] * len(jobs)
     built = []  # (index, parts, torch generator state after the build)
     for i, job in enumerate(jobs):
@@ -293,7 +292,6 @@ def population_trainer(parts: Sequence, run_dirs: Sequence[Path], rng_states: Se
     """The Trainer of built members (``rng_states``: torch's generator state right after each
     member's build). Between the members' own streams torch's global generator holds the
     population's (run/loop/seeds.py); a single run keeps its own."""
-
 
     if len(parts) > 1:
         torch.manual_seed(stream_seed(parts[0].config.seed, POPULATION))
