@@ -31,6 +31,12 @@ population of 1 when it is measured, else the case's own run), and the process's
 total and per member. Beside them, the floor of a member's step (tools/floor.py: its env step
 plus the update's matmul FLOPs at this core's peak, measured in the same process) and the gain
 over the solo run no population can exceed (``x solo at most``: the solo step over the floor).
+``x raw env`` is the aggregate SPS over the raw env rate of the case's single run in that repeat
+(its backend's envs stepped with random actions). ``--population-backend envpool`` trains the
+populations on EnvPool while the single run, the reference and the raw rate stay on the case's
+backend (gymnasium unless the overrides say otherwise), so ``x solo`` and ``x raw env`` compare a
+population on EnvPool with the plain gymnasium run (leave ``1`` out of ``--population`` for that:
+a population of 1, when timed, is the ``x solo`` baseline).
 A network with no stacked form (``network=nature_cnn``, the Atari presets') trains populations of
 one per process only (docs/atari.md), so ``--population`` above 1 on such a case is refused in one
 line rather than timed as something it is not.
@@ -191,7 +197,8 @@ def measure_population(env: str, size: int, steps: int, overrides: list[str]) ->
     rollout_time = sum(r["time_rollout_s"] for r in members[0])  # population-wide, per iteration
     update_time = sum(r["time_update_s"] for r in members[0])
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the floor's probes
-    return {"env": env, "env_id": jobs[0].cfg.env.id, "population": size, "num_envs": algo.num_envs,
+    return {"env": env, "env_id": jobs[0].cfg.env.id, "backend": jobs[0].cfg.env.backend, "population": size,
+            "num_envs": algo.num_envs,
             "num_steps": algo.num_steps, "member_global_step": steps_each, "global_step": total_steps,
             "aggregate_sps": total_steps / train_time,
             "rollout_us_per_step": 1e6 * rollout_time / total_steps,
@@ -300,11 +307,14 @@ def _case(row: dict) -> str:
     return row["env"] if backend == "gymnasium" else f"{row['env']} ({backend})"
 
 
-def population_row(samples: list[dict], solo: list[float], reference: list[float] | None, solo_from: str) -> dict:
+def population_row(samples: list[dict], solo: list[float], reference: list[float] | None, solo_from: str,
+                   raw_env: list[float]) -> dict:
     """Medians over the repeats of a population's samples; ``solo[i]``/``reference[i]``: the
-    single-run SPS timed in the same repeat as ``samples[i]``."""
+    single-run SPS timed in the same repeat as ``samples[i]``; ``raw_env[i]``: the raw env SPS
+    of the case's single run (its backend) in that repeat."""
     row = {key: samples[0][key] for key in ("env", "env_id", "population", "num_envs", "num_steps",
                                              "member_global_step", "global_step")}
+    row["backend"] = samples[0].get("backend", "gymnasium")
     size = row["population"]
     for key in ("aggregate_sps", "rollout_us_per_step", "update_us_per_step", "peak_rss_mb"):
         row[key] = statistics.median(s[key] for s in samples)
@@ -315,6 +325,8 @@ def population_row(samples: list[dict], solo: list[float], reference: list[float
     row["solo_sps"] = statistics.median(solo)
     ratios = [s["aggregate_sps"] / v for s, v in zip(samples, solo)]
     row["vs_solo"], row["vs_solo_all"] = statistics.median(ratios), [round(r, 2) for r in ratios]
+    ratios = [s["aggregate_sps"] / v for s, v in zip(samples, raw_env)]
+    row["vs_raw_env"], row["vs_raw_env_all"] = statistics.median(ratios), [round(r, 2) for r in ratios]
     # the most any population could gain over this solo run: its step over a member's floor
     for key in ("floor_env_us", "floor_arithmetic_us", "floor_us_per_member_step", "floor_peak_gflops"):
         row[key] = statistics.median(s[key] for s in samples)
@@ -330,11 +342,12 @@ def population_row(samples: list[dict], solo: list[float], reference: list[float
 
 
 def population_table(rows: list[dict]) -> str:
-    head = ("| case | members | aggregate SPS | SPS per member | x ref | x solo | rollout us/step | update us/step "
-            "| floor us/step | x solo at most | peak RSS MB | RSS MB per member |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [f"| {r['env']} | {r['population']} | {r['aggregate_sps']:,.0f} | {r['member_sps']:,.0f} | "
+    head = ("| case | members | aggregate SPS | SPS per member | x ref | x solo | x raw env | rollout us/step "
+            "| update us/step | floor us/step | x solo at most | peak RSS MB | RSS MB per member |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {_case(r)} | {r['population']} | {r['aggregate_sps']:,.0f} | {r['member_sps']:,.0f} | "
              f"{format(r['vs_reference'], '.2f') if 'vs_reference' in r else '-'} | {r['vs_solo']:.2f} | "
+             f"{r['vs_raw_env']:.2f} | "
              f"{r['rollout_us_per_step']:.0f} | {r['update_us_per_step']:.0f} | "
              f"{r['floor_us_per_member_step']:.1f} | {r['vs_solo_bound']:.2f} | {r['peak_rss_mb']:.0f} | "
              f"{r['peak_rss_mb_per_member']:.0f} |" for r in rows]
@@ -353,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="num_envs values for a halfcheetah scaling run (batch kept at 2048)")
     parser.add_argument("--population", nargs="+", type=int, default=[], metavar="S",
                         help="also time populations of S members of each case (--steps steps per member)")
+    parser.add_argument("--population-backend", choices=("gymnasium", "envpool"), default=None,
+                        help="the populations' env.backend (default: the case's); the single run, the "
+                             "reference and the raw env rate keep theirs, so x solo and x raw env compare backends")
     parser.add_argument("--steps", type=int, default=20480, help="env steps per measured run (per member)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the table gives medians")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default outputs/bench/<time>.json)")
@@ -380,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = list(dict.fromkeys(args.case + (["halfcheetah"] if args.scaling else [])))
     check_cases(cases, overrides)
     per_case = {env: case_overrides(env, overrides) for env in cases}
-    check_populations(list(dict.fromkeys(args.case)), sizes, per_case)
+    backend = [f"env.backend={args.population_backend}"] if args.population_backend else []
+    per_population = {env: per_case[env] + backend for env in cases}
+    if backend and sizes:
+        check_cases(list(dict.fromkeys(args.case)), overrides + backend)
+    check_populations(list(dict.fromkeys(args.case)), sizes, per_population)
     out = args.json or Path("outputs") / "bench" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
     try:  # before anything is measured: a result that cannot be saved is refused now, not after the runs
         check_output_file(out, make_parents=True)
@@ -401,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f"; reference {samples[-1]['reference_sps']:,.0f} SPS "
                          f"(x{samples[-1]['train_sps'] / samples[-1]['reference_sps']:.2f})")
             for size in pop_samples:  # the same repeat, so every ratio is side by side
-                pop_samples[size].append(run_worker(env, None, args.steps, per_case[env], population=size))
+                pop_samples[size].append(run_worker(env, None, args.steps, per_population[env], population=size))
                 line += f"; population {size}: {pop_samples[size][-1]['aggregate_sps']:,.0f} SPS"
             write_line(line)
         rows.append(median_row(samples))
@@ -410,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             solo = ([s["aggregate_sps"] for s in pop_samples[1]] if 1 in pop_samples
                     else [s["train_sps"] for s in samples])
             reference = None if args.no_reference else [s["reference_sps"] for s in samples]
-            population_rows += [population_row(pop_samples[size], solo, reference, solo_from) for size in sizes]
+            raw_env = [s["raw_env_sps"] for s in samples]
+            population_rows += [population_row(pop_samples[size], solo, reference, solo_from, raw_env)
+                                for size in sizes]
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "processor": _cpu_model(), "date": datetime.now().isoformat(timespec="seconds"),
                "load_average_before": load_before, "load_average_after": _load_average()}
@@ -422,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(population_table(population_rows))
     result = {"machine": machine, "steps": args.steps, "overrides": overrides, "rows": rows}
+    if args.population_backend:
+        result["population_backend"] = args.population_backend
     if any(per_case[env] != overrides for env in args.case):
         result["case_overrides"] = {env: per_case[env] for env in args.case}
     if population_rows:

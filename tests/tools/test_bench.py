@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import REPO, run_cli
 
 
@@ -64,6 +65,7 @@ def test_bench_times_populations_beside_the_solo_run_and_the_reference(tmp_path)
         assert row["vs_reference"] == row["aggregate_sps"] / case["reference_sps"]
         assert row["solo_from"] == "population 1" and row["solo_sps"] == solo["aggregate_sps"]
         assert row["vs_solo"] == row["aggregate_sps"] / solo["aggregate_sps"]
+        assert row["backend"] == "gymnasium" and row["vs_raw_env"] == row["aggregate_sps"] / case["raw_env_sps"]
         # the floor: env step + matmul FLOPs (2 epochs + the rollout's forward) at the core's peak
         assert row["floor_flops_per_step"] == 2 * PENDULUM_FLOPS_FWD_BWD + PENDULUM_FLOPS_FWD
         assert row["floor_env_us"] > 0 and row["floor_peak_gflops"] > 0
@@ -75,6 +77,23 @@ def test_bench_times_populations_beside_the_solo_run_and_the_reference(tmp_path)
     assert pair["peak_rss_mb"] >= 0.9 * solo["peak_rss_mb"]  # two members' envs and networks in one process
     assert "| members | aggregate SPS |" in result.stdout
     assert "| pendulum | 2 |" in result.stdout
+
+
+def test_bench_times_populations_on_envpool_beside_the_gymnasium_run(tmp_path):
+    """--population-backend envpool: the population steps EnvPool's envs, the single run, the
+    reference and the raw env rate stay on gymnasium; x solo and x raw env compare the two."""
+    pytest.importorskip("envpool")
+    out = tmp_path / "bench.json"
+    result = run_cli(["--case", "pendulum", "--population", "2", "--population-backend", "envpool", "--repeats", "1",
+                      "--steps", "256", "--no-reference", "--json", str(out), "--", *TINY_PENDULUM], cwd=REPO,
+                     module="ppo_research.bench", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    (case,), (pair,) = data["rows"], data["population_rows"]
+    assert case["backend"] == "gymnasium" and pair["backend"] == "envpool" and data["population_backend"] == "envpool"
+    assert pair["solo_from"] == "single run" and pair["vs_solo"] == pair["aggregate_sps"] / case["train_sps"]
+    assert pair["vs_raw_env"] == pair["aggregate_sps"] / case["raw_env_sps"]
+    assert "| pendulum (envpool) | 2 |" in result.stdout
 
 
 def test_bench_rejects_a_population_of_zero_in_one_line(tmp_path):
