@@ -29,6 +29,27 @@ GENERIC = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "m
 COUNTS = {"timeout_min": 1, "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0, "max_num_timeout": 0}
 
 
+class SacctSaidOnce(logging.Filter):
+    """submitit asks ``sacct`` for its jobs' states at every poll (seconds apart at first, then
+    each minute) and, where SLURM keeps no accounting (scripts/slurm_one_node.sh's cluster, some
+    small clusters), warns at each one, three lines a time. It then waits for the jobs' result
+    files, which is all the launcher needs, so that is said once, in one line, and the repeats
+    are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if not self.said:
+            self.said = True
+            write_line("note: sacct does not answer (SLURM keeps no job accounting here?): the launcher waits "
+                       "for the jobs' result files instead")
+        return False
+
+
 class PopulationSlurmLauncher(PopulationLauncher):
     def __init__(self, population_size: int = 16, resume: bool = False, **slurm: Any) -> None:
         super().__init__(population_size=population_size, processes=1, resume=resume)
@@ -42,6 +63,9 @@ class PopulationSlurmLauncher(PopulationLauncher):
     def _executor(self):
         import submitit
 
+        submitit_log = logging.getLogger("submitit")
+        if not any(isinstance(f, SacctSaidOnce) for f in submitit_log.filters):
+            submitit_log.addFilter(SacctSaidOnce())
         params = dict(self.slurm)
         executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm",
                                          slurm_max_num_timeout=params.pop("max_num_timeout"))
