@@ -30,8 +30,8 @@ COUNTS = {"timeout_min": 1, "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0
 
 
 class SacctSaidOnce(logging.Filter):
-    """submitit asks ``sacct`` for its jobs' states at every poll (seconds apart at first, then
-    each minute) and, where SLURM keeps no accounting (scripts/slurm_one_node.sh's cluster, some
+    """submitit asks ``sacct`` for its jobs' states at every poll (seconds apart at first, the gaps
+    doubling up to ten minutes) and, where SLURM keeps no accounting (scripts/slurm_one_node.sh's cluster, some
     small clusters), warns at each one, three lines a time. It then waits for the jobs' result
     files, which is all the launcher needs, so that is said once, in one line, and the repeats
     are dropped."""
