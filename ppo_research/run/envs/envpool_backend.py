@@ -154,20 +154,26 @@ class EnvPoolVectorEnv:
         self.pool = None
         self.last_info: dict = {}
         self._ids = np.arange(num_envs)
+        self.seeds: list[int] = []  # the last reset's
+        self.first_obs: np.ndarray | None = None  # that reset's observations, until the first step
+        self.shared = None  # the population's one pool (run/envs/shared_pool.py) these envs are rows of
+        self.row = 0  # ... and which of its rows
 
     def reset(self, seed: Sequence[int]) -> tuple[np.ndarray, dict]:
         """A new pool seeded ``seed`` (one per env; EnvPool's seeds are fixed when it is made);
         returns the first observations (gymnasium's dtype) and EnvPool's info."""
         if len(seed) != self.num_envs:
             raise ValueError(f"{len(seed)} seeds for {self.num_envs} envs")
-        self.close()
-        self.pool = make_pool(self.cfg, list(seed))
+        self.close()  # (a shared pool's row leaves it: these envs get a pool of their own again)
+        self.seeds = [int(s) for s in seed]
+        self.pool = make_pool(self.cfg, self.seeds)
         check_spaces_match(self.cfg, self.pool, self.single_observation_space, self.single_action_space)
         self._action_dtype = self.pool.single_action_space.dtype
         raw, info = self.pool.reset()
         self.last_info = info
         obs = np.empty((self.num_envs, *self.single_observation_space.shape), self.single_observation_space.dtype)
         obs[self._order(info)] = raw
+        self.first_obs = obs.copy()
         return obs, info
 
     def step(self, actions: np.ndarray):
@@ -183,6 +189,10 @@ class EnvPoolVectorEnv:
                   truncated: np.ndarray) -> None:
         """``step``, writing into the caller's arrays (a population's [S, N] rows). An env on its
         reset step gets reward 0 and neither flag (EnvPool's own NEXT_STEP autoreset)."""
+        if self.shared is not None:
+            raise RuntimeError("these envs are rows of their population's shared pool: they step with it "
+                               "(run/envs/shared_pool.py)")
+        self.first_obs = None
         raw, reward, term, trunc, info = self.pool.step(np.asarray(actions, self._action_dtype))
         self.last_info = info
         at = self._order(info)
@@ -190,9 +200,19 @@ class EnvPoolVectorEnv:
 
     def lives(self) -> np.ndarray:
         """Each env's lives left after the last step (an Atari game's; EnvPool's info)."""
+        if self.shared is not None:
+            return self.shared.lives(self.row)
         out = np.empty(self.num_envs, np.int64)
         out[self._order(self.last_info)] = self.last_info["lives"]
         return out
+
+    def become_rows_of(self, shared, row: int) -> None:
+        """From now on these envs are row ``row`` of ``shared`` (run/envs/shared_pool.py), which
+        steps them as this pool would: this pool is closed."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self.shared, self.row = shared, row
 
     def _order(self, info: dict):
         """Where each returned row goes: EnvPool says which env it is (in order when synchronous)."""
@@ -202,6 +222,9 @@ class EnvPoolVectorEnv:
         return np.asarray(ids)
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.leave(self.row)
+            self.shared = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None

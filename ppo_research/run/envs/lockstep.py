@@ -35,8 +35,9 @@ class LockstepEnvs:
         self.sign_reward = first.cfg.sign_reward
         self.last_lives = np.stack([m.last_lives for m in members]) if first.cfg.episodic_life else None
 
+        self.shared = shared_pool_of(members)  # the members' envs as rows of one EnvPool (run/envs/shared_pool.py)
         self._into = None  # (raw obs, rewards, terminated, truncated) [S, N, ...], if every member's envs step_into
-        if all(hasattr(m.envs, "step_into") for m in members):
+        if self.shared is None and all(hasattr(m.envs, "step_into") for m in members):
             S, N, space = len(members), first.num_envs, first.single_observation_space
             self._into = (np.zeros((S, N, *space.shape), space.dtype), np.zeros((S, N)), np.zeros((S, N), bool),
                           np.zeros((S, N), bool))
@@ -79,7 +80,10 @@ class LockstepEnvs:
     def _step_envs(self, env_actions: np.ndarray):
         """Each member's envs step: (raw obs, rewards, terminated, truncated), each [S, N, ...]. Our
         own vector envs write into rows of arrays kept for the rollout (used before the next step:
-        the collector copies what it keeps); others' results are stacked."""
+        the collector copies what it keeps); others' results are stacked. Rows of one shared
+        EnvPool step in one call."""
+        if self.shared is not None:
+            return self.shared.step([m.envs.row for m in self.members], env_actions)
         if self._into is None:
             stepped = [m.envs.step(env_actions[k]) for k, m in enumerate(self.members)]
             return tuple(np.ascontiguousarray(np.stack([s[i] for s in stepped])) for i in range(4))
@@ -114,6 +118,14 @@ class LockstepEnvs:
             scaler.discounted = st.discounted[k].copy()
             scaler.stats.mean, scaler.stats.var = np.float64(st.reward_mean[k]), np.float64(st.reward_var[k])
             scaler.stats.count = float(st.reward_count[k])
+
+
+def shared_pool_of(members: list[TrainingEnvs]):
+    """The shared pool every member's envs are rows of, or None if none is."""
+    pools = {id(getattr(m.envs, "shared", None)): getattr(m.envs, "shared", None) for m in members}
+    if len(pools) > 1:
+        raise RuntimeError("some members' envs are rows of a shared EnvPool and some are not: they cannot step together")
+    return next(iter(pools.values()))
 
 
 def step_alone(envs: TrainingEnvs, actions: np.ndarray):

@@ -34,6 +34,7 @@ from ...algo.inference import NumpyPolicy, StackedNumpyPolicy, rollout_policy
 from ...algo.optim import FlatAdam
 from ...algo.update import PPOUpdate, UpdateSettings
 from ..envs import bookkeeping
+from ..envs.shared_pool import share_one_pool
 from ..envs.training import TrainingEnvs
 from ..rundir import checkpoint
 from ..signals import preemption
@@ -248,6 +249,8 @@ class Trainer:
         running = [k for k, part in enumerate(taking_part) if part]
         members = [self.members[k] for k in running]
         if len(running) > 1 and all(isinstance(m.actor, NumpyPolicy) for m in members):
+            if self.lockstep is None and members[0].cfg.algo.fast_paths:  # EnvPool: the members' envs in one pool
+                share_one_pool([m.envs.envs for m in members])
             if self.lockstep is None or self.lockstep.collectors != [m.collector for m in members]:
                 self.lockstep = LockstepCollector([m.collector for m in members])  # (again when a member ended)
             actor = StackedNumpyPolicy([m.actor for m in members], [self.random.generators[k] for k in running])
