@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ppo_research.errors import first_line
 from ppo_research.run import jobs
-from ppo_research.run.console import fail, write_line
+from ppo_research.run.console import fail, say_sacct_once, write_line
 from ppo_research.run.jobs import EXIT_BUG
 
 from .launcher import Population, PopulationLauncher, all_failed
@@ -27,27 +27,6 @@ log = logging.getLogger(__name__)
 GENERIC = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
            "stderr_to_stdout"}
 COUNTS = {"timeout_min": 1, "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0, "max_num_timeout": 0}
-
-
-class SacctSaidOnce(logging.Filter):
-    """submitit asks ``sacct`` for its jobs' states at every poll (seconds apart at first, the gaps
-    doubling up to ten minutes) and, where SLURM keeps no accounting (scripts/slurm_one_node.sh's cluster, some
-    small clusters), warns at each one, three lines a time. It then waits for the jobs' result
-    files, which is all the launcher needs, so that is said once, in one line, and the repeats
-    are dropped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.said = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "Bypassing sacct error" not in record.getMessage():
-            return True
-        if not self.said:
-            self.said = True
-            write_line("note: sacct does not answer (SLURM keeps no job accounting here?): the launcher waits "
-                       "for the jobs' result files instead")
-        return False
 
 
 class PopulationSlurmLauncher(PopulationLauncher):
@@ -63,9 +42,7 @@ class PopulationSlurmLauncher(PopulationLauncher):
     def _executor(self):
         import submitit
 
-        submitit_log = logging.getLogger("submitit")
-        if not any(isinstance(f, SacctSaidOnce) for f in submitit_log.filters):
-            submitit_log.addFilter(SacctSaidOnce())
+        say_sacct_once()  # (app.cli did already, unless the launcher runs from Python)
         params = dict(self.slurm)
         executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm",
                                          slurm_max_num_timeout=params.pop("max_num_timeout"))

@@ -27,7 +27,7 @@ from ..errors import EXIT_BAD_INPUT, IO_ERRNOS, ConfigError, RunDirError
 from . import jobs
 from .config.compose import CONF_DIR, check_group_choices
 from .config.errors import check_arguments, hydra_error_line
-from .console import fail, write_line
+from .console import fail, say_sacct_once, write_line
 from .jobs import (
     EXIT_BUG,
     Invocation,
@@ -105,6 +105,7 @@ def cli(argv: list[str]) -> int:
     status (see the module docstring)."""
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     jobs.invocation = Invocation(full_error=bool(user_full_error) and user_full_error != "0")
+    say_sacct_once()  # a SLURM launcher's polls without accounting: one line, not three at each
     multirun = any(a in ("-m", "--multirun") for a in argv)
     stderr = sys.stderr
     held: list[Path] = []

@@ -10,6 +10,7 @@ iteration, which logs and ``grep`` can read.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -162,3 +163,31 @@ def print_end_line(run_dir: Path, summary: dict, logger=None, stream: Optional[I
         except Exception:
             hint = None
     write_line(end_line(run_dir, summary, hint), stream)
+
+
+class SacctSaidOnce(logging.Filter):
+    """submitit (behind ``hydra/launcher=submitit_slurm`` and ``population_slurm``) asks ``sacct``
+    for its jobs' states at every poll (seconds apart at first, the gaps doubling up to ten
+    minutes) and, where SLURM keeps no accounting (scripts/slurm_one_node.sh's cluster, some small
+    clusters), warns at each one, three lines a time. It then waits for the jobs' result files,
+    which is all a launcher needs, so that is said once, in one line, and the repeats are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if not self.said:
+            self.said = True
+            write_line("note: sacct does not answer (SLURM keeps no job accounting here?): the launcher waits "
+                       "for the jobs' result files instead")
+        return False
+
+
+def say_sacct_once() -> None:
+    """Install ``SacctSaidOnce`` on submitit's logger (once; harmless where submitit is unused)."""
+    submitit_log = logging.getLogger("submitit")
+    if not any(isinstance(f, SacctSaidOnce) for f in submitit_log.filters):
+        submitit_log.addFilter(SacctSaidOnce())
