@@ -136,7 +136,7 @@ class AdvantageRefresh:
         T, N = r.values.shape
         obs = np.concatenate([r.obs.reshape(T * N, *r.obs.shape[2:]), self.last_obs])
         with torch.no_grad():
-            v = self.policy.value(torch.from_numpy(obs)).numpy()
+            v = self.policy.value(torch.from_numpy(obs).to(self.policy.device)).cpu().numpy()
         return v[:T * N].reshape(T, N), v[T * N:]
 
     def advantages(self) -> tuple[np.ndarray, np.ndarray]:
@@ -150,4 +150,5 @@ class AdvantageRefresh:
         advantages, values = self.advantages()
         valid = self.rollout.valid
         adv = advantages[valid]
-        return torch.from_numpy(adv), torch.from_numpy((adv + values[valid]).astype(np.float32))
+        device = self.policy.device
+        return torch.from_numpy(adv).to(device), torch.from_numpy((adv + values[valid]).astype(np.float32)).to(device)

@@ -67,6 +67,10 @@ class Batch:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
+    def to(self, device: torch.device) -> "Batch":
+        """The batch on ``device`` (the networks'; on the CPU the same tensors)."""
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
     def permuted(self, order: torch.Tensor) -> "Batch":
         """The batch in a new order: gathered once per epoch, so minibatches are cheap slices."""
         return Batch(*(getattr(self, f.name)[order] for f in dataclasses.fields(self)))

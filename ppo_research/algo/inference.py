@@ -75,19 +75,22 @@ class TorchPolicy:
     def begin_rollout(self, steps: int, batch_shape: tuple) -> None:
         pass  # torch draws at each step
 
+    def _tensor(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(obs).to(self.policy.device)
+
     @torch.inference_mode()
     def act(self, obs: np.ndarray):
-        dist, value = self.policy(torch.from_numpy(obs))
+        dist, value = self.policy(self._tensor(obs))
         action = dist.sample()
-        return action.numpy(), dist.log_prob(action).numpy(), value.numpy(), dist.params().numpy()
+        return tuple(t.cpu().numpy() for t in (action, dist.log_prob(action), value, dist.params()))
 
     @torch.inference_mode()
     def value(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy.value(torch.from_numpy(obs)).numpy()
+        return self.policy.value(self._tensor(obs)).cpu().numpy()
 
     @torch.inference_mode()
     def mode(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy.distribution(torch.from_numpy(obs)).mode().numpy()
+        return self.policy.distribution(self._tensor(obs)).mode().cpu().numpy()
 
 
 def _block_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -145,20 +145,20 @@ class PGLoss(PolicyLoss):
 MEMBER_VALUES = ("epsilon", "beta")
 
 
-def member_view(losses: list[PolicyLoss]) -> PolicyLoss:
+def member_view(losses: list[PolicyLoss], device: Optional[torch.device] = None) -> PolicyLoss:
     """One loss object computing every member's term: the members' own values of
-    ``MEMBER_VALUES`` as [S, 1] tensors where they differ (their state, e.g. an adapted beta,
+    ``MEMBER_VALUES`` as [S, 1] tensors (on ``device``) where they differ (their state, e.g. an adapted beta,
     stays in the members' objects). Members of different ``SURROGATES`` kinds are computed as
     the KL penalty with epsilon = inf for no clipping and beta = 0 for no penalty."""
     if len(losses) == 1:
         return losses[0]
     if len({type(loss) for loss in losses}) > 1 or len({loss.epsilon is None for loss in losses}) > 1:
-        return _surrogate_view(losses)  # other kinds, or a penalty with and one without clipping
+        return _surrogate_view(losses, device)  # other kinds, or a penalty with and one without clipping
     view = copy.copy(losses[0])
     for name in MEMBER_VALUES:
         values = [getattr(loss, name, None) for loss in losses]
         if values[0] is not None and any(v != values[0] for v in values):
-            setattr(view, name, torch.tensor(values, dtype=torch.float32).view(-1, 1))
+            setattr(view, name, torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1))
     return view
 
 
@@ -287,7 +287,7 @@ SURROGATES = (CPILoss, ClipLoss, KLPenaltyLoss)
 _UNPENALISED = KLPenaltyLoss(beta=0.0, adaptive=False)  # the view's settings when no member has a penalty
 
 
-def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
+def _surrogate_view(losses: list[PolicyLoss], device: Optional[torch.device]) -> "KLPenaltyLoss":
     """The KL penalty computing members of mixed ``SURROGATES`` kinds, or with and without
     epsilon. Its other settings are its penalised members' (which share them), or the defaults:
     run/loop/train.py groups only such."""
@@ -298,6 +298,7 @@ def _surrogate_view(losses: list[PolicyLoss]) -> "KLPenaltyLoss":
     penalised = [loss for loss in losses if isinstance(loss, KLPenaltyLoss)]
     view = copy.copy(penalised[0] if penalised else _UNPENALISED)
     epsilons = [float("inf") if loss.epsilon is None else loss.epsilon for loss in losses]
-    view.epsilon = None if all(e == float("inf") for e in epsilons) else torch.tensor(epsilons).view(-1, 1)
-    view.beta = torch.tensor([loss.beta if isinstance(loss, KLPenaltyLoss) else 0.0 for loss in losses]).view(-1, 1)
+    view.epsilon = None if all(e == float("inf") for e in epsilons) else torch.tensor(epsilons, device=device).view(-1, 1)
+    betas = [loss.beta if isinstance(loss, KLPenaltyLoss) else 0.0 for loss in losses]
+    view.beta = torch.tensor(betas, device=device).view(-1, 1)
     return view

@@ -59,7 +59,7 @@ class Minibatch:
     @property
     def who_steps(self) -> Optional[torch.Tensor]:
         """The optimizer's member mask: None when every member steps."""
-        return None if all(self.stepping) else torch.tensor(self.stepping)
+        return None if all(self.stepping) else torch.tensor(self.stepping, device=self._members.device)
 
     def stop_where(self, which: Sequence[bool], failure: Optional[Callable[[int], NonFiniteError]] = None) -> None:
         """Members ``which`` (among those stepping) take no further step in this update, from this
@@ -94,9 +94,10 @@ class MemberBatches:
         a copy of an active member's batch (never stepped on)."""
         batches = [b if self.active[k] else _placeholder(self.batches, self.active) for k, b in enumerate(self.batches)]
         self.batches = batches
-        self.padded = _Padded(batches)
+        self.device = batches[0].obs.device  # the networks' (the shuffles are drawn on the CPU, as in a solo run)
+        self.padded = _Padded(batches, self.device)
         self.slices = [minibatch_slices(len(b), minibatch_size) for b in batches]
-        self.layout = None if self.padded.single else _EpochLayout(self.slices)
+        self.layout = None if self.padded.single else _EpochLayout(self.slices, self.device)
 
     def whole(self) -> tuple[Batch, Optional[torch.Tensor]]:
         """Every member's whole batch (padded) and its mask."""
@@ -138,7 +139,7 @@ class MemberBatches:
             else:
                 orders.append(torch.randperm(n, generator=None if self.generators is None else self.generators[k]))
         if padded.single:
-            shuffled = padded.batch().permuted(orders[0])
+            shuffled = padded.batch().permuted(orders[0].to(self.device))
             for idx in self.slices[0]:
                 if not active[0]:
                     return
@@ -150,7 +151,7 @@ class MemberBatches:
         for k in range(S):
             index[k, layout.destinations[k]] = orders[k]
         index += torch.arange(S)[:, None] * max(padded.lengths)  # rows of the fields' [S * N_max, ...] view
-        index = index.reshape(-1)
+        index = index.reshape(-1).to(self.device)
         shuffled = [_gather_rows(padded.fields[f], index) for f in FIELDS]
         for cols, mask, lengths in layout.minibatches:
             stepping = [active[k] and lengths[k] > 0 for k in range(S)]
@@ -174,13 +175,13 @@ class _Padded:
     """The members' batches as [S, N_max, ...] tensors (a member's rows past its length are
     padding, ``mask`` False). For one member: its own [N, ...] tensors, no mask."""
 
-    def __init__(self, batches: Sequence[Batch]):
+    def __init__(self, batches: Sequence[Batch], device: torch.device):
         self.lengths = [len(b) for b in batches]
         self.single = len(batches) == 1
         width = max(self.lengths)
         self.mask = None
         if not self.single and min(self.lengths) < width:
-            self.mask = torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None]
+            self.mask = (torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None]).to(device)
         self.fields = {}
         for name in FIELDS:
             self.fields[name] = self._pad([getattr(b, name) for b in batches], width)
@@ -210,7 +211,7 @@ class _EpochLayout:
     member's minibatch j), a member's shorter minibatch padded and masked. Fixed for a whole
     update: the members' sample counts and splits do not change between epochs."""
 
-    def __init__(self, slices: list[list[slice]]):
+    def __init__(self, slices: list[list[slice]], device: torch.device):
         S, count = len(slices), max(len(sl) for sl in slices)
         self.destinations = [[] for _ in range(S)]  # per member: column of each of its shuffled positions
         self.minibatches = []  # per j: (columns, mask or None, lengths)
@@ -222,7 +223,7 @@ class _EpochLayout:
                 self.destinations[k].append(torch.arange(start, start + lengths[k]))
             mask = None
             if min(lengths) < width:
-                mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+                mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).to(device)
             self.minibatches.append((slice(start, start + width), mask, lengths))
             start += width
         self.width = start

@@ -63,6 +63,11 @@ class ActorCritic(nn.Module):
         """Rebuild a distribution from ``Distribution.params()`` stored in the rollout."""
         return self._dist_cls.from_params(params)
 
+    @property
+    def device(self) -> torch.device:
+        """Where its parameters are (``device=``): observations go there, results come back."""
+        return next(self.parameters()).device
+
     def mirror_spec(self) -> Optional[MirrorSpec]:
         """This network's maths for the numpy rollout path (``mirror_spec.MirrorSpec``), or None
         to act with torch. Declare one only for maths the spec describes exactly."""
@@ -100,7 +105,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 
 def _numpy(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    return layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy()
+    return layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy()
 
 
 def _linear(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
@@ -208,7 +213,7 @@ class _Heads(ActorCritic):
         if gaussian and not self.state_dependent_std:
             with torch.no_grad():
                 log_std = self.action_log_std(self.log_std if self.std_param == "exp" else self.std_raw)
-            log_std = log_std.numpy().copy()
+            log_std = log_std.cpu().numpy().copy()
         return MirrorSpec(trunk=[_numpy(layer) for layer in trunk], policy=[_numpy(layer) for layer in policy],
                           value=[_numpy(layer) for layer in value], activation=self.activation,
                           distribution="gaussian" if gaussian else "categorical", log_std=log_std,

@@ -94,8 +94,8 @@ class FlatAdam:
     # -- state: the whole population, or one member's share (a run's checkpoint) ---------------
 
     def member_state(self, k: int) -> dict:
-        return {"step": int(self.steps[k, 0]), "exp_avg": self.exp_avg[k].clone(),
-                "exp_avg_sq": self.exp_avg_sq[k].clone(), "lr": self.lrs[k]}
+        return {"step": int(self.steps[k, 0]), "exp_avg": self.exp_avg[k].cpu().clone(),  # host copies: a
+                "exp_avg_sq": self.exp_avg_sq[k].cpu().clone(), "lr": self.lrs[k]}  # checkpoint loads anywhere
 
     def load_member_state(self, k: int, state: dict) -> None:
         if "state" in state:  # a single run's torch.optim.Adam state (checkpoints before populations)

@@ -109,7 +109,8 @@ class PPOUpdate:
         self.optimizer, self.settings = optimizer, settings
         self.net = optimizer.module  # all members at once
         coefs = [settings.ent_coef] * self.size if ent_coefs is None else [float(c) for c in ent_coefs]
-        self.ent_coef = coefs[0] if len(set(coefs)) == 1 else torch.tensor(coefs).view(-1, 1)
+        self.device = self.policy.device  # the networks' (``device=``): the batches are moved there
+        self.ent_coef = coefs[0] if len(set(coefs)) == 1 else torch.tensor(coefs, device=self.device).view(-1, 1)
         self.no_entropy_bonus = all(c == 0.0 for c in coefs)  # the paper's MuJoCo setting
         self.generators = generators
 
@@ -141,7 +142,7 @@ class PPOUpdate:
         turn non-finite gets ``{"failed": NonFiniteError}`` (raised for a single ``Batch``).
         """
         single = isinstance(batches, Batch)
-        batches = [batches] if single else list(batches)
+        batches = [b.to(self.device) for b in ([batches] if single else batches)]
         refreshes = [refreshes] if single or refreshes is None or callable(refreshes) else list(refreshes)
         refreshes = refreshes * self.size if len(refreshes) == 1 and self.size > 1 else refreshes
         results = self._update(batches, refreshes, [True] * self.size if members is None else list(members))
@@ -161,8 +162,8 @@ class PPOUpdate:
                 if members.active[k]:
                     b.advantages = standardise(b.advantages)
         members.lay_out(s.minibatch_size)
-        report = UpdateReport(self.losses)
-        hand = hand_gradient_for(self.net, member_view(self.losses), s, self.ent_coef) if s.fast_paths else None
+        report = UpdateReport(self.losses, self.device)
+        hand = hand_gradient_for(self.net, member_view(self.losses, self.device), s, self.ent_coef) if s.fast_paths else None
         epochs_run = 0
         with torch.set_grad_enabled(hand is None):  # a hand-written gradient needs no graph
             for epoch in range(s.num_epochs):
@@ -187,7 +188,7 @@ class PPOUpdate:
             mb.stop_where([d > 1.5 * s.target_kl for d in kl])
             if not mb.anyone_steps:
                 return
-        loss = member_view(self.losses)
+        loss = member_view(self.losses, self.device)
         noise = None if self.generators is None else (lambda: members.entropy_noise(pb.dist.mean, mb))
         policy_loss, value_loss, entropy, total = self.loss_terms(loss, pb, value, mb.batch, noise)
         mb.stop_where([not finite for finite in torch.isfinite(total).reshape(-1).tolist()],
@@ -307,7 +308,7 @@ class PPOUpdate:
         if self.size == 1:
             return {key: [value] for key, value in self.divergence(batch).items()}
         pb, _ = self.policy_batch(batch, with_value=False, mask=mask)
-        kl = pb.mean(member_view(self.losses).divergence(pb))
+        kl = pb.mean(member_view(self.losses, self.device).divergence(pb))
         k3 = pb.mean((pb.ratio - 1.0) - pb.log_ratio)
         valid = mask if mask is not None else torch.ones_like(pb.ratio, dtype=torch.bool)
         low = torch.where(valid, pb.ratio, float("inf")).amin(-1)

@@ -17,19 +17,19 @@ from .members import Minibatch
 DEFAULT_CLIP_REPORT = 0.2
 
 
-def report_epsilon(losses: Sequence[PolicyLoss]) -> float | torch.Tensor:
+def report_epsilon(losses: Sequence[PolicyLoss], device: torch.device) -> float | torch.Tensor:
     """What clip_fraction counts against: each member's loss's epsilon, or DEFAULT_CLIP_REPORT
-    for a loss without one (a float, or [S, 1] where members differ)."""
+    for a loss without one (a float, or [S, 1] on ``device`` where members differ)."""
     values = [DEFAULT_CLIP_REPORT if loss.epsilon is None else loss.epsilon for loss in losses]
-    return values[0] if all(v == values[0] for v in values) else torch.tensor(values).view(-1, 1)
+    return values[0] if all(v == values[0] for v in values) else torch.tensor(values, device=device).view(-1, 1)
 
 
 class UpdateReport:
     """Collects every step's loss terms and pre-step ratios (reduced once, at the end)."""
 
-    def __init__(self, losses: Sequence[PolicyLoss]):
-        self.size = len(losses)
-        self.epsilon = report_epsilon(losses)
+    def __init__(self, losses: Sequence[PolicyLoss], device: torch.device):
+        self.size, self.device = len(losses), device
+        self.epsilon = report_epsilon(losses, device)
         self.steps: list[tuple[torch.Tensor, list[bool]]] = []  # per step: terms [S, 3], who stepped
         self.clip_hits: list[tuple] = []  # per step: pre-step ratios, mask, epsilon
 
@@ -47,7 +47,7 @@ class UpdateReport:
         nan = float("nan")
         S = self.size
         if self.steps:
-            terms = torch.stack([t for t, _ in self.steps])  # [M, S, 3]
+            terms = torch.stack([t for t, _ in self.steps]).cpu()  # [M, S, 3]: one read from the device
             took = torch.tensor([who for _, who in self.steps])  # [M, S]
             counts = took.sum(0)
             sums = torch.where(took[..., None], terms, 0.0).sum(0)
@@ -77,9 +77,9 @@ class UpdateReport:
         if self.size == 1:  # one reduction over every step's ratios
             ratios = torch.cat([r for r, _, _ in self.clip_hits])
             return [((ratios - 1.0).abs() > self.clip_hits[0][2]).float().mean().item()]
-        hits = torch.zeros(self.size, dtype=torch.float64)
-        samples = torch.zeros(self.size, dtype=torch.float64)
-        for (ratio, mask, eps), who in zip(self.clip_hits, took):
+        hits = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        samples = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for (ratio, mask, eps), who in zip(self.clip_hits, took.to(self.device)):
             valid = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask
             valid = valid & who[:, None]
             hits += (((ratio - 1.0).abs() > eps) & valid).sum(-1)

@@ -175,7 +175,8 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     else:
         path, state = newest_usable_checkpoint(run_dir)
     config, choices, source = _run_description(run_dir, state, path)
-    config = {**config, "logger": dict(NULL_LOGGER), "resume": None}  # play never tracks
+    # play never tracks, and acts on the CPU (one observation at a time; a GPU run plays anywhere)
+    config = {**config, "logger": dict(NULL_LOGGER), "resume": None, "device": "cpu"}
     try:
         parts = build(OmegaConf.create(config), choices)
     except ConfigError as err:

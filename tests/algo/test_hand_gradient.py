@@ -133,7 +133,7 @@ def test_a_populations_hand_gradient_is_autograds(loss_kind, ent_coefs):
     members = [_setup(MEMBER_LOSSES[loss_kind](k), seed=k, n=40 + 4 * k) for k in range(3)]
     nets, losses, batches = [m[0] for m in members], [m[1].loss for m in members], [m[2] for m in members]
     update = PPOUpdate(nets, losses, FlatAdam(nets, lr=1e-3, eps=1e-5), UpdateSettings(), ent_coefs=ent_coefs)
-    padded = _Padded(batches)
+    padded = _Padded(batches, torch.device("cpu"))
     assert padded.mask is not None and not padded.mask.all()
     stacked_batch = padded.batch()
 

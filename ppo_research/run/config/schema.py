@@ -88,6 +88,7 @@ class Config:
     seed: int = field(default=0, metadata=_in(0))  # any non-negative integer: the root of every random stream (run/loop/seeds.py)
     total_timesteps: int = field(default=200_000, metadata=_in(1))  # env steps to train for
     torch_threads: int = field(default=1, metadata=_in(1))  # torch intra-op threads
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})  # where the networks and the update run: auto = the GPU when torch sees one, else the CPU (docs/performance.md, "GPU")
     progress: bool = True  # print a progress line per iteration
     resume: Optional[str] = None  # run directory to resume in place
     algo: AlgoConfig = field(default_factory=AlgoConfig)

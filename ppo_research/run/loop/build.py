@@ -72,6 +72,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     if config.torch_threads > MAX_TORCH_THREADS:
         raise ConfigError("torch_threads", config.torch_threads, f"at most {MAX_TORCH_THREADS}")
     torch.set_num_threads(config.torch_threads)
+    device = resolve_device(config.device)
     seed_globals(config.seed)
     loss = _construct("loss", config.loss)  # the constructors' own range checks run here
     estimator = _construct("advantage", config.advantage)
@@ -84,7 +85,17 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunParts:
     check_float32("network", config.network)
     check_float32("algo", vars(config.algo))  # e.g. clip_value_loss=1e308 overflowed inside torch
     network = _construct("network", config.network, obs_space=obs_space, action_space=action_space)
+    network.to(device)  # initialised on the CPU first: the same initial weights on every device
     return RunParts(config, resolved, dict(choices or {}), loss, estimator, network, logger, obs_space, action_space)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``device``: auto is the GPU when torch sees one, else the CPU; cuda without a GPU is refused."""
+    available = torch.cuda.is_available()
+    if setting == "cuda" and not available:
+        why = "a CPU-only build" if torch.version.cuda is None else "torch.cuda.is_available() is False"
+        raise ConfigError("device", "cuda", f"cpu or auto: torch {torch.__version__} sees no GPU here ({why})")
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and available) else "cpu")
 
 
 def check(cfg: DictConfig) -> Config:

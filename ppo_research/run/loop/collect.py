@@ -22,7 +22,8 @@ def allocate_rollout(num_steps: int, envs: TrainingEnvs, policy: ActorCritic) ->
     """Storage sized for ``envs`` and ``policy`` (its distribution's parameter count is probed)."""
     obs_shape, obs_dtype = envs.single_observation_space.shape, envs.obs.dtype  # float32, or uint8 images
     with torch.inference_mode():
-        params = policy.distribution(torch.from_numpy(np.zeros((1, *obs_shape), obs_dtype))).params().shape[-1]
+        probe = torch.from_numpy(np.zeros((1, *obs_shape), obs_dtype)).to(policy.device)
+        params = policy.distribution(probe).params().shape[-1]
     return Rollout.allocate(num_steps, envs.num_envs, obs_shape, envs.single_action_space.shape, params, obs_dtype)
 
 

@@ -72,5 +72,5 @@ class Evaluator:
 @torch.inference_mode()
 def sample(policy: ActorCritic, obs: np.ndarray, draws: np.random.Generator) -> int:
     """One action drawn from the policy's categorical distribution at ``obs`` (a batch of one)."""
-    probs = policy.distribution(torch.from_numpy(obs)).params()[0].exp().double().numpy()
+    probs = policy.distribution(torch.from_numpy(obs).to(policy.device)).params()[0].exp().double().cpu().numpy()
     return int(draws.choice(len(probs), p=probs / probs.sum()))

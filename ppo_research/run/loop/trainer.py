@@ -336,8 +336,9 @@ class Trainer:
             rng["torch"] = self.random.generators[k].get_state()
         state = {
             "iteration": self.iteration, "global_step": self.global_step, "elapsed": self.elapsed,
-            # cloned: the parameters are views of the population's buffer, which torch.save would write whole
-            "policy": {name: t.clone() for name, t in m.policy.state_dict().items()},
+            # cloned: the parameters are views of the population's buffer, which torch.save would write whole;
+            # on the host, so that the checkpoint loads on any machine
+            "policy": {name: t.cpu().clone() for name, t in m.policy.state_dict().items()},
             "optimizer": self.optimizer.member_state(k),
             "loss": m.loss.state_dict(), "envs": m.envs.state_dict(),
             **m.record.state_dict(),
