@@ -34,7 +34,7 @@ class NatureCNN(ActorCritic):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, hidden_size: int = 512,
                  ortho_init: bool = True, hidden_gain: float = math.sqrt(2), policy_gain: float = 0.01,
-                 value_gain: float = 1.0):
+                 value_gain: float = 1.0, channels_last: bool = True):
         super().__init__()
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 3:
             raise ConfigError("network", "nature_cnn", f"an env with image observations [C, H, W]; this one has "
@@ -58,13 +58,17 @@ class NatureCNN(ActorCritic):
         self.policy_head = _init(nn.Linear(hidden_size, int(action_space.n)), policy_gain if ortho_init else None)
         self.value_head = _init(nn.Linear(hidden_size, 1), value_gain if ortho_init else None)
         self._dist_cls = Categorical
+        self.channels_last = bool(channels_last)
 
     @property
     def distribution_class(self) -> type:
         return Categorical
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.trunk(obs.float() / 255.0)
+        x = obs.float() / 255.0
+        if self.channels_last:  # NHWC: the CPU's convolutions run ~1.4x faster (docs/performance.md); same maths
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.trunk(x)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         return Categorical(self.policy_head(self.features(obs)))

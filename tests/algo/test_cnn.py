@@ -53,6 +53,25 @@ def test_uint8_frames_are_scaled_to_unit_range_inside():
     torch.testing.assert_close(net.value(frames), value)
 
 
+def test_frames_laid_out_channels_last_give_the_plain_layouts_numbers_to_round_off():
+    """``channels_last`` (the default: NHWC convolutions, faster on the CPU) against the plain
+    NCHW layout: the same weights, the same outputs and gradients to float32 round-off."""
+    frames = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    results = {}
+    for layout in (True, False):
+        torch.manual_seed(0)
+        net = NatureCNN(FRAMES, ACTIONS, channels_last=layout)
+        dist, value = net(frames)
+        (dist.logits.sum() + value.sum()).backward()
+        results[layout] = (dist.logits.detach(), value.detach(), [p.grad for p in net.parameters()])
+    assert NatureCNN(FRAMES, ACTIONS).channels_last
+    fast, plain = results[True], results[False]
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[1], plain[1], rtol=1e-5, atol=1e-6)
+    for g_fast, g_plain in zip(fast[2], plain[2]):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("obs, actions, says", [
     (gym.spaces.Box(-1, 1, (8,), np.float32), ACTIONS, "image observations"),
     (FRAMES, gym.spaces.Box(-1, 1, (2,), np.float32), "Discrete action space"),
