@@ -6,8 +6,9 @@
     python -m ppo_research.bench --case pendulum -- algo.num_epochs=4   # Hydra overrides after --
     python -m ppo_research.bench --case halfcheetah pendulum --population 1 8   # + populations of 1 and 8
 
-Each measurement runs in a fresh process (so peak RSS is that run's own) with logger=none and
-the preset's settings otherwise; the table gives medians over --repeats. Training SPS is end to
+Each measurement runs in a fresh process (so peak RSS is that run's own) with logger=none,
+device=cpu (the references' device; ``-- device=cuda`` times the framework on a GPU against
+them) and the preset's settings otherwise; the table gives medians over --repeats. Training SPS is end to
 end (rollout, advantages, update, metrics.jsonl) and excludes only evaluation episodes.
 The raw env SPS steps the same vector env with random actions: the limit the trainer can reach.
 
@@ -84,6 +85,11 @@ PAPER_BATCH = 2048  # horizon x envs kept at the paper's batch when scaling num_
 ATARI_EXPERIMENT = "experiment=ppo_paper_atari"  # Table 5 in full: the presets' settings plus the clip 0.1 x alpha
 
 
+#: every timed run's settings (the overrides after ``--`` come later and win). device=cpu: the
+#: references run on the CPU, so a GPU machine's ratios compare like with like unless told otherwise
+RUN_SETTINGS = ("logger=none", "eval.every=0", "eval.episodes=1", "checkpoint.every=0", "progress=false", "device=cpu")
+
+
 def as_long_runs() -> None:
     """The bench's short runs stand for long ones, so they take a long run's path: the compiled
     bookkeeping, which a run this short would skip on its own (bookkeeping.worth_compiling)."""
@@ -93,8 +99,7 @@ def as_long_runs() -> None:
 def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) -> dict:
     """One training run plus raw stepping, in this process."""
     as_long_runs()
-    extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
-             "checkpoint.every=0", "progress=false"]
+    extra = [f"env={env}", *RUN_SETTINGS, f"total_timesteps={steps}"]
     if num_envs is not None:
         extra += [f"algo.num_envs={num_envs}", f"algo.num_steps={PAPER_BATCH // num_envs}"]
     composed = compose(extra + overrides)
@@ -114,7 +119,8 @@ def measure(env: str, num_envs: int | None, steps: int, overrides: list[str]) ->
     update_time = sum(r["time_update_s"] for r in rows)
 
     n = config.algo.num_envs
-    return {"env": env, "env_id": config.env.id, "backend": config.env.backend, "num_envs": n, "num_steps": config.algo.num_steps,
+    return {"env": env, "env_id": config.env.id, "backend": config.env.backend, "device": str(parts.network.device),
+            "num_envs": n, "num_steps": config.algo.num_steps,
             "minibatch_size": config.algo.minibatch_size, "num_epochs": config.algo.num_epochs,
             "global_step": global_step, "train_sps": global_step / train_time,
             "rollout_us_per_step": 1e6 * rollout_time / global_step,
@@ -173,8 +179,7 @@ def measure_reference(env: str, num_envs: int | None, steps: int, overrides: lis
 def measure_population(env: str, size: int, steps: int, overrides: list[str]) -> dict:
     """A population of ``size`` members of the preset, each training ``steps`` steps, in this process."""
     as_long_runs()
-    extra = [f"env={env}", "logger=none", f"total_timesteps={steps}", "eval.every=0", "eval.episodes=1",
-             "checkpoint.every=0", "progress=false"]
+    extra = [f"env={env}", *RUN_SETTINGS, f"total_timesteps={steps}"]
     base_seed = int(compose(extra + overrides).cfg.seed)
     with tempfile.TemporaryDirectory() as scratch:
         jobs = []

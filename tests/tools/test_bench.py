@@ -14,6 +14,7 @@ def test_bench_times_the_framework_and_the_reference_side_by_side(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = json.loads(out.read_text())["rows"]
     assert row["env"] == "cartpole" and row["global_step"] >= 512
+    assert row["device"] == "cpu"  # as the reference, whatever the machine has
     assert row["train_sps"] > 0 and row["reference_sps"] > 0
     assert row["vs_reference"] == row["train_sps"] / row["reference_sps"]  # one repeat: its own ratio
     assert "| x ref |" in result.stdout and "cartpole" in result.stdout
