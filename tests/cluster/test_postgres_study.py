@@ -45,9 +45,11 @@ def test_three_workers_sharing_only_the_storage_url_use_exactly_the_budget(pg, t
     assert all(t.state == TrialState.COMPLETE or "skipped" in t.user_attrs for t in trials)
     assert len({t.params["loss.epsilon"] for t in counted}) == 6
     by_pid = {w.pid: w for w in team}
-    assert {t.user_attrs["pid"] for t in counted} == set(by_pid)  # every worker trained trials
+    # every trial was trained by one of the three (which one takes which is the scheduler's choice:
+    # a worker that starts late may find the budget taken, so "each trained some" is not asserted)
+    assert {t.user_attrs["pid"] for t in counted} <= set(by_pid)
     if SEPARATE_HOSTS:
-        assert {t.user_attrs["host"] for t in counted} == {w.name for w in team}
+        assert {t.user_attrs["host"] for t in counted} <= {w.name for w in team}
     for t in counted:  # each trial trained once, on the disk of the worker that ran it, and only there
         owner = by_pid[t.user_attrs["pid"]]
         assert (owner.run_dir(t.number) / "summary.json").is_file()
