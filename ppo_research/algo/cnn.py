@@ -4,6 +4,12 @@ Mnih et al. (2015)'s network as PPO's Atari experiments used it: on a stack of 8
 frames (uint8, scaled to [0, 1] here), conv 32 8x8 stride 4, conv 64 4x4 stride 2, conv 64 3x3
 stride 1, a dense layer of 512, all ReLU; a policy head (categorical) and a value head share
 that trunk. Orthogonal init: gain sqrt(2) in the trunk, 0.01 for the policy, 1 for the value.
+
+A population's members train as one stacked module (``algo/stacking.py``): its forward runs each
+member's own layers on that member's rows, one member after another. A CNN's cost is arithmetic,
+not per-call overhead, so one batched call would buy nothing (grouped convolutions over the
+members measured slower here than the loop: docs/atari.md), and each member's forward stays its
+solo run's.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import math
 import gymnasium as gym
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import ConfigError
 from .distributions import Categorical, Distribution
@@ -31,6 +38,8 @@ def _init(layer: nn.Module, gain: float | None) -> nn.Module:
 class NatureCNN(ActorCritic):
     #: takes image observations (uint8 [C, H, W]) rather than flat ones (run/loop/build.py checks)
     image_observations = True
+    #: a population's stacked parameters go through ``_member_outputs``, member by member
+    stackable = True
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, hidden_size: int = 512,
                  ortho_init: bool = True, hidden_gain: float = math.sqrt(2), policy_gain: float = 0.01,
@@ -70,12 +79,44 @@ class NatureCNN(ActorCritic):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.trunk(x)
 
+    def _outputs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits and values: this network's on [B, C, H, W], or every member's on
+        [S, B, C, H, W] when its parameters are a population's stacked ones ([S, ...])."""
+        if self.value_head.weight.dim() == 2:
+            features = self.features(obs)  # one trunk pass for both heads
+            return self.policy_head(features), self.value_head(features).squeeze(-1)
+        size = len(obs)
+        layers = [*self.trunk, self.policy_head, self.value_head]
+        weights = [p.unbind(0) if p is not None else [None] * size for p in (getattr(l, "weight", None) for l in layers)]
+        biases = [p.unbind(0) if p is not None else [None] * size for p in (getattr(l, "bias", None) for l in layers)]
+        outputs = [self._member_outputs(obs[k], [(layer, w[k], None if b[k] is None else b[k].view(-1))
+                                                 for layer, w, b in zip(layers, weights, biases)])
+                   for k in range(size)]
+        return torch.stack([logits for logits, _ in outputs]), torch.stack([value for _, value in outputs])
+
+    def _member_outputs(self, obs: torch.Tensor, layers: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """One member's logits and values from its own rows of the stacked parameters (``layers``:
+        the trunk's, then the two heads', each with the member's weight and bias), computed as
+        the network's own layers compute them."""
+        *trunk, (_, wp, bp), (_, wv, bv) = layers
+        x = obs.float() / 255.0
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for layer, w, b in trunk:
+            if isinstance(layer, nn.Conv2d):
+                x = F.conv2d(x, w, b, layer.stride)
+            elif isinstance(layer, nn.Linear):
+                x = F.linear(x, w, b)
+            else:  # ReLU, Flatten
+                x = layer(x)
+        return F.linear(x, wp, bp), F.linear(x, wv, bv).squeeze(-1)
+
     def distribution(self, obs: torch.Tensor) -> Distribution:
-        return Categorical(self.policy_head(self.features(obs)))
+        return Categorical(self._outputs(obs)[0])
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value_head(self.features(obs)).squeeze(-1)
+        return self._outputs(obs)[1]
 
     def forward(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
-        features = self.features(obs)  # one trunk pass for both heads
-        return Categorical(self.policy_head(features)), self.value_head(features).squeeze(-1)
+        logits, value = self._outputs(obs)
+        return Categorical(logits), value

@@ -38,9 +38,10 @@ populations on EnvPool while the single run, the reference and the raw rate stay
 backend (gymnasium unless the overrides say otherwise), so ``x solo`` and ``x raw env`` compare a
 population on EnvPool with the plain gymnasium run (leave ``1`` out of ``--population`` for that:
 a population of 1, when timed, is the ``x solo`` baseline).
-A network with no stacked form (``network=nature_cnn``, the Atari presets') trains populations of
-one per process only (docs/atari.md), so ``--population`` above 1 on such a case is refused in one
-line rather than timed as something it is not.
+The Atari presets' CNN stacks too (``algo/cnn.py``: one member's layers after another). A network
+of your own with no stacked form (no ``stackable = True``) trains populations of one per process
+only (docs/populations.md), so ``--population`` above 1 with it is refused in one line rather than
+timed as something it is not.
 
 The ``--json`` path is checked before anything is measured (a directory, a parent that is a
 file, a read-only or pseudo file system: one ``error:`` line, exit status 2). If writing it still
@@ -265,7 +266,7 @@ def check_populations(cases: list[str], sizes: list[int], overrides: dict[str, l
         target = str(compose([f"env={env}", "logger=none", *overrides[env]]).cfg.network._target_)
         if not stackable(target):
             _fail(f"--population {size}: the {env} case's network ({target.rpartition('.')[2]}) has no stacked "
-                  f"form, so its populations train as populations of one, one process each (docs/atari.md): "
+                  f"form, so its populations train as populations of one, one process each (docs/populations.md): "
                   f"a population of {size} cannot be timed as one; use --population 1 or leave --population out")
 
 

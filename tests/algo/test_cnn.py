@@ -1,6 +1,9 @@
 """The convolutional actor-critic (``network=nature_cnn``): Mnih et al. 2015's layer sizes, its
-initialisation, uint8 frames scaled inside, and the spaces it refuses in one line."""
+initialisation, uint8 frames scaled inside, a population's stacked forward, and the spaces it
+refuses in one line."""
 from __future__ import annotations
+
+import copy
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +13,7 @@ from helpers import one_torch_thread
 
 from ppo_research.algo.cnn import NatureCNN
 from ppo_research.algo.distributions import Categorical
+from ppo_research.algo.stacking import stack_members
 from ppo_research.errors import ConfigError
 
 FRAMES = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
@@ -70,6 +74,33 @@ def test_frames_laid_out_channels_last_give_the_plain_layouts_numbers_to_round_o
     torch.testing.assert_close(fast[1], plain[1], rtol=1e-5, atol=1e-6)
     for g_fast, g_plain in zip(fast[2], plain[2]):
         torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_populations_stacked_forward_is_each_members_own_bit_for_bit(channels_last):
+    """Three members stacked (algo/stacking.py): logits, values and every parameter's gradient
+    are what each member's own network gives on its own rows, bit for bit - the stacked forward
+    runs each member's layers on its rows, so a member's maths is its solo run's."""
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(NatureCNN(FRAMES, ACTIONS, channels_last=channels_last))
+    alone = [copy.deepcopy(net) for net in members]  # the same weights, unstacked
+    frames = torch.randint(0, 256, (3, 8, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.randint(0, ACTIONS.n, (3, 8))
+    stacked, flat = stack_members(members)
+    dist, value = stacked(frames)
+    assert dist.logits.shape == (3, 8, ACTIONS.n) and value.shape == (3, 8)
+    (dist.log_prob(actions).sum() + value.pow(2).sum()).backward()
+    for k, net in enumerate(alone):
+        own_dist, own_value = net(frames[k])
+        (own_dist.log_prob(actions[k]).sum() + own_value.pow(2).sum()).backward()
+        assert torch.equal(dist.logits[k], own_dist.logits) and torch.equal(value[k], own_value)
+        assert torch.equal(stacked.value(frames)[k], net.value(frames[k]))
+        assert torch.equal(stacked.distribution(frames).logits[k], net.distribution(frames[k]).logits)
+        own_grad = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        assert torch.equal(flat.grad.view(3, -1)[k], own_grad), f"member {k}"
+    assert not torch.equal(dist.logits[0], dist.logits[1])  # three different networks
 
 
 @pytest.mark.parametrize("obs, actions, says", [

@@ -21,6 +21,7 @@ HAVE_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.fin
 HAVE_ENVPOOL = importlib.util.find_spec("envpool") is not None
 pytestmark = pytest.mark.skipif(not HAVE_ALE, reason='the atari extra is not installed (pip install -e ".[atari]")')
 
+TIMING = {"time_s", "sps", "time_rollout_s", "time_update_s", "time_eval_s"}
 # Breakout at the paper's settings, cut to 2 iterations of 2 envs x 128 steps
 SMALL = ["experiment=ppo_paper_atari", "env=breakout", "total_timesteps=512", "algo.num_envs=2",
          "eval.every=0", "eval.episodes=1", "progress=false", "logger=none"]
@@ -89,15 +90,26 @@ def test_a_refusal_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_population_multirun_trains_each_cnn_as_a_population_of_one(tmp_path):
-    """The CNN has no stacked form (algo/stacking.py): the population launcher runs each such job
-    alone, in its own process, instead of refusing the multirun."""
+def test_a_population_multirun_stacks_the_cnns_and_each_member_is_its_solo_run(breakout, tmp_path):
+    """Two seeds of the CNN train as one population (algo/cnn.py: each member's forward is its own
+    network's on its rows); every member's metrics are its solo run's to float32 round-off (the
+    stacked update's means over padded minibatches and its one Adam: tests/run/loop/test_train.py).
+    One process, so the launcher keeps the two jobs in one population (with two it would split
+    them to keep both processes busy)."""
     sweep = tmp_path / "sweep"
-    res = run_cli(["-m", *SMALL, "seed=0,1", "hydra/launcher=population", "hydra.launcher.processes=2",
+    res = run_cli(["-m", *SMALL, "seed=0,1", "hydra/launcher=population", "hydra.launcher.processes=1",
                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "as 2 population(s)" in res.stdout + res.stderr
-    for job in ("0", "1"):
-        assert [r["global_step"] for r in read_metrics(sweep / job)] == [256, 512]
-        population = json.loads((sweep / job / "run.json").read_text()).get("population")
-        assert len(population["members"]) == 1 and population["index"] == 0  # trained alone
+    assert "as 1 population(s)" in res.stdout + res.stderr
+    solo_1 = tmp_path / "solo_1"
+    res = run_cli([*SMALL, "seed=1", f"hydra.run.dir={solo_1}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job, solo in (("0", breakout), ("1", solo_1)):
+        population = json.loads((sweep / job / "run.json").read_text())["population"]
+        assert len(population["members"]) == 2 and population["index"] == int(job)
+        member, alone = read_metrics(sweep / job), read_metrics(solo)
+        assert [r["global_step"] for r in member] == [r["global_step"] for r in alone] == [256, 512]
+        for got, want in zip(member, alone):
+            assert got.keys() == want.keys()
+            for key in want.keys() - TIMING:
+                assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-6), (job, got["iteration"], key)

@@ -30,6 +30,8 @@ from helpers import (
     without_timing,
 )
 from helpers.populations import assert_complete, job_dirs, overrides_of, report_rows
+from helpers.unstackable import TARGET as UNSTACKABLE
+from helpers.unstackable import TESTS_ON_PATH
 from helpers.wandb_files import wandb_records
 
 CARTPOLE = ["hydra/launcher=population", "env=cartpole", "logger=none", *TINY]
@@ -92,6 +94,22 @@ def test_jobs_that_differ_outside_the_member_keys_train_in_separate_populations(
         assert {trained_by(job) for job in members} == {pid}
         assert len({overrides_of(job)["algo.vf_coef"] for job in members}) == 1  # one setting per population
         assert {overrides_of(job)["seed"] for job in members} == {"0", "1"}
+
+
+def test_a_network_with_no_stacked_form_trains_each_job_as_a_population_of_one(tmp_path):
+    """A network that does not declare ``stackable = True`` (algo/stacking.py) cannot share a
+    stacked update: the launcher runs each of its jobs alone, ``processes`` at a time, instead of
+    refusing the multirun."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "seed=0,1", *CARTPOLE, UNSTACKABLE, "hydra.launcher.processes=2", f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path, env=TESTS_ON_PATH)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "as 2 population(s)" in proc.stdout + proc.stderr
+    for job in job_dirs(sweep):
+        assert_complete(job)
+        population = json.loads((job / "run.json").read_text())["population"]
+        assert len(population["members"]) == 1 and population["index"] == 0  # trained alone
+        assert json.loads((job / "run.json").read_text())["config"]["network"]["_target_"].endswith("UnstackableMLP")
 
 
 def test_the_paper_loss_kinds_share_a_population_and_other_losses_do_not(tmp_path):

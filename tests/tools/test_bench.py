@@ -5,6 +5,8 @@ import json
 
 import pytest
 from helpers import REPO, run_cli
+from helpers.unstackable import TARGET as UNSTACKABLE
+from helpers.unstackable import TESTS_ON_PATH
 
 
 def test_bench_times_the_framework_and_the_reference_side_by_side(tmp_path):
@@ -155,8 +157,8 @@ TINY_BREAKOUT = ["algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=64
 
 def test_bench_times_breakout_against_the_cnn_reference(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_cli(["--case", "breakout", "--repeats", "1", "--steps", "256", "--json", str(out), "--",
-                      *TINY_BREAKOUT], cwd=REPO, module="ppo_research.bench", timeout=600)
+    result = run_cli(["--case", "breakout", "--repeats", "1", "--steps", "256", "--population", "2", "--json", str(out),
+                      "--", *TINY_BREAKOUT], cwd=REPO, module="ppo_research.bench", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
     (row,) = data["rows"]
@@ -168,14 +170,20 @@ def test_bench_times_breakout_against_the_cnn_reference(tmp_path):
     assert data["case_overrides"] == {"breakout": ["experiment=ppo_paper_atari", *TINY_BREAKOUT]}
     assert "| x ref |" in result.stdout and "| breakout | 2 |" in result.stdout
     assert "breakout: the reference is tools/reference_ppo_cnn.py on gymnasium + ale-py" in result.stdout
+    # a population of two CNNs (algo/cnn.py's stacked forward), timed beside the single run
+    (pair,) = data["population_rows"]
+    assert pair["population"] == 2 and pair["member_global_step"] == [256, 256]
+    assert pair["aggregate_sps"] > 0 and pair["vs_reference"] == pair["aggregate_sps"] / row["reference_sps"]
+    assert pair["solo_sps"] == row["train_sps"] and pair["floor_flops_per_step"] > 0
 
 
-def test_bench_refuses_a_population_of_cnns_in_one_line(tmp_path):
-    """The CNN has no stacked form: a population of 4 would be four processes, not one population."""
-    result = run_cli(["--case", "breakout", "--population", "1", "4"], cwd=tmp_path, module="ppo_research.bench",
-                     timeout=120)
+def test_bench_refuses_a_population_of_a_network_with_no_stacked_form_in_one_line(tmp_path):
+    """A network that does not declare ``stackable = True`` trains populations of one only: a
+    population of 4 would be four processes, not one population."""
+    result = run_cli(["--case", "cartpole", "--population", "1", "4", "--", UNSTACKABLE], cwd=tmp_path,
+                     module="ppo_research.bench", timeout=120, env=TESTS_ON_PATH)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: --population 4: the breakout case's network (NatureCNN) has no stacked form")
-    assert "docs/atari.md" in line and result.stdout == ""
+    assert line.startswith("error: --population 4: the cartpole case's network (UnstackableMLP) has no stacked form")
+    assert "docs/populations.md" in line and result.stdout == ""
     assert not (tmp_path / "outputs").exists()
