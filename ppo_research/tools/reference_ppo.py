@@ -12,9 +12,10 @@ gradient norm clipped at 0.5.
 
     python -m ppo_research.tools.reference_ppo --env HalfCheetah-v5 --steps 20480 --seed 0
 
-prints one JSON line: ``{"global_step", "wall_time_s", "sps", "train_return"}``. SPS is end-to-end
-training throughput (rollout and update) over the training loop; environment construction is not
-timed.
+prints one JSON line: ``{"global_step", "wall_time_s", "sps", "train_return"}`` (train_return: the
+mean of the last 20 episodes' returns). SPS is end-to-end training throughput (rollout and update)
+over the training loop; environment construction is not timed. ``--episodes FILE`` also writes
+every finished episode as a JSON line ``{"global_step", "return"}``: the run's learning curve.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import argparse
 import json
 import random
 import time
-from collections import deque
+from typing import Optional
 
 import gymnasium as gym
 import numpy as np
@@ -106,7 +107,7 @@ class Agent(nn.Module):
 
 
 def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, num_steps: int = 2048,
-          num_epochs: int = 10, minibatch_size: int = 64, **kw) -> dict:
+          num_epochs: int = 10, minibatch_size: int = 64, episodes: Optional[str] = None, **kw) -> dict:
     args = settings(DEFAULTS, kw)
     seed_all(seed, 1)
     envs = gym.vector.SyncVectorEnv(
@@ -115,7 +116,7 @@ def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 1, n
     )
     envs.action_space.seed(seed)
     agent = Agent(int(np.prod(envs.single_observation_space.shape)), envs.single_action_space)
-    return run(envs, agent, args, seed, total_timesteps, num_steps, num_epochs, minibatch_size)
+    return run(envs, agent, args, seed, total_timesteps, num_steps, num_epochs, minibatch_size, episodes=episodes)
 
 
 def settings(defaults: dict, kw: dict) -> dict:
@@ -133,10 +134,11 @@ def seed_all(seed: int, threads: int) -> None:
 
 
 def run(envs, agent, args: dict, seed: int, total_timesteps: int, num_steps: int, num_epochs: int,
-        minibatch_size: int, obs_dtype=torch.float32, lost_life=None) -> dict:
+        minibatch_size: int, obs_dtype=torch.float32, lost_life=None, episodes: Optional[str] = None) -> dict:
     """PPO on ``envs`` with ``agent``: rollouts of ``num_steps``, GAE, then the update epochs.
     ``lost_life(info, done)``, if given, marks the steps that are terminal for learning only (a
-    lost life in an Atari game that goes on); it first sees the reset's info, with ``done=None``."""
+    lost life in an Atari game that goes on); it first sees the reset's info, with ``done=None``.
+    ``episodes``: a file that gets each finished episode's step and return as a JSON line."""
     gamma, lam = args["gamma"], args["gae_lambda"]
     optimizer = torch.optim.Adam(agent.parameters(), lr=args["learning_rate"], eps=1e-5)
     num_envs = envs.num_envs
@@ -154,7 +156,8 @@ def run(envs, agent, args: dict, seed: int, total_timesteps: int, num_steps: int
     dones_buf = torch.zeros((num_steps, num_envs))
     values_buf = torch.zeros((num_steps, num_envs))
 
-    recent_returns: deque[float] = deque(maxlen=20)
+    episode_returns: list[float] = []  # every finished episode's, in order
+    log = open(episodes, "w", buffering=1) if episodes else None  # line-buffered: a killed run keeps its curve
     global_step = 0
     next_obs, info = envs.reset(seed=seed)
     next_obs = as_obs(next_obs)
@@ -179,7 +182,11 @@ def run(envs, agent, args: dict, seed: int, total_timesteps: int, num_steps: int
             values_buf[step] = value
 
             obs, reward, terminated, truncated, info = envs.step(action.numpy())
-            reward, done = episode_ends(agent, reward, terminated, truncated, info, gamma, recent_returns, as_obs)
+            finished = len(episode_returns)
+            reward, done = episode_ends(agent, reward, terminated, truncated, info, gamma, episode_returns, as_obs)
+            if log is not None:
+                for episode_return in episode_returns[finished:]:
+                    log.write(json.dumps({"global_step": global_step, "return": episode_return}) + "\n")
             if lost_life is not None:
                 done = np.logical_or(done, lost_life(info, done))
             rewards_buf[step] = reward
@@ -194,10 +201,12 @@ def run(envs, agent, args: dict, seed: int, total_timesteps: int, num_steps: int
         update(agent, optimizer, batch, num_epochs, minibatch_size, clip_coef, args)
 
     envs.close()
-    return result(global_step, start, recent_returns)
+    if log is not None:
+        log.close()
+    return result(global_step, start, episode_returns[-20:])
 
 
-def episode_ends(agent, reward, terminated, truncated, info, gamma: float, recent_returns: deque, as_obs):
+def episode_ends(agent, reward, terminated, truncated, info, gamma: float, recent_returns: list, as_obs):
     """The step's rewards as a tensor, with a truncated episode bootstrapped from its final
     observation (``as_obs`` makes it a batch of one), and whether each env's episode ended;
     finished episodes' returns go to ``recent_returns``."""
@@ -252,7 +261,7 @@ def update(agent, optimizer, batch: tuple, num_epochs: int, minibatch_size: int,
             optimizer.step()
 
 
-def result(global_step: int, start: float, recent_returns: deque) -> dict:
+def result(global_step: int, start: float, recent_returns: list) -> dict:
     wall_time = time.perf_counter() - start
     return {
         "global_step": global_step,
@@ -279,6 +288,7 @@ def add_ppo_arguments(parser: argparse.ArgumentParser, defaults: dict, env: str,
     parser.add_argument("--vf-coef", type=float, default=defaults["vf_coef"])
     parser.add_argument("--ent-coef", type=float, default=defaults["ent_coef"])
     parser.add_argument("--max-grad-norm", type=float, default=defaults["max_grad_norm"])
+    parser.add_argument("--episodes", metavar="FILE", help="write each finished episode's step and return (JSON lines)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(a.env, a.steps, seed=a.seed, num_envs=a.num_envs, num_steps=a.num_steps,
                    num_epochs=a.num_epochs, minibatch_size=a.minibatch_size, learning_rate=a.lr,
                    anneal_lr=a.anneal_lr, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_coef=a.clip_coef,
-                   vf_coef=a.vf_coef, ent_coef=a.ent_coef, max_grad_norm=a.max_grad_norm)
+                   vf_coef=a.vf_coef, ent_coef=a.ent_coef, max_grad_norm=a.max_grad_norm, episodes=a.episodes)
     print(json.dumps(result))
     return 0
 

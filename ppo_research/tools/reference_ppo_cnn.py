@@ -109,7 +109,7 @@ class Agent(nn.Module):
 
 
 def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 8, num_steps: int = 128,
-          num_epochs: int = 3, minibatch_size: int = 256, **kw) -> dict:
+          num_epochs: int = 3, minibatch_size: int = 256, episodes: str | None = None, **kw) -> dict:
     args = settings(DEFAULTS, kw)
     seed_all(seed, args["torch_threads"])
     envs = gym.vector.SyncVectorEnv(
@@ -119,7 +119,7 @@ def train(env_id: str, total_timesteps: int, seed: int = 0, num_envs: int = 8, n
     envs.action_space.seed(seed)
     agent = Agent(envs.single_observation_space.shape, int(envs.single_action_space.n))
     return run(envs, agent, args, seed, total_timesteps, num_steps, num_epochs, minibatch_size,
-               obs_dtype=torch.uint8, lost_life=LifeLoss())  # frames stay bytes
+               obs_dtype=torch.uint8, lost_life=LifeLoss(), episodes=episodes)  # frames stay bytes
 
 
 class LifeLoss:
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(a.env, a.steps, seed=a.seed, num_envs=a.num_envs, num_steps=a.num_steps,
                    num_epochs=a.num_epochs, minibatch_size=a.minibatch_size, learning_rate=a.lr,
                    anneal_lr=not a.no_anneal, anneal_clip=not a.no_anneal, gamma=a.gamma, gae_lambda=a.gae_lambda,
-                   clip_coef=a.clip_coef, vf_coef=a.vf_coef, ent_coef=a.ent_coef, max_grad_norm=a.max_grad_norm)
+                   clip_coef=a.clip_coef, vf_coef=a.vf_coef, ent_coef=a.ent_coef, max_grad_norm=a.max_grad_norm,
+                   episodes=a.episodes)
     print(json.dumps(result))
     return 0
 
