@@ -444,6 +444,9 @@ def markdown(envs: list[str], table: list[dict], rows: list[dict], baselines_nam
     return "\n".join(lines) + "\n"
 
 
+#: the table's learning curves: trailing mean over this many iterations (``report --smooth``)
+TABLE_SMOOTH = 5
+
 TABLE_COLUMNS = ["setting", "score", "ci_low", "ci_high", "rank", "score_best_run", "ci_low_best_run",
                  "ci_high_best_run", "rank_best_run", "runs", "published", "published_rank"]
 
@@ -462,8 +465,10 @@ def write_table(dirs: Sequence[str], baselines: Path, out: Optional[Path] = None
     make_output_dir(out, "table")
     files = {"table_md": write_output(out / "table1.md", text),
              "table_csv": write_csv(out / "table1.csv", table, [*TABLE_COLUMNS, *envs])}
-    if curves:  # learning curves and per-env tables from the shared report, same normalisation
-        files.update(write_report(dirs, out / "report", SCORE_KEY, normalization=normalization, n_boot=n_boot))
+    if curves:  # learning curves and per-env tables from the shared report, same normalisation; the
+        # curves one panel per env and loss family (11 settings in one panel are unreadable), smoothed
+        files.update(write_report(dirs, out / "report", SCORE_KEY, smooth=TABLE_SMOOTH, normalization=normalization,
+                                  n_boot=n_boot, split="loss"))
     return text, files
 
 

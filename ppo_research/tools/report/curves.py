@@ -328,8 +328,11 @@ def curves_figure(variants: list[Variant], metric: str = "episode_return", smoot
         title += f"; {panels_text(split)}"
     if early:
         title += f"\n{END_MARKER_TEXT.format(metric=metric)}"
-    fig.suptitle(wrap(title, fig.get_figwidth() - 0.4, 10), fontsize=10)
-    fig.tight_layout()
+    title = wrap(title, fig.get_figwidth() - 0.4, 10)
+    fig.suptitle(title, fontsize=10, y=0.995, va="top")
+    # tight_layout leaves the figure title out: keep its lines (10 pt, ~1.3 line spacing) clear of the panels
+    title_inches = (title.count("\n") + 1) * 10 * 1.3 / 72 + 0.1
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))
     return fig
 
 
