@@ -87,10 +87,11 @@ class NatureCNN(ActorCritic):
             return self.policy_head(features), self.value_head(features).squeeze(-1)
         size = len(obs)
         layers = [*self.trunk, self.policy_head, self.value_head]
-        weights = [p.unbind(0) if p is not None else [None] * size for p in (getattr(l, "weight", None) for l in layers)]
-        biases = [p.unbind(0) if p is not None else [None] * size for p in (getattr(l, "bias", None) for l in layers)]
-        outputs = [self._member_outputs(obs[k], [(layer, w[k], None if b[k] is None else b[k].view(-1))
-                                                 for layer, w, b in zip(layers, weights, biases)])
+        # each layer's (weight, bias) per member: row k of the stacked ones (unbind: one backward for
+        # all rows), the bias flattened from its broadcasting shape [1, n]; ReLU and Flatten have none
+        rows = [list(zip(layer.weight.unbind(0), (b.view(-1) for b in layer.bias.unbind(0))))
+                if isinstance(layer, (nn.Conv2d, nn.Linear)) else [(None, None)] * size for layer in layers]
+        outputs = [self._member_outputs(obs[k], [(layer, *rows[i][k]) for i, layer in enumerate(layers)])
                    for k in range(size)]
         return torch.stack([logits for logits, _ in outputs]), torch.stack([value for _, value in outputs])
 
