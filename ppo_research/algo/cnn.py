@@ -10,6 +10,11 @@ member's own layers on that member's rows, one member after another. A CNN's cos
 not per-call overhead, so one batched call would buy nothing (grouped convolutions over the
 members measured slower here than the loop: docs/atari.md), and each member's forward stays its
 solo run's.
+
+``precision="bfloat16"`` runs the convolutions and dense layers under torch's bfloat16 autocast
+(a speed switch: about 1.5x faster forward and backward on a CPU with AVX512-BF16, docs/atari.md);
+the weights, gradients, Adam and everything after the network (logits, values, the loss) stay
+float32. The default, float32, is the plain path.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from .networks import ActorCritic
 
 #: (out channels, kernel, stride) of the three conv layers.
 CONV_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+#: ``network.precision``: the arithmetic of the network's layers
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _init(layer: nn.Module, gain: float | None) -> nn.Module:
@@ -43,7 +50,7 @@ class NatureCNN(ActorCritic):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, hidden_size: int = 512,
                  ortho_init: bool = True, hidden_gain: float = math.sqrt(2), policy_gain: float = 0.01,
-                 value_gain: float = 1.0, channels_last: bool = True):
+                 value_gain: float = 1.0, channels_last: bool = True, precision: str = "float32"):
         super().__init__()
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 3:
             raise ConfigError("network", "nature_cnn", f"an env with image observations [C, H, W]; this one has "
@@ -51,6 +58,8 @@ class NatureCNN(ActorCritic):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ConfigError("network", "nature_cnn", f"an env with a Discrete action space (its policy is "
                                                        f"categorical); this one has {action_space}")
+        if precision not in PRECISIONS:
+            raise ConfigError("network.precision", precision, f"one of {', '.join(PRECISIONS)}")
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ConfigError("network.hidden_size", hidden_size, "a positive int")
         gain = hidden_gain if ortho_init else None
@@ -68,6 +77,7 @@ class NatureCNN(ActorCritic):
         self.value_head = _init(nn.Linear(hidden_size, 1), value_gain if ortho_init else None)
         self._dist_cls = Categorical
         self.channels_last = bool(channels_last)
+        self.precision = precision
 
     @property
     def distribution_class(self) -> type:
@@ -80,8 +90,13 @@ class NatureCNN(ActorCritic):
         return self.trunk(x)
 
     def _outputs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits and values: this network's on [B, C, H, W], or every member's on
-        [S, B, C, H, W] when its parameters are a population's stacked ones ([S, ...])."""
+        """Policy logits and values (float32): this network's on [B, C, H, W], or every member's
+        on [S, B, C, H, W] when its parameters are a population's stacked ones ([S, ...])."""
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            logits, value = self._layers(obs)
+        return logits.float(), value.float()  # float32 already unless bfloat16: then a cast
+
+    def _layers(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_head.weight.dim() == 2:
             features = self.features(obs)  # one trunk pass for both heads
             return self.policy_head(features), self.value_head(features).squeeze(-1)

@@ -177,6 +177,8 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> LoadedRun:
     config, choices, source = _run_description(run_dir, state, path)
     # play never tracks, and acts on the CPU (one observation at a time; a GPU run plays anywhere)
     config = {**config, "logger": dict(NULL_LOGGER), "resume": None, "device": "cpu"}
+    if "precision" in (config.get("network") or {}):  # a network trained in bfloat16 acts (and exports) in float32
+        config["network"] = {**config["network"], "precision": "float32"}
     try:
         parts = build(OmegaConf.create(config), choices)
     except ConfigError as err:

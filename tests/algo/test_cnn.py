@@ -103,6 +103,30 @@ def test_a_populations_stacked_forward_is_each_members_own_bit_for_bit(channels_
     assert not torch.equal(dist.logits[0], dist.logits[1])  # three different networks
 
 
+def test_bfloat16_precision_stays_close_to_float32_and_keeps_float32_weights_and_outputs():
+    """``precision=bfloat16`` (a speed switch) against the plain float32 path, the same weights:
+    logits and values to bfloat16's ~3 significant digits, gradients in the same direction; the
+    outputs, the weights and their gradients stay float32 (Adam steps float32 master weights)."""
+    frames = torch.randint(0, 256, (64, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.randint(0, ACTIONS.n, (64,))
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        net = NatureCNN(FRAMES, ACTIONS, precision=precision)
+        dist, value = net(frames)
+        assert dist.logits.dtype == value.dtype == torch.float32
+        (dist.log_prob(actions).mean() + value.pow(2).mean()).backward()
+        assert all(p.dtype == p.grad.dtype == torch.float32 for p in net.parameters())
+        results[precision] = (dist.logits.detach(), value.detach(), torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    (logits, value, grad), (logits16, value16, grad16) = results["float32"], results["bfloat16"]
+    assert not torch.equal(logits, logits16)  # it is another arithmetic
+    torch.testing.assert_close(logits16, logits, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(value16, value, rtol=0.05, atol=0.02)
+    assert torch.nn.functional.cosine_similarity(grad16, grad, dim=0) > 0.99
+    with pytest.raises(ConfigError, match="network.precision='float16' is invalid: expected one of float32, bfloat16"):
+        NatureCNN(FRAMES, ACTIONS, precision="float16")
+
+
 @pytest.mark.parametrize("obs, actions, says", [
     (gym.spaces.Box(-1, 1, (8,), np.float32), ACTIONS, "image observations"),
     (FRAMES, gym.spaces.Box(-1, 1, (2,), np.float32), "Discrete action space"),

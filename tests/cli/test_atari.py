@@ -66,6 +66,25 @@ def test_play_and_the_exported_cnn_policy(breakout, tmp_path):
     assert "on 200 observations: max |diff| = 0" in exported.stdout  # onnxruntime vs play's policy
 
 
+def test_a_bfloat16_run_trains_plays_and_exports_in_float32(tmp_path):
+    """``network.precision=bfloat16`` trains (the ratio starts near 1: the rollout and the update
+    compute pi_old alike); play and export act in float32 on its float32 weights, and the export
+    matches play."""
+    run = tmp_path / "run"
+    res = run_cli([*SMALL, "network.precision=bfloat16", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["global_step"] for r in rows] == [256, 512]
+    assert all(0 <= r["kl"] < 0.05 and 0.5 < r["ratio_min"] <= r["ratio_max"] < 2 for r in rows), rows
+    played = run_cli([str(run), "--episodes", "1", "--stochastic"], cwd=tmp_path, module="ppo_research.play")
+    assert played.returncode == 0, played.stderr[-2000:]
+    out = tmp_path / "bf16.onnx"
+    exported = run_cli([str(run), "--format", "onnx", "--out", str(out), "--verify", "50"], cwd=tmp_path,
+                       module="ppo_research.export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "on 50 observations: max |diff| = 0" in exported.stdout
+
+
 @pytest.mark.parametrize("args, says", [
     (["env=breakout", "network=mlp"], "network='MLPActorCritic' is invalid: expected a network for images"),
     (["env=pendulum", "network=nature_cnn"], "network='NatureCNN' is invalid: expected a network for flat"),
