@@ -26,7 +26,7 @@ from .results import ResultsError, find_runs, finished
 from .stats import MIN_SEEDS_FOR_CI, t_interval
 
 #: CleanRL's ppo_continuous_action at 1M steps on the MuJoCo v4 tasks, mean ± std over its seeds,
-#: as issue 31 gives them.
+#: as its documentation publishes them (docs.cleanrl.dev, PPO, ppo_continuous_action.py).
 CLEANRL_PPO_CONTINUOUS = {
     "HalfCheetah-v4": (2905.85, 1129.37),
     "Walker2d-v4": (2890.97, 231.40),
@@ -63,8 +63,9 @@ def _f(value: float) -> str:
 def markdown(table: list[dict]) -> str:
     lines = [f"Score of a run: summary.json {SCORE_KEY} (the mean raw return of its last 100 training episodes). "
              "Per task: mean ± std over seeds, the std with ddof=0 as CleanRL's table (openrlbenchmark rlops) "
-             f"takes it; the sample std (ddof=1) and the 95% t-interval of the mean (from {MIN_SEEDS_FOR_CI} "
-             "seeds) beside it. CleanRL: ppo_continuous_action, 1M steps, as issue 31 gives it.", "",
+             f"takes it; the sample std (ddof=1) and the 95% t-interval of the mean (given with {MIN_SEEDS_FOR_CI} "
+             "seeds or more) beside it. CleanRL: ppo_continuous_action.py at 1M steps, the figures its "
+             "documentation publishes.", "",
              "| env | variant | seeds | ours: mean ± std | sample std | 95% t-interval of the mean | CleanRL: mean ± std "
              "| ours − CleanRL | mean reaches CleanRL's |",
              "|---|---|---|---:|---:|---|---:|---:|---|"]
