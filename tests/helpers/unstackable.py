@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 from helpers import REPO
-
 from ppo_research.algo.networks import MLPActorCritic
 
 #: run_cli's ``env=`` for a subprocess that must import this module
