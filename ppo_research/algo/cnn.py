@@ -8,11 +8,11 @@ that trunk. Orthogonal init: gain sqrt(2) in the trunk, 0.01 for the policy, 1 f
 A population's members train as one stacked module (``algo/stacking.py``): its forward runs each
 member's own layers on that member's rows, one member after another. A CNN's cost is arithmetic,
 not per-call overhead, so one batched call would buy nothing (grouped convolutions over the
-members measured slower here than the loop: docs/atari.md), and each member's forward stays its
+members measured slower here than the loop: docs/benchmarks.md), and each member's forward stays its
 solo run's.
 
 ``precision="bfloat16"`` runs the convolutions and dense layers under torch's bfloat16 autocast
-(a speed switch: about 1.5x faster forward and backward on a CPU with AVX512-BF16, docs/atari.md);
+(a speed switch: about 1.5x faster forward and backward on a CPU with AVX512-BF16, docs/benchmarks.md);
 the weights, gradients, Adam and everything after the network (logits, values, the loss) stay
 float32. The default, float32, is the plain path.
 """
@@ -83,18 +83,24 @@ class NatureCNN(ActorCritic):
     def distribution_class(self) -> type:
         return Categorical
 
-    def features(self, obs: torch.Tensor) -> torch.Tensor:
+    def scaled(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 frames as floats in [0, 1], laid out for the convolutions."""
         x = obs.float() / 255.0
         if self.channels_last:  # NHWC: the CPU's convolutions run ~1.4x faster (docs/performance.md); same maths
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.trunk(x)
+        return x
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.scaled(obs))
 
     def _outputs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy logits and values (float32): this network's on [B, C, H, W], or every member's
         on [S, B, C, H, W] when its parameters are a population's stacked ones ([S, ...])."""
-        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+        if self.precision == "float32":
+            return self._layers(obs)
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16):
             logits, value = self._layers(obs)
-        return logits.float(), value.float()  # float32 already unless bfloat16: then a cast
+        return logits.float(), value.float()
 
     def _layers(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.value_head.weight.dim() == 2:
@@ -115,9 +121,7 @@ class NatureCNN(ActorCritic):
         the trunk's, then the two heads', each with the member's weight and bias), computed as
         the network's own layers compute them."""
         *trunk, (_, wp, bp), (_, wv, bv) = layers
-        x = obs.float() / 255.0
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.scaled(obs)
         for layer, w, b in trunk:
             if isinstance(layer, nn.Conv2d):
                 x = F.conv2d(x, w, b, layer.stride)
